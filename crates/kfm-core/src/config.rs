@@ -1,0 +1,496 @@
+//! Workspace configuration: `kfm.toml` plus `KFM_<SECTION>_<KEY>` overrides.
+//!
+//! Secrets never live in this file. The signing key is a *reference*
+//! (`env:NAME` or `file:PATH`); object-store credentials come from the
+//! standard AWS environment variables. A literal secret is refused with an
+//! error that names the key, because a config file is committed, copied and
+//! pasted far more often than anyone remembers.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The deployment environment whose pins (`environments/<env>.toml`) apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Dev,
+    Stage,
+    Prod,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Dev => "dev",
+            Environment::Stage => "stage",
+            Environment::Prod => "prod",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "dev" => Some(Self::Dev),
+            "stage" => Some(Self::Stage),
+            "prod" => Some(Self::Prod),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the canonical store lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// A local directory. Relative paths are relative to the workspace.
+    File(PathBuf),
+    /// An S3-compatible bucket and key prefix. Endpoint, region and
+    /// credentials come from the AWS environment variables.
+    S3 { bucket: String, prefix: String },
+}
+
+impl StoreUrl {
+    /// Parses `file://PATH` or `s3://bucket[/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err("file:// URL has no path; use for example file://store".into());
+            }
+            return Ok(StoreUrl::File(PathBuf::from(path)));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.contains('@') || bucket.contains(':') {
+                return Err("credentials in the store URL are refused; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment".into());
+            }
+            if rest.contains('?') || rest.contains('#') {
+                return Err("query strings and fragments are not allowed in the store URL; configure S3 with AWS_* environment variables".into());
+            }
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            if !valid_bucket {
+                return Err(format!("{bucket:?} is not a valid S3 bucket name (3-63 characters of a-z, 0-9, '-', '.')"));
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix.split('/').any(|s| s == ".." || s == ".") {
+                return Err("the S3 prefix may not contain '.' or '..' segments".into());
+            }
+            return Ok(StoreUrl::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() });
+        }
+        Err(format!("unsupported store URL {url:?}: use file://PATH or s3://bucket/prefix"))
+    }
+
+    /// Resolves a relative `file://` path against the workspace directory.
+    pub fn resolved(&self, workspace: &Path) -> StoreUrl {
+        match self {
+            StoreUrl::File(p) if p.is_relative() => StoreUrl::File(workspace.join(p)),
+            other => other.clone(),
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::File(p) => write!(f, "file://{}", p.display()),
+            StoreUrl::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            StoreUrl::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// A reference to a secret, never the secret itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretRef {
+    /// The secret is in this environment variable.
+    Env(String),
+    /// The secret is in this file (relative paths: to the workspace).
+    File(PathBuf),
+}
+
+impl SecretRef {
+    pub fn parse(s: &str) -> Option<Self> {
+        if let Some(name) = s.strip_prefix("env:") {
+            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            return ok.then(|| SecretRef::Env(name.to_owned()));
+        }
+        s.strip_prefix("file:").filter(|p| !p.is_empty()).map(|p| SecretRef::File(PathBuf::from(p)))
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(n) => write!(f, "env:{n}"),
+            SecretRef::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+/// The file as written (every field optional, so defaults fill the gaps).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    workspace: RawWorkspace,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    ledger: RawLedger,
+    #[serde(default)]
+    signing: RawSigning,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    server: RawServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkspace {
+    environment: Option<String>,
+}
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+}
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    origin: Option<String>,
+    location: Option<String>,
+}
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSigning {
+    key: Option<String>,
+}
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    bundle: Option<String>,
+}
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+}
+
+/// The effective configuration of a workspace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub environment: Environment,
+    pub store_url: StoreUrl,
+    /// Ledger origin name (the first line of every signed checkpoint).
+    pub ledger_origin: String,
+    /// Key prefix of the ledger inside the store.
+    pub ledger_location: String,
+    pub signing_key: Option<SecretRef>,
+    /// Policy bundle directory, relative to the workspace.
+    pub policy_bundle: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// A configuration that could not be accepted. `line` is 0 when the value
+/// came from the environment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}{}: {key}: {message}", if *.line > 0 { format!(":{}", .line) } else { String::new() })]
+pub struct ConfigError {
+    /// The file name, or the environment variable the value came from.
+    pub source_name: String,
+    pub line: usize,
+    /// Dotted key, for example `store.url`.
+    pub key: String,
+    pub message: String,
+}
+
+/// Key names that hold secrets in other tools' configs. Their presence in
+/// kfm.toml is always a mistake worth a specific message.
+const SECRET_WORDS: [&str; 9] =
+    ["secret", "password", "passwd", "token", "access_key", "private_key", "credential", "api_key", "apikey"];
+
+/// The keys of kfm.toml with their environment variable names, used by the
+/// CLI to document overrides.
+pub const ENV_KEYS: [(&str, &str); 7] = [
+    ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
+    ("store.url", "KFM_STORE_URL"),
+    ("ledger.origin", "KFM_LEDGER_ORIGIN"),
+    ("ledger.location", "KFM_LEDGER_LOCATION"),
+    ("signing.key", "KFM_SIGNING_KEY"),
+    ("policy.bundle", "KFM_POLICY_BUNDLE"),
+    ("server.listen", "KFM_SERVER_LISTEN"),
+];
+
+impl Config {
+    /// Parses `kfm.toml` text and applies environment overrides looked up
+    /// through `env` (injected so that this stays free of I/O and testable).
+    pub fn parse(text: &str, file: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            source_name: file.to_owned(),
+            line: locate_toml_key(text, key),
+            key: key.to_owned(),
+            message,
+        };
+
+        // First pass: a loose parse to look for secrets, so that a secret
+        // under an unknown key is reported as a secret, not as a typo.
+        let loose: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            ConfigError { source_name: file.to_owned(), line, key: "(syntax)".into(), message: e.message().to_owned() }
+        })?;
+        check_no_literal_secrets(&loose, "", &err)?;
+
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(text, s.start));
+            ConfigError { source_name: file.to_owned(), line, key: "(schema)".into(), message: e.message().to_owned() }
+        })?;
+
+        // Each value: the environment wins over the file.
+        let pick = |key: &str, file_value: Option<String>| -> (Option<String>, Option<&'static str>) {
+            let var = ENV_KEYS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+            match var.and_then(|v| env(v).map(|val| (val, v))) {
+                Some((val, v)) => (Some(val), Some(v)),
+                None => (file_value, None),
+            }
+        };
+        let err_at = |key: &str, from_env: Option<&'static str>, message: String| match from_env {
+            Some(var) => ConfigError { source_name: var.to_owned(), line: 0, key: key.to_owned(), message },
+            None => err(key, message),
+        };
+
+        let (v, src) = pick("workspace.environment", raw.workspace.environment);
+        let environment = match v {
+            None => Environment::Dev,
+            Some(s) => Environment::parse(&s).ok_or_else(|| {
+                err_at("workspace.environment", src, format!("unknown environment {s:?}: use dev, stage or prod"))
+            })?,
+        };
+
+        let (v, src) = pick("store.url", raw.store.url);
+        let store_url = StoreUrl::parse(v.as_deref().unwrap_or("file://store")).map_err(|m| err_at("store.url", src, m))?;
+
+        let (v, src) = pick("ledger.origin", raw.ledger.origin);
+        let ledger_origin = v.unwrap_or_else(|| format!("kfm.local/{environment}"));
+        if ledger_origin.trim().is_empty() || ledger_origin.contains('\n') {
+            return Err(err_at("ledger.origin", src, "the origin must be one non-empty line".into()));
+        }
+        let (v, src) = pick("ledger.location", raw.ledger.location);
+        let ledger_location = v.unwrap_or_else(|| "audit".into());
+        if ledger_location.split('/').any(|s| s.is_empty() || s == ".." || s == ".") {
+            return Err(err_at("ledger.location", src, "use a relative key prefix such as audit (no '.', '..' or empty segments)".into()));
+        }
+
+        let (v, src) = pick("signing.key", raw.signing.key);
+        let signing_key = match v {
+            None => None,
+            Some(s) => Some(SecretRef::parse(&s).ok_or_else(|| {
+                err_at(
+                    "signing.key",
+                    src,
+                    "a literal key is refused: give a reference, env:NAME (the key is in that environment variable) or file:PATH".into(),
+                )
+            })?),
+        };
+
+        let (v, _) = pick("policy.bundle", raw.policy.bundle);
+        let policy_bundle = PathBuf::from(v.unwrap_or_else(|| "policy".into()));
+
+        let (v, src) = pick("server.listen", raw.server.listen);
+        let listen_text = v.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| err_at("server.listen", src, format!("{listen_text:?} is not an address such as 127.0.0.1:8080")))?;
+
+        Ok(Config { environment, store_url, ledger_origin, ledger_location, signing_key, policy_bundle, listen })
+    }
+
+    /// The text `kfm init` writes: every key with its default and a comment
+    /// saying why it is there.
+    pub fn default_toml() -> &'static str {
+        DEFAULT_TOML
+    }
+}
+
+const DEFAULT_TOML: &str = r#"# KFM workspace configuration.
+# Every key can be overridden by an environment variable KFM_<SECTION>_<KEY>,
+# for example KFM_STORE_URL. Secrets never go in this file: object-store
+# credentials come from AWS_* environment variables, and keys are given as
+# references (env:NAME or file:PATH).
+
+[workspace]
+# dev, stage or prod: selects environments/<env>.toml (pinned digests).
+environment = "dev"
+
+[store]
+# file://PATH (relative to this workspace) or s3://bucket/prefix
+# (endpoint, region and credentials from AWS_ENDPOINT_URL, AWS_REGION,
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).
+url = "file://store"
+
+[ledger]
+# First line of every signed checkpoint; names this log.
+origin = "kfm.local/dev"
+# Key prefix of the ledger inside the store.
+location = "audit"
+
+[policy]
+# Policy bundle directory (relative to this workspace).
+bundle = "policy"
+
+[server]
+listen = "127.0.0.1:8080"
+"#;
+
+fn check_no_literal_secrets(
+    table: &toml::Table,
+    prefix: &str,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let dotted = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => check_no_literal_secrets(t, &dotted, err)?,
+            toml::Value::String(s) => {
+                let lower = k.to_ascii_lowercase();
+                let secret_name = SECRET_WORDS.iter().any(|w| lower.contains(w)) || dotted == "signing.key";
+                let secret_value = s.contains("-----BEGIN") || looks_like_aws_key(s);
+                if (secret_name || secret_value) && SecretRef::parse(s).is_none() {
+                    let hint = if dotted.starts_with("store.") || looks_like_aws_key(s) {
+                        "object-store credentials come only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); remove this key"
+                    } else {
+                        "replace it by a reference: env:NAME or file:PATH"
+                    };
+                    return Err(err(&dotted, format!("literal secret refused: {hint}")));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn looks_like_aws_key(s: &str) -> bool {
+    (s.starts_with("AKIA") || s.starts_with("ASIA"))
+        && s.len() == 20
+        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Line of `key` (dotted: `section.name`) in TOML text, 0 if not found.
+fn locate_toml_key(text: &str, dotted: &str) -> usize {
+    let (section, name) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = h.trim().to_owned();
+            continue;
+        }
+        if current == section
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim().trim_matches('"') == name
+        {
+            return i + 1;
+        }
+    }
+    0
+}
+
+/// `environments/<env>.toml`: what each environment pins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentPins {
+    #[serde(default)]
+    pub policy: PolicyPin,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyPin {
+    /// Digest of the policy bundle this environment must run; `None` until
+    /// `kfm policy pin` writes it.
+    #[serde(default)]
+    pub bundle_digest: Option<crate::Digest>,
+}
+
+impl EnvironmentPins {
+    pub fn default_toml(env: Environment) -> String {
+        format!(
+            "# Pins for the {env} environment. A runtime whose policy bundle digest differs\n\
+             # from the pin refuses to become ready. Written by `kfm policy pin --env {env}`.\n\n\
+             [policy]\n\
+             # bundle_digest = \"sha256:...\"\n"
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::parse(Config::default_toml(), "kfm.toml", no_env).unwrap();
+        assert_eq!(c.store_url, StoreUrl::File("store".into()));
+        assert_eq!(c.environment, Environment::Dev);
+        assert_eq!(c.ledger_location, "audit");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::parse(Config::default_toml(), "kfm.toml", |k| {
+            (k == "KFM_STORE_URL").then(|| "s3://kfm-bucket/a/b".to_owned())
+        })
+        .unwrap();
+        assert_eq!(c.store_url, StoreUrl::S3 { bucket: "kfm-bucket".into(), prefix: "a/b".into() });
+    }
+
+    #[test]
+    fn literal_secrets_are_refused_naming_the_key() {
+        let cases = [
+            ("[store]\nurl = \"s3://b-1/p\"\nsecret_access_key = \"abc\"\n", "kfm.toml:3: store.secret_access_key"),
+            ("[signing]\nkey = \"MC4CAQAwBQYDK2VwBCIEI\"\n", "kfm.toml:2: signing.key"),
+            ("[extra]\npassword = \"hunter2\"\n", "kfm.toml:2: extra.password"),
+            ("[store]\nurl = \"AKIAIOSFODNN7EXAMPLE\"\n", "kfm.toml:2: store.url"),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(text, "kfm.toml", no_env).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{e}");
+            assert!(e.contains("literal secret refused"), "{e}");
+        }
+        let e = Config::parse("", "kfm.toml", |k| (k == "KFM_SIGNING_KEY").then(|| "raw-key".into())).unwrap_err();
+        assert_eq!(e.source_name, "KFM_SIGNING_KEY");
+    }
+
+    #[test]
+    fn references_are_accepted() {
+        let c = Config::parse("[signing]\nkey = \"env:KFM_KEY\"\n", "kfm.toml", no_env).unwrap();
+        assert_eq!(c.signing_key, Some(SecretRef::Env("KFM_KEY".into())));
+    }
+
+    #[test]
+    fn bad_urls_and_unknown_keys() {
+        assert!(StoreUrl::parse("s3://AK:SK@bucket/x").unwrap_err().contains("credentials"));
+        assert!(StoreUrl::parse("http://x").is_err());
+        assert!(StoreUrl::parse("s3://B/x").is_err());
+        let e = Config::parse("[store]\nulr = \"file://x\"\n", "kfm.toml", no_env).unwrap_err();
+        assert!(e.to_string().contains("unknown field `ulr`"), "{e}");
+        assert_eq!(e.line, 2);
+    }
+}
