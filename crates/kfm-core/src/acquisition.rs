@@ -43,6 +43,9 @@ pub struct Tool {
 impl Tool {
     /// This build of KFM.
     pub fn kfm() -> Self {
-        Self { name: "kfm".into(), version: env!("CARGO_PKG_VERSION").into() }
+        Self {
+            name: "kfm".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
     }
 }

@@ -16,6 +16,9 @@ mod tests {
     fn keys_are_sorted_and_whitespace_dropped() {
         let v = serde_json::json!({"b": 1, "a": [true, null, "x"], "c": 1.0});
         let out = super::to_canonical_json(&v).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":[true,null,"x"],"b":1,"c":1}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":[true,null,"x"],"b":1,"c":1}"#
+        );
     }
 }

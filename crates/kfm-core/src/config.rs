@@ -74,17 +74,26 @@ impl StoreUrl {
                 return Err("query strings and fragments are not allowed in the store URL; configure S3 with AWS_* environment variables".into());
             }
             let valid_bucket = (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
             if !valid_bucket {
-                return Err(format!("{bucket:?} is not a valid S3 bucket name (3-63 characters of a-z, 0-9, '-', '.')"));
+                return Err(format!(
+                    "{bucket:?} is not a valid S3 bucket name (3-63 characters of a-z, 0-9, '-', '.')"
+                ));
             }
             let prefix = prefix.trim_matches('/');
             if prefix.split('/').any(|s| s == ".." || s == ".") {
                 return Err("the S3 prefix may not contain '.' or '..' segments".into());
             }
-            return Ok(StoreUrl::S3 { bucket: bucket.to_owned(), prefix: prefix.to_owned() });
+            return Ok(StoreUrl::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
         }
-        Err(format!("unsupported store URL {url:?}: use file://PATH or s3://bucket/prefix"))
+        Err(format!(
+            "unsupported store URL {url:?}: use file://PATH or s3://bucket/prefix"
+        ))
     }
 
     /// Resolves a relative `file://` path against the workspace directory.
@@ -118,10 +127,13 @@ pub enum SecretRef {
 impl SecretRef {
     pub fn parse(s: &str) -> Option<Self> {
         if let Some(name) = s.strip_prefix("env:") {
-            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let ok =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             return ok.then(|| SecretRef::Env(name.to_owned()));
         }
-        s.strip_prefix("file:").filter(|p| !p.is_empty()).map(|p| SecretRef::File(PathBuf::from(p)))
+        s.strip_prefix("file:")
+            .filter(|p| !p.is_empty())
+            .map(|p| SecretRef::File(PathBuf::from(p)))
     }
 }
 
@@ -214,8 +226,17 @@ pub struct ConfigError {
 
 /// Key names that hold secrets in other tools' configs. Their presence in
 /// kfm.toml is always a mistake worth a specific message.
-const SECRET_WORDS: [&str; 9] =
-    ["secret", "password", "passwd", "token", "access_key", "private_key", "credential", "api_key", "apikey"];
+const SECRET_WORDS: [&str; 9] = [
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "access_key",
+    "private_key",
+    "credential",
+    "api_key",
+    "apikey",
+];
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
@@ -232,7 +253,11 @@ pub const ENV_KEYS: [(&str, &str); 7] = [
 impl Config {
     /// Parses `kfm.toml` text and applies environment overrides looked up
     /// through `env` (injected so that this stays free of I/O and testable).
-    pub fn parse(text: &str, file: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn parse(
+        text: &str,
+        file: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let err = |key: &str, message: String| ConfigError {
             source_name: file.to_owned(),
             line: locate_toml_key(text, key),
@@ -244,25 +269,41 @@ impl Config {
         // under an unknown key is reported as a secret, not as a typo.
         let loose: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
-            ConfigError { source_name: file.to_owned(), line, key: "(syntax)".into(), message: e.message().to_owned() }
+            ConfigError {
+                source_name: file.to_owned(),
+                line,
+                key: "(syntax)".into(),
+                message: e.message().to_owned(),
+            }
         })?;
         check_no_literal_secrets(&loose, "", &err)?;
 
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
-            ConfigError { source_name: file.to_owned(), line, key: "(schema)".into(), message: e.message().to_owned() }
+            ConfigError {
+                source_name: file.to_owned(),
+                line,
+                key: "(schema)".into(),
+                message: e.message().to_owned(),
+            }
         })?;
 
         // Each value: the environment wins over the file.
-        let pick = |key: &str, file_value: Option<String>| -> (Option<String>, Option<&'static str>) {
-            let var = ENV_KEYS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
-            match var.and_then(|v| env(v).map(|val| (val, v))) {
-                Some((val, v)) => (Some(val), Some(v)),
-                None => (file_value, None),
-            }
-        };
+        let pick =
+            |key: &str, file_value: Option<String>| -> (Option<String>, Option<&'static str>) {
+                let var = ENV_KEYS.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+                match var.and_then(|v| env(v).map(|val| (val, v))) {
+                    Some((val, v)) => (Some(val), Some(v)),
+                    None => (file_value, None),
+                }
+            };
         let err_at = |key: &str, from_env: Option<&'static str>, message: String| match from_env {
-            Some(var) => ConfigError { source_name: var.to_owned(), line: 0, key: key.to_owned(), message },
+            Some(var) => ConfigError {
+                source_name: var.to_owned(),
+                line: 0,
+                key: key.to_owned(),
+                message,
+            },
             None => err(key, message),
         };
 
@@ -270,22 +311,38 @@ impl Config {
         let environment = match v {
             None => Environment::Dev,
             Some(s) => Environment::parse(&s).ok_or_else(|| {
-                err_at("workspace.environment", src, format!("unknown environment {s:?}: use dev, stage or prod"))
+                err_at(
+                    "workspace.environment",
+                    src,
+                    format!("unknown environment {s:?}: use dev, stage or prod"),
+                )
             })?,
         };
 
         let (v, src) = pick("store.url", raw.store.url);
-        let store_url = StoreUrl::parse(v.as_deref().unwrap_or("file://store")).map_err(|m| err_at("store.url", src, m))?;
+        let store_url = StoreUrl::parse(v.as_deref().unwrap_or("file://store"))
+            .map_err(|m| err_at("store.url", src, m))?;
 
         let (v, src) = pick("ledger.origin", raw.ledger.origin);
         let ledger_origin = v.unwrap_or_else(|| format!("kfm.local/{environment}"));
         if ledger_origin.trim().is_empty() || ledger_origin.contains('\n') {
-            return Err(err_at("ledger.origin", src, "the origin must be one non-empty line".into()));
+            return Err(err_at(
+                "ledger.origin",
+                src,
+                "the origin must be one non-empty line".into(),
+            ));
         }
         let (v, src) = pick("ledger.location", raw.ledger.location);
         let ledger_location = v.unwrap_or_else(|| "audit".into());
-        if ledger_location.split('/').any(|s| s.is_empty() || s == ".." || s == ".") {
-            return Err(err_at("ledger.location", src, "use a relative key prefix such as audit (no '.', '..' or empty segments)".into()));
+        if ledger_location
+            .split('/')
+            .any(|s| s.is_empty() || s == ".." || s == ".")
+        {
+            return Err(err_at(
+                "ledger.location",
+                src,
+                "use a relative key prefix such as audit (no '.', '..' or empty segments)".into(),
+            ));
         }
 
         let (v, src) = pick("signing.key", raw.signing.key);
@@ -305,11 +362,23 @@ impl Config {
 
         let (v, src) = pick("server.listen", raw.server.listen);
         let listen_text = v.unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| err_at("server.listen", src, format!("{listen_text:?} is not an address such as 127.0.0.1:8080")))?;
+        let listen = listen_text.parse().map_err(|_| {
+            err_at(
+                "server.listen",
+                src,
+                format!("{listen_text:?} is not an address such as 127.0.0.1:8080"),
+            )
+        })?;
 
-        Ok(Config { environment, store_url, ledger_origin, ledger_location, signing_key, policy_bundle, listen })
+        Ok(Config {
+            environment,
+            store_url,
+            ledger_origin,
+            ledger_location,
+            signing_key,
+            policy_bundle,
+            listen,
+        })
     }
 
     /// The text `kfm init` writes: every key with its default and a comment
@@ -355,12 +424,17 @@ fn check_no_literal_secrets(
     err: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
     for (k, v) in table {
-        let dotted = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let dotted = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match v {
             toml::Value::Table(t) => check_no_literal_secrets(t, &dotted, err)?,
             toml::Value::String(s) => {
                 let lower = k.to_ascii_lowercase();
-                let secret_name = SECRET_WORDS.iter().any(|w| lower.contains(w)) || dotted == "signing.key";
+                let secret_name =
+                    SECRET_WORDS.iter().any(|w| lower.contains(w)) || dotted == "signing.key";
                 let secret_value = s.contains("-----BEGIN") || looks_like_aws_key(s);
                 if (secret_name || secret_value) && SecretRef::parse(s).is_none() {
                     let hint = if dotted.starts_with("store.") || looks_like_aws_key(s) {
@@ -380,12 +454,17 @@ fn check_no_literal_secrets(
 fn looks_like_aws_key(s: &str) -> bool {
     (s.starts_with("AKIA") || s.starts_with("ASIA"))
         && s.len() == 20
-        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Line of `key` (dotted: `section.name`) in TOML text, 0 if not found.
@@ -458,23 +537,46 @@ mod tests {
             (k == "KFM_STORE_URL").then(|| "s3://kfm-bucket/a/b".to_owned())
         })
         .unwrap();
-        assert_eq!(c.store_url, StoreUrl::S3 { bucket: "kfm-bucket".into(), prefix: "a/b".into() });
+        assert_eq!(
+            c.store_url,
+            StoreUrl::S3 {
+                bucket: "kfm-bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
     }
 
     #[test]
     fn literal_secrets_are_refused_naming_the_key() {
         let cases = [
-            ("[store]\nurl = \"s3://b-1/p\"\nsecret_access_key = \"abc\"\n", "kfm.toml:3: store.secret_access_key"),
-            ("[signing]\nkey = \"MC4CAQAwBQYDK2VwBCIEI\"\n", "kfm.toml:2: signing.key"),
-            ("[extra]\npassword = \"hunter2\"\n", "kfm.toml:2: extra.password"),
-            ("[store]\nurl = \"AKIAIOSFODNN7EXAMPLE\"\n", "kfm.toml:2: store.url"),
+            (
+                "[store]\nurl = \"s3://b-1/p\"\nsecret_access_key = \"abc\"\n",
+                "kfm.toml:3: store.secret_access_key",
+            ),
+            (
+                "[signing]\nkey = \"MC4CAQAwBQYDK2VwBCIEI\"\n",
+                "kfm.toml:2: signing.key",
+            ),
+            (
+                "[extra]\npassword = \"hunter2\"\n",
+                "kfm.toml:2: extra.password",
+            ),
+            (
+                "[store]\nurl = \"AKIAIOSFODNN7EXAMPLE\"\n",
+                "kfm.toml:2: store.url",
+            ),
         ];
         for (text, want) in cases {
-            let e = Config::parse(text, "kfm.toml", no_env).unwrap_err().to_string();
+            let e = Config::parse(text, "kfm.toml", no_env)
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(want), "{e}");
             assert!(e.contains("literal secret refused"), "{e}");
         }
-        let e = Config::parse("", "kfm.toml", |k| (k == "KFM_SIGNING_KEY").then(|| "raw-key".into())).unwrap_err();
+        let e = Config::parse("", "kfm.toml", |k| {
+            (k == "KFM_SIGNING_KEY").then(|| "raw-key".into())
+        })
+        .unwrap_err();
         assert_eq!(e.source_name, "KFM_SIGNING_KEY");
     }
 
@@ -486,7 +588,11 @@ mod tests {
 
     #[test]
     fn bad_urls_and_unknown_keys() {
-        assert!(StoreUrl::parse("s3://AK:SK@bucket/x").unwrap_err().contains("credentials"));
+        assert!(
+            StoreUrl::parse("s3://AK:SK@bucket/x")
+                .unwrap_err()
+                .contains("credentials")
+        );
         assert!(StoreUrl::parse("http://x").is_err());
         assert!(StoreUrl::parse("s3://B/x").is_err());
         let e = Config::parse("[store]\nulr = \"file://x\"\n", "kfm.toml", no_env).unwrap_err();

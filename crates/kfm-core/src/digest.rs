@@ -47,7 +47,11 @@ impl Digest {
 
     /// Parses the bare 64-hex form used in store keys.
     pub fn from_hex(s: &str) -> Result<Self, DigestParseError> {
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestParseError::BadHex(s.to_owned()));
         }
         let mut out = [0u8; 32];
@@ -154,7 +158,11 @@ mod tests {
         assert_eq!(good.parse::<Digest>().unwrap().to_string(), good);
         assert!(good.to_uppercase().parse::<Digest>().is_err());
         assert!(good[..70].parse::<Digest>().is_err());
-        assert!(good.trim_start_matches("sha256:").parse::<Digest>().is_err());
+        assert!(
+            good.trim_start_matches("sha256:")
+                .parse::<Digest>()
+                .is_err()
+        );
         assert!(format!("sha512:{}", &good[7..]).parse::<Digest>().is_err());
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// A dataset id: 2–64 characters of `a-z`, `0-9` and `-`, starting with a
 /// letter or digit and not ending with `-`. Used verbatim as a store key
@@ -33,10 +33,15 @@ impl FromStr for DatasetId {
     type Err = DatasetIdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = (2..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
-        if ok { Ok(Self(s.to_owned())) } else { Err(DatasetIdError(s.to_owned())) }
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(DatasetIdError(s.to_owned()))
+        }
     }
 }
 
@@ -74,7 +79,18 @@ mod tests {
         for good in ["ks-counties", "a1", "x-2-y", "0a"] {
             assert!(good.parse::<DatasetId>().is_ok(), "{good}");
         }
-        for bad in ["", "a", "-a", "a-", "A-b", "a_b", "a/b", "..", "a.b", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "a",
+            "-a",
+            "a-",
+            "A-b",
+            "a_b",
+            "a/b",
+            "..",
+            "a.b",
+            &"a".repeat(65),
+        ] {
             assert!(bad.parse::<DatasetId>().is_err(), "{bad}");
         }
     }

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 #[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(into = "String")]
@@ -49,9 +49,12 @@ impl LicenseId {
 impl TryFrom<String> for LicenseId {
     type Error = LicenseIdError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        let is_ref = s
-            .strip_prefix("LicenseRef-")
-            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+        let is_ref = s.strip_prefix("LicenseRef-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        });
         let known = spdx::license_id(&s).is_some();
         if is_ref || known || s == "NOASSERTION" || s == "NONE" {
             Ok(Self(s))
@@ -85,15 +88,36 @@ mod tests {
 
     #[test]
     fn known_ref_and_sentinels_parse_others_do_not() {
-        for ok in ["CC-BY-4.0", "CC0-1.0", "MIT", "LicenseRef-PublicDomain-USGov", "NOASSERTION"] {
+        for ok in [
+            "CC-BY-4.0",
+            "CC0-1.0",
+            "MIT",
+            "LicenseRef-PublicDomain-USGov",
+            "NOASSERTION",
+        ] {
             assert!(LicenseId::try_from(ok.to_owned()).is_ok(), "{ok}");
         }
-        for bad in ["cc-by", "CC-BY-9.9", "LicenseRef-", "LicenseRef-a b", "public domain", ""] {
+        for bad in [
+            "cc-by",
+            "CC-BY-9.9",
+            "LicenseRef-",
+            "LicenseRef-a b",
+            "public domain",
+            "",
+        ] {
             assert!(LicenseId::try_from(bad.to_owned()).is_err(), "{bad}");
         }
         assert!(LicenseId::try_from("NONE".to_owned()).unwrap().is_unknown());
-        assert!(LicenseId::try_from("CC-BY-4.0".to_owned()).unwrap().requires_attribution());
-        assert!(!LicenseId::try_from("CC0-1.0".to_owned()).unwrap().requires_attribution());
+        assert!(
+            LicenseId::try_from("CC-BY-4.0".to_owned())
+                .unwrap()
+                .requires_attribution()
+        );
+        assert!(
+            !LicenseId::try_from("CC0-1.0".to_owned())
+                .unwrap()
+                .requires_attribution()
+        );
     }
 }
 

@@ -54,7 +54,11 @@ impl Text {
 impl TryFrom<String> for Text {
     type Error = &'static str;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        if s.trim().is_empty() { Err("expected non-empty text") } else { Ok(Self(s)) }
+        if s.trim().is_empty() {
+            Err("expected non-empty text")
+        } else {
+            Ok(Self(s))
+        }
     }
 }
 
@@ -100,9 +104,18 @@ impl TryFrom<String> for Email {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         let ok = s.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
         }) && !s.chars().any(char::is_whitespace);
-        if ok { Ok(Self(s)) } else { Err(format!("expected an e-mail address such as data@example.org, got {s:?}")) }
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(format!(
+                "expected an e-mail address such as data@example.org, got {s:?}"
+            ))
+        }
     }
 }
 
@@ -126,20 +139,34 @@ impl TryFrom<Vec<f64>> for Bbox {
     type Error = String;
     fn try_from(v: Vec<f64>) -> Result<Self, Self::Error> {
         let [west, south, east, north] = v[..] else {
-            return Err(format!("expected [west, south, east, north] (4 numbers), got {} numbers", v.len()));
+            return Err(format!(
+                "expected [west, south, east, north] (4 numbers), got {} numbers",
+                v.len()
+            ));
         };
         let lon = -180.0..=180.0;
         let lat = -90.0..=90.0;
         if !lon.contains(&west) || !lon.contains(&east) {
-            return Err(format!("bbox longitudes must lie in [-180, 180], got west={west} east={east}"));
+            return Err(format!(
+                "bbox longitudes must lie in [-180, 180], got west={west} east={east}"
+            ));
         }
         if !lat.contains(&south) || !lat.contains(&north) {
-            return Err(format!("bbox latitudes must lie in [-90, 90], got south={south} north={north}"));
+            return Err(format!(
+                "bbox latitudes must lie in [-90, 90], got south={south} north={north}"
+            ));
         }
         if south > north {
-            return Err(format!("bbox south ({south}) must not exceed north ({north})"));
+            return Err(format!(
+                "bbox south ({south}) must not exceed north ({north})"
+            ));
         }
-        Ok(Self { west, south, east, north })
+        Ok(Self {
+            west,
+            south,
+            east,
+            north,
+        })
     }
 }
 
@@ -230,7 +257,9 @@ pub struct Source {
 pub enum SourceLocation {
     File(PathBuf),
     /// A scheme KFM cannot fetch yet (http, s3, …).
-    Unsupported { scheme: String },
+    Unsupported {
+        scheme: String,
+    },
 }
 
 impl Source {
@@ -242,7 +271,9 @@ impl Source {
             return SourceLocation::File(spec_dir.join(path));
         }
         if let Some((scheme, _)) = uri.split_once("://") {
-            return SourceLocation::Unsupported { scheme: scheme.to_owned() };
+            return SourceLocation::Unsupported {
+                scheme: scheme.to_owned(),
+            };
         }
         SourceLocation::File(spec_dir.join(uri))
     }
@@ -351,11 +382,21 @@ impl DatasetSpec {
     pub fn parse(text: &str, file: &str) -> Result<Self, SpecError> {
         let spec: DatasetSpec = serde_yaml_ng::from_str(text).map_err(|e| {
             let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            SpecError { file: file.to_owned(), line, column, message: strip_location(&e.to_string()) }
+            SpecError {
+                file: file.to_owned(),
+                line,
+                column,
+                message: strip_location(&e.to_string()),
+            }
         })?;
         if let Some((path, message)) = spec.cross_check() {
             let (line, column) = locate(text, &path);
-            return Err(SpecError { file: file.to_owned(), line, column, message });
+            return Err(SpecError {
+                file: file.to_owned(),
+                line,
+                column,
+                message,
+            });
         }
         Ok(spec)
     }
@@ -375,10 +416,16 @@ impl DatasetSpec {
             }
             SourceFormat::Geojson => {
                 if s.lat_column.is_some() || s.lon_column.is_some() {
-                    let key = if s.lat_column.is_some() { "lat_column" } else { "lon_column" };
+                    let key = if s.lat_column.is_some() {
+                        "lat_column"
+                    } else {
+                        "lon_column"
+                    };
                     return Some((
                         vec!["source", key],
-                        format!("source.{key} applies only to csv sources; remove it for a geojson source"),
+                        format!(
+                            "source.{key} applies only to csv sources; remove it for a geojson source"
+                        ),
                     ));
                 }
             }
@@ -388,7 +435,10 @@ impl DatasetSpec {
         if l.spdx.requires_attribution() && l.attribution.is_none() {
             return Some((
                 vec!["license", "spdx"],
-                format!("license {} requires attribution: add license.attribution with the text users must show", l.spdx),
+                format!(
+                    "license {} requires attribution: add license.attribution with the text users must show",
+                    l.spdx
+                ),
             ));
         }
 
@@ -420,7 +470,9 @@ impl DatasetSpec {
             (label, Some(_)) if label != PolicyLabel::Embargoed => {
                 return Some((
                     vec!["sensitivity", "embargo_until"],
-                    format!("sensitivity.embargo_until is set but policy_label is {label}: use policy_label embargoed, or remove the date"),
+                    format!(
+                        "sensitivity.embargo_until is set but policy_label is {label}: use policy_label embargoed, or remove the date"
+                    ),
                 ));
             }
             _ => {}
@@ -432,7 +484,10 @@ impl DatasetSpec {
         {
             return Some((
                 vec!["temporal_extent", "end"],
-                format!("temporal_extent.end ({end}) is before temporal_extent.start ({})", t.start),
+                format!(
+                    "temporal_extent.end ({end}) is before temporal_extent.start ({})",
+                    t.start
+                ),
             ));
         }
 
@@ -452,13 +507,21 @@ impl Generalization {
     fn check(&self) -> Option<String> {
         match self.method {
             GeneralizationMethod::Grid => match (self.degrees, self.resolution) {
-                (_, Some(_)) => Some("generalization method grid takes degrees, not resolution".into()),
+                (_, Some(_)) => {
+                    Some("generalization method grid takes degrees, not resolution".into())
+                }
                 (Some(d), None) if d > 0.0 && d <= 10.0 => None,
-                (Some(d), None) => Some(format!("generalization degrees must be in (0, 10], got {d}")),
-                (None, None) => Some("generalization method grid requires degrees (for example 0.1)".into()),
+                (Some(d), None) => Some(format!(
+                    "generalization degrees must be in (0, 10], got {d}"
+                )),
+                (None, None) => {
+                    Some("generalization method grid requires degrees (for example 0.1)".into())
+                }
             },
             GeneralizationMethod::H3 => match (self.resolution, self.degrees) {
-                (_, Some(_)) => Some("generalization method h3 takes resolution, not degrees".into()),
+                (_, Some(_)) => {
+                    Some("generalization method h3 takes resolution, not degrees".into())
+                }
                 (Some(r), None) if r <= 15 => None,
                 (Some(r), None) => Some(format!("generalization resolution must be 0-15, got {r}")),
                 (None, None) => Some("generalization method h3 requires resolution (0-15)".into()),
@@ -502,14 +565,19 @@ fn locate(text: &str, path: &[&str]) -> (usize, usize) {
             continue;
         }
         let indent = line.len() - trimmed.len();
-        let Some((key, _)) = trimmed.split_once(':') else { continue };
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
         let key = key.trim().trim_matches(|c| c == '"' || c == '\'');
         while stack.last().is_some_and(|&(ind, _)| ind >= indent) {
             stack.pop();
         }
         stack.push((indent, key));
         let depth = stack.len();
-        if depth <= path.len() && stack.iter().zip(path).all(|(&(_, k), p)| k == *p) && depth > best.2 {
+        if depth <= path.len()
+            && stack.iter().zip(path).all(|(&(_, k), p)| k == *p)
+            && depth > best.2
+        {
             best = (i + 1, indent + 1, depth);
             if depth == path.len() {
                 break;

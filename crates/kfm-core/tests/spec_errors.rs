@@ -17,7 +17,10 @@ fn broken(from: &str, to: &str) -> String {
 fn samples_parse() {
     for (name, text) in [
         ("ks-places", GOOD),
-        ("ks-counties", include_str!("../../../data/samples/ks-counties/dataset.yaml")),
+        (
+            "ks-counties",
+            include_str!("../../../data/samples/ks-counties/dataset.yaml"),
+        ),
     ] {
         let spec = DatasetSpec::parse(text, name).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(spec.id.as_str(), name);
@@ -52,11 +55,17 @@ fn broken_specs_give_exact_messages() {
             "spec.yaml:18:3: source.format is csv: set source.lat_column and source.lon_column to the names of the latitude and longitude columns",
         ),
         (
-            broken("  attribution: Contains data from GeoNames (geonames.org), licensed CC BY 4.0\n", ""),
+            broken(
+                "  attribution: Contains data from GeoNames (geonames.org), licensed CC BY 4.0\n",
+                "",
+            ),
             "spec.yaml:22:3: license CC-BY-4.0 requires attribution: add license.attribution with the text users must show",
         ),
         (
-            broken("  policy_label: public", "  policy_label: restricted_sensitive_location"),
+            broken(
+                "  policy_label: public",
+                "  policy_label: restricted_sensitive_location",
+            ),
             "spec.yaml:28:3: policy_label restricted_sensitive_location requires sensitivity.generalization (method: grid with degrees, or method: h3 with resolution)",
         ),
         (
@@ -64,7 +73,10 @@ fn broken_specs_give_exact_messages() {
             "spec.yaml:28:3: policy_label embargoed requires sensitivity.embargo_until (a date, YYYY-MM-DD)",
         ),
         (
-            broken("  policy_label: public", "  policy_label: public\n  embargo_until: 2030-01-01"),
+            broken(
+                "  policy_label: public",
+                "  policy_label: public\n  embargo_until: 2030-01-01",
+            ),
             "spec.yaml:29:3: sensitivity.embargo_until is set but policy_label is public: use policy_label embargoed, or remove the date",
         ),
         (
@@ -75,7 +87,10 @@ fn broken_specs_give_exact_messages() {
             "spec.yaml:29:3: generalization method h3 takes resolution, not degrees",
         ),
         (
-            broken("  bbox: [-102.06, 36.99, -94.60, 40.01]\nsource", "  bbox: [-102.06, 36.99, -94.60]\nsource"),
+            broken(
+                "  bbox: [-102.06, 36.99, -94.60, 40.01]\nsource",
+                "  bbox: [-102.06, 36.99, -94.60]\nsource",
+            ),
             "spec.yaml:15:9: spatial_extent.bbox: expected [west, south, east, north] (4 numbers), got 3 numbers",
         ),
         (
@@ -83,7 +98,10 @@ fn broken_specs_give_exact_messages() {
             "spec.yaml:12:10: contact.email: expected an e-mail address such as data@example.org, got \"stewards\"",
         ),
         (
-            broken("  max_null_ratio:\n    name: 0.0", "  max_null_ratio:\n    name: 1.5"),
+            broken(
+                "  max_null_ratio:\n    name: 0.0",
+                "  max_null_ratio:\n    name: 1.5",
+            ),
             "spec.yaml:34:3: qa.max_null_ratio.name must be between 0 and 1, got 1.5",
         ),
         (
@@ -94,14 +112,22 @@ fn broken_specs_give_exact_messages() {
             broken("license:\n", "licence:\n"),
             "spec.yaml:21:1: unknown field `licence`, expected one of `id`, `title`, `description`, `publisher`, `contact`, `keywords`, `spatial_extent`, `temporal_extent`, `source`, `license`, `sensitivity`, `qa`",
         ),
-        ("id: x1\n".to_owned(), "spec.yaml:1:1: missing field `title`"),
-        ("id: x1\ntitle: 'unterminated\n".to_owned(), "spec.yaml:3:1: found unexpected end of stream, while scanning a quoted scalar"),
+        (
+            "id: x1\n".to_owned(),
+            "spec.yaml:1:1: missing field `title`",
+        ),
+        (
+            "id: x1\ntitle: 'unterminated\n".to_owned(),
+            "spec.yaml:3:1: found unexpected end of stream, while scanning a quoted scalar",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (text, want)) in cases.iter().enumerate() {
         match DatasetSpec::parse(text, "spec.yaml") {
             Ok(_) => failures.push(format!("case {i}: accepted, expected {want}")),
-            Err(e) if e.to_string() != *want => failures.push(format!("case {i}:\n  got  {e}\n  want {want}")),
+            Err(e) if e.to_string() != *want => {
+                failures.push(format!("case {i}:\n  got  {e}\n  want {want}"))
+            }
             Err(_) => {}
         }
     }

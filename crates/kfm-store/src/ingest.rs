@@ -1,0 +1,251 @@
+//! Streaming a source into `raw/`, hashing in the same pass.
+//!
+//! The content address (`raw/<dataset>/<sha256>/…`) is only known once every
+//! byte has been read, yet the source may be read only once and memory must
+//! stay flat. So the bytes are streamed into a staging object in `work/`
+//! while a reader thread hashes them, and the finished staging object is
+//! then published under its digest by a create-only copy: a hard link on a
+//! directory (no second copy of the bytes), a conditional multipart copy on
+//! S3. A crash at any point leaves at most a staging object in `work/`;
+//! `raw/` only ever shows complete objects whose digest was computed from
+//! exactly the bytes stored.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kfm_core::{DatasetId, Digest, Hasher, Zone};
+use object_store::{ObjectStoreExt, WriteMultipart};
+
+use crate::error::{Result, StoreError};
+use crate::zones::Raw;
+use crate::{Backend, Store, WriteOnce};
+
+/// Bytes read from the source per chunk handed from the reader thread to the
+/// uploader.
+const CHUNK: usize = 1 << 20;
+/// Multipart part size (S3 requires at least 5 MiB for all but the last).
+const PART: usize = 8 << 20;
+/// Chunks buffered between reader and uploader, and parts in flight: with
+/// the part being filled this bounds memory to about
+/// `CHANNEL*CHUNK + (IN_FLIGHT+1)*PART` = 28 MiB, whatever the file size.
+const CHANNEL: usize = 4;
+const IN_FLIGHT: usize = 2;
+
+/// Receives the number of bytes read so far (drives a progress bar).
+pub type IngestProgress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// The result of streaming a source into `raw/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedIngest {
+    pub digest: Digest,
+    pub size: u64,
+    /// Zone-relative key of the raw object: `<dataset>/<hex>/<file_name>`.
+    pub key: String,
+    /// False when identical bytes were already stored (nothing was written).
+    pub created: bool,
+}
+
+impl WriteOnce<Raw> {
+    /// Streams `source` into `raw/<dataset>/<sha256>/<file_name>`.
+    ///
+    /// `what` names the source in errors. An empty source is refused (there
+    /// is nothing to acquire). On any error nothing appears under `raw/`.
+    pub async fn ingest_stream<R: Read + Send + 'static>(
+        &self,
+        dataset: &DatasetId,
+        file_name: &str,
+        source: R,
+        what: &str,
+        progress: IngestProgress,
+    ) -> Result<StagedIngest> {
+        let store = &self.io.store;
+        let work = store.work();
+        let staging_key = format!("{dataset}/ingest-{}/{file_name}", uuid::Uuid::new_v4());
+        let staging = work.io.path(&staging_key)?;
+        let os = self.io.os().clone();
+
+        let upload = os
+            .put_multipart(&staging)
+            .await
+            .map_err(|e| StoreError::backend("put_multipart", Zone::Work, &staging_key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL);
+        let what_owned = what.to_owned();
+        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+            let mut source = source;
+            let mut hasher = Hasher::new();
+            loop {
+                let mut buf = Vec::with_capacity(CHUNK);
+                (&mut source).take(CHUNK as u64).read_to_end(&mut buf)?;
+                if buf.is_empty() {
+                    break;
+                }
+                hasher.update(&buf);
+                progress(hasher.len());
+                if tx.blocking_send(Bytes::from(buf)).is_err() {
+                    // The uploader stopped (it failed); its error is reported.
+                    break;
+                }
+            }
+            let len = hasher.len();
+            Ok((hasher.finish(), len))
+        });
+
+        let mut upload_err = None;
+        while let Some(chunk) = rx.recv().await {
+            if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
+                upload_err = Some(e);
+                break;
+            }
+            writer.put(chunk);
+        }
+        drop(rx);
+        let read = reader.await.map_err(|e| StoreError::Read {
+            what: what_owned.clone(),
+            source: std::io::Error::other(e),
+        })?;
+
+        // On failure, abort the upload (best effort: a staging object left in
+        // `work/` is swept later) and report the first cause.
+        if let Some(e) = upload_err {
+            let _ = writer.abort().await;
+            return Err(StoreError::backend("upload", Zone::Work, &staging_key, e));
+        }
+        let (digest, size) = match read {
+            Ok(v) => v,
+            Err(source) => {
+                let _ = writer.abort().await;
+                return Err(StoreError::Read {
+                    what: what_owned,
+                    source,
+                });
+            }
+        };
+        if size == 0 {
+            let _ = writer.abort().await;
+            return Err(StoreError::Read {
+                what: what_owned,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the source is empty (0 bytes): nothing to acquire",
+                ),
+            });
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| StoreError::backend("complete upload", Zone::Work, &staging_key, e))?;
+
+        let key = format!("{dataset}/{}/{file_name}", digest.hex());
+        let final_path = self.io.path(&key)?;
+        let created = match os.copy_if_not_exists(&staging, &final_path).await {
+            Ok(()) => true,
+            Err(object_store::Error::AlreadyExists { .. }) => false,
+            Err(e) => {
+                let _ = work.delete(&staging_key).await;
+                return Err(StoreError::backend("publish", Zone::Raw, &key, e));
+            }
+        };
+        if let Err(e) = work.delete(&staging_key).await {
+            tracing::warn!(error = %e, key = %staging_key, "could not remove staging object; it will be swept later");
+        }
+        Ok(StagedIngest {
+            digest,
+            size,
+            key,
+            created,
+        })
+    }
+}
+
+impl Store {
+    /// Removes ingest staging left in `work/<dataset>/` by crashed or killed
+    /// ingests older than `min_age` (younger ones may belong to an ingest
+    /// still running). Returns how many were removed.
+    ///
+    /// On S3, abandoned multipart uploads are invisible to listing; a bucket
+    /// lifecycle rule (AbortIncompleteMultipartUpload) cleans those.
+    pub async fn sweep_abandoned_ingests(
+        &self,
+        dataset: &DatasetId,
+        min_age: Duration,
+    ) -> Result<usize> {
+        match &self.inner.backend {
+            Backend::Local { dir } => {
+                let ds_dir = dir.join(Zone::Work.prefix()).join(dataset.as_str());
+                tokio::task::spawn_blocking(move || sweep_local(&ds_dir, min_age))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        path: "work/".into(),
+                        source: std::io::Error::other(e),
+                    })?
+            }
+            Backend::S3 => {
+                let work = self.work();
+                let cutoff = chrono_like_cutoff(min_age);
+                let mut removed = 0;
+                let p = work.io.path(dataset.as_str())?;
+                let objects: Vec<_> =
+                    futures::TryStreamExt::try_collect(self.inner.os.list(Some(&p)))
+                        .await
+                        .map_err(|e| {
+                            StoreError::backend("list", Zone::Work, dataset.as_str(), e)
+                        })?;
+                for m in objects {
+                    let rel = m.location.as_ref().trim_start_matches("work/").to_owned();
+                    let is_staging = rel
+                        .split('/')
+                        .nth(1)
+                        .is_some_and(|s| s.starts_with("ingest-"));
+                    if is_staging && m.last_modified.timestamp() < cutoff {
+                        work.delete(&rel).await?;
+                        removed += 1;
+                    }
+                }
+                Ok(removed)
+            }
+        }
+    }
+}
+
+fn chrono_like_cutoff(min_age: Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now - min_age.as_secs() as i64
+}
+
+fn sweep_local(ds_dir: &std::path::Path, min_age: Duration) -> Result<usize> {
+    let io = |source, path: &std::path::Path| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let entries = match std::fs::read_dir(ds_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e, ds_dir)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| io(e, ds_dir))?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with("ingest-") {
+            continue;
+        }
+        let path = entry.path();
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age >= min_age {
+            std::fs::remove_dir_all(&path).map_err(|e| io(e, &path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
