@@ -1,1 +1,72 @@
-fn main() {}
+//! `kfm`: the one binary. Command-line wiring only: parsing arguments,
+//! finding the workspace, calling the library crates and reporting results.
+//! No rule of the platform lives here.
+
+mod cli;
+mod failure;
+mod ingest;
+mod init;
+mod output;
+mod samples;
+mod spec;
+mod status;
+mod up;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, SpecCommand};
+use crate::failure::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = rt.block_on(run(cli));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            f.report();
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Runs one command; `Ok(code)` for commands whose findings decide the exit
+/// code (for example `spec check`), `Err` for failures.
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let fmt = cli.format;
+    let ws = cli.workspace.as_deref();
+    match cli.command {
+        Command::Init(a) => init::run(&a, fmt),
+        Command::Up(a) => up::run(&a, fmt).await,
+        Command::Spec {
+            command: SpecCommand::Check(a),
+        } => spec::check(ws, &a, fmt),
+        Command::Ingest(a) => ingest::run(ws, &a, fmt).await,
+        Command::Status(a) => status::run(ws, &a, fmt).await,
+    }
+}
+
+/// Logs go to stderr, filtered by `KFM_LOG` (default: warnings). They never
+/// carry secrets or restricted coordinates.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KFM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,115 @@
+//! `kfm ingest <spec>`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kfm_pipeline::{IngestOutcome, IngestRequest};
+use kfm_store::{IngestProgress, Store};
+use serde::Serialize;
+
+use crate::cli::{Format, IngestArgs};
+use crate::failure::Failure;
+use crate::output::{human_size, print_json};
+use crate::workspace::Workspace;
+
+/// Sources smaller than this finish before a bar would be worth drawing.
+const BAR_THRESHOLD: u64 = 16 << 20;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    outcome: &'static str,
+    acquisition: &'a kfm_core::Acquisition,
+}
+
+pub fn default_actor(explicit: Option<&str>) -> String {
+    explicit
+        .map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Ingests one spec into `store`, with a progress bar on a terminal.
+pub async fn ingest_one(
+    store: &Store,
+    spec: &Path,
+    actor: String,
+) -> Result<IngestOutcome, Failure> {
+    let progress = Box::new(|total: u64| -> IngestProgress {
+        if total < BAR_THRESHOLD || !std::io::stderr().is_terminal() {
+            return Arc::new(|_| {});
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message("ingesting");
+        Arc::new(move |n| {
+            bar.set_position(n);
+            if n >= total {
+                bar.finish_and_clear();
+            }
+        })
+    });
+    let req = IngestRequest {
+        spec_path: spec,
+        actor,
+        progress,
+    };
+    Ok(kfm_pipeline::ingest(store, req).await?)
+}
+
+pub fn describe(outcome: &IngestOutcome) -> String {
+    let a = outcome.acquisition();
+    match outcome {
+        IngestOutcome::New(_) => format!(
+            "ingested {}: {} ({}) -> {}",
+            a.dataset,
+            a.digest,
+            human_size(a.size),
+            a.object
+        ),
+        IngestOutcome::Completed(_) => format!(
+            "ingested {}: {} ({}) -> {} (completed an earlier interrupted ingest)",
+            a.dataset,
+            a.digest,
+            human_size(a.size),
+            a.object
+        ),
+        IngestOutcome::Existing(_) => format!(
+            "unchanged {}: {} was already acquired at {} by {}; nothing written",
+            a.dataset,
+            a.digest,
+            a.acquired_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            a.actor
+        ),
+    }
+}
+
+pub fn outcome_name(o: &IngestOutcome) -> &'static str {
+    match o {
+        IngestOutcome::New(_) => "new",
+        IngestOutcome::Existing(_) => "existing",
+        IngestOutcome::Completed(_) => "completed",
+    }
+}
+
+pub async fn run(ws: Option<&Path>, args: &IngestArgs, fmt: Format) -> Result<u8, Failure> {
+    let ws = Workspace::find(ws)?;
+    let store = ws.store()?;
+    let outcome = ingest_one(&store, &args.spec, default_actor(args.actor.as_deref())).await?;
+    match fmt {
+        Format::Json => print_json(&Report {
+            outcome: outcome_name(&outcome),
+            acquisition: outcome.acquisition(),
+        })?,
+        Format::Human => println!("{}", describe(&outcome)),
+    }
+    Ok(0)
+}

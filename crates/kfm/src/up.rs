@@ -1,0 +1,76 @@
+//! `kfm up`: the quickstart on the embedded default (local directory store).
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::cli::{Format, UpArgs};
+use crate::failure::Failure;
+use crate::ingest::{default_actor, describe, ingest_one, outcome_name};
+use crate::output::print_json;
+use crate::samples::{SAMPLE_SPECS, SAMPLES};
+use crate::status::{StatusReport, collect, print_human};
+use crate::workspace::Workspace;
+
+#[derive(Serialize)]
+struct UpReport {
+    init: crate::init::InitReport,
+    ingested: Vec<(String, &'static str)>,
+    status: StatusReport,
+}
+
+pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
+    let init = crate::init::create(&args.dir)?;
+    let ws = Workspace::open(&args.dir)?;
+    let datasets = ws.datasets_dir();
+    for (name, bytes) in SAMPLES {
+        let path = datasets.join(name);
+        // Never overwrite: a user may have edited a sample.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => f
+                .write_all(bytes)
+                .map_err(|e| Failure::input(format!("cannot write {}: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Failure::input(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let store = ws.store()?;
+    let mut ingested = Vec::new();
+    for spec in SAMPLE_SPECS {
+        let outcome = ingest_one(&store, &datasets.join(spec), default_actor(None)).await?;
+        if fmt == Format::Human {
+            println!("{}", describe(&outcome));
+        }
+        ingested.push((
+            outcome.acquisition().digest.to_string(),
+            outcome_name(&outcome),
+        ));
+    }
+    let status = collect(&ws).await?;
+    match fmt {
+        Format::Json => print_json(&UpReport {
+            init,
+            ingested,
+            status,
+        })?,
+        Format::Human => {
+            println!();
+            print_human(&status);
+            println!(
+                "\nKFM is up in {} with the samples in RAW. Promotion (gates A-G), the ledger and the\n\
+                 governed API are not built yet; `kfm up` will take the samples through them as they land.",
+                args.dir.display()
+            );
+        }
+    }
+    Ok(0)
+}

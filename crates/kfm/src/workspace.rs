@@ -1,0 +1,76 @@
+//! Finding a workspace and opening what it configures.
+
+use std::path::{Path, PathBuf};
+
+use kfm_core::Config;
+use kfm_store::Store;
+
+use crate::failure::Failure;
+
+pub const CONFIG_FILE: &str = "kfm.toml";
+
+/// An opened workspace: its directory and effective configuration.
+pub struct Workspace {
+    pub dir: PathBuf,
+    pub config: Config,
+}
+
+impl Workspace {
+    /// The workspace named by `--workspace`/`KFM_WORKSPACE`, or the nearest
+    /// directory from the current one upward that holds kfm.toml.
+    pub fn find(explicit: Option<&Path>) -> Result<Self, Failure> {
+        let dir = match explicit {
+            Some(d) => {
+                if !d.join(CONFIG_FILE).is_file() {
+                    return Err(Failure::input(format!(
+                        "{} is not a KFM workspace (no {CONFIG_FILE})",
+                        d.display()
+                    ))
+                    .hint(format!("create one with `kfm init {}`", d.display())));
+                }
+                d.to_path_buf()
+            }
+            None => {
+                let cwd = std::env::current_dir().map_err(|e| {
+                    Failure::input(format!("cannot read the current directory: {e}"))
+                })?;
+                cwd.ancestors()
+                    .find(|d| d.join(CONFIG_FILE).is_file())
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| {
+                        Failure::input(format!(
+                            "no KFM workspace here: no {CONFIG_FILE} in {} or any parent",
+                            cwd.display()
+                        ))
+                        .hint("run `kfm init`, or pass --workspace DIR")
+                    })?
+            }
+        };
+        Self::open(&dir)
+    }
+
+    /// Loads `dir/kfm.toml` with environment overrides.
+    pub fn open(dir: &Path) -> Result<Self, Failure> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Failure::input(format!("cannot read {}: {e}", path.display())))?;
+        let config = Config::parse(&text, &path.display().to_string(), |k| {
+            std::env::var(k).ok()
+        })
+        .map_err(|e| Failure::input(e.to_string()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+        })
+    }
+
+    /// Opens the canonical store this workspace points at.
+    pub fn store(&self) -> Result<Store, Failure> {
+        let url = self.config.store_url.resolved(&self.dir);
+        Store::open(&url, |k| std::env::var(k).ok()).map_err(Failure::from)
+    }
+
+    pub fn datasets_dir(&self) -> PathBuf {
+        self.dir.join("datasets")
+    }
+}
