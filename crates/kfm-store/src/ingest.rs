@@ -27,9 +27,9 @@ use crate::{Backend, Store, WriteOnce};
 const CHUNK: usize = 1 << 20;
 /// Multipart part size (S3 requires at least 5 MiB for all but the last).
 const PART: usize = 8 << 20;
-/// Chunks buffered between reader and uploader, and parts in flight: with
-/// the part being filled this bounds memory to about
-/// `CHANNEL*CHUNK + (IN_FLIGHT+1)*PART` = 28 MiB, whatever the file size.
+/// Chunks buffered between reader and writer, and (S3) parts in flight:
+/// memory stays below `CHANNEL*CHUNK + (IN_FLIGHT+1)*PART` = 28 MiB,
+/// whatever the file size.
 const CHANNEL: usize = 4;
 const IN_FLIGHT: usize = 2;
 
@@ -66,78 +66,28 @@ impl WriteOnce<Raw> {
         let staging = work.io.path(&staging_key)?;
         let os = self.io.os().clone();
 
-        let upload = os
-            .put_multipart(&staging)
-            .await
-            .map_err(|e| StoreError::backend("put_multipart", Zone::Work, &staging_key, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL);
-        let what_owned = what.to_owned();
-        let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
-            let mut source = source;
-            let mut hasher = Hasher::new();
-            loop {
-                let mut buf = Vec::with_capacity(CHUNK);
-                (&mut source).take(CHUNK as u64).read_to_end(&mut buf)?;
-                if buf.is_empty() {
-                    break;
-                }
-                hasher.update(&buf);
-                progress(hasher.len());
-                if tx.blocking_send(Bytes::from(buf)).is_err() {
-                    // The uploader stopped (it failed); its error is reported.
-                    break;
-                }
+        let staged = match &store.inner.backend {
+            Backend::Local { dir } => {
+                let path = dir.join(staging.as_ref());
+                let what = what.to_owned();
+                tokio::task::spawn_blocking(move || stage_file(&path, source, &what, progress))
+                    .await
+                    .map_err(|e| StoreError::Io {
+                        path: staging_key.clone(),
+                        source: std::io::Error::other(e),
+                    })?
             }
-            let len = hasher.len();
-            Ok((hasher.finish(), len))
-        });
-
-        let mut upload_err = None;
-        while let Some(chunk) = rx.recv().await {
-            if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
-                upload_err = Some(e);
-                break;
-            }
-            writer.put(chunk);
-        }
-        drop(rx);
-        let read = reader.await.map_err(|e| StoreError::Read {
-            what: what_owned.clone(),
-            source: std::io::Error::other(e),
-        })?;
-
-        // On failure, abort the upload (best effort: a staging object left in
-        // `work/` is swept later) and report the first cause.
-        if let Some(e) = upload_err {
-            let _ = writer.abort().await;
-            return Err(StoreError::backend("upload", Zone::Work, &staging_key, e));
-        }
-        let (digest, size) = match read {
-            Ok(v) => v,
-            Err(source) => {
-                let _ = writer.abort().await;
-                return Err(StoreError::Read {
-                    what: what_owned,
-                    source,
-                });
+            Backend::S3 => {
+                stage_multipart(&os, &staging, &staging_key, source, what, progress).await
             }
         };
-        if size == 0 {
-            let _ = writer.abort().await;
-            return Err(StoreError::Read {
-                what: what_owned,
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "the source is empty (0 bytes): nothing to acquire",
-                ),
-            });
-        }
-        writer
-            .finish()
-            .await
-            .map_err(|e| StoreError::backend("complete upload", Zone::Work, &staging_key, e))?;
+        let (digest, size) = match staged {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = work.delete(&staging_key).await;
+                return Err(e);
+            }
+        };
 
         let key = format!("{dataset}/{}/{file_name}", digest.hex());
         let final_path = self.io.path(&key)?;
@@ -152,6 +102,13 @@ impl WriteOnce<Raw> {
         if let Err(e) = work.delete(&staging_key).await {
             tracing::warn!(error = %e, key = %staging_key, "could not remove staging object; it will be swept later");
         }
+        if let Backend::Local { dir } = &store.inner.backend
+            && let Some(parent) = dir.join(staging.as_ref()).parent()
+        {
+            // The per-ingest staging directory is empty now; a failure here
+            // only leaves an empty directory for the sweep.
+            let _ = std::fs::remove_dir(parent);
+        }
         Ok(StagedIngest {
             digest,
             size,
@@ -159,6 +116,215 @@ impl WriteOnce<Raw> {
             created,
         })
     }
+}
+
+fn empty_source(what: String) -> StoreError {
+    StoreError::Read {
+        what,
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the source is empty (0 bytes): nothing to acquire",
+        ),
+    }
+}
+
+/// Local backend: a reader thread reads and hashes, this thread writes the
+/// staging file. Writeback to disk is started behind the writer
+/// (`sync_file_range`) so that the final `fdatasync` finds little left to
+/// do: durability costs almost nothing over the copy itself.
+fn stage_file<R: Read + Send>(
+    path: &std::path::Path,
+    mut source: R,
+    what: &str,
+    progress: IngestProgress,
+) -> Result<(Digest, u64)> {
+    use std::io::Write;
+    let io_err = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHANNEL);
+
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> std::io::Result<(Digest, u64)> {
+            let mut hasher = Hasher::new();
+            loop {
+                let mut buf = Vec::with_capacity(CHUNK);
+                (&mut source).take(CHUNK as u64).read_to_end(&mut buf)?;
+                if buf.is_empty() {
+                    break;
+                }
+                hasher.update(&buf);
+                progress(hasher.len());
+                if tx.send(buf).is_err() {
+                    break; // the writer failed; its error is reported
+                }
+            }
+            let len = hasher.len();
+            Ok((hasher.finish(), len))
+        });
+
+        let mut writeback = Writeback::default();
+        let mut write_err = None;
+        for buf in rx {
+            if let Err(e) = file.write_all(&buf) {
+                write_err = Some(e);
+                break;
+            }
+            writeback.advance(&file, buf.len() as u64);
+        }
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread panicked")));
+        if let Some(e) = write_err {
+            return Err(io_err(e));
+        }
+        let (digest, size) = read.map_err(|source| StoreError::Read {
+            what: what.to_owned(),
+            source,
+        })?;
+        if size == 0 {
+            return Err(empty_source(what.to_owned()));
+        }
+        file.sync_data().map_err(io_err)?;
+        Ok((digest, size))
+    })
+}
+
+/// Starts writeback of each window as soon as it is written and waits for
+/// the one before it, bounding dirty pages to two windows.
+#[derive(Default)]
+struct Writeback {
+    written: u64,
+    started: u64,
+    previous: u64,
+}
+
+impl Writeback {
+    const WINDOW: u64 = 8 << 20;
+
+    fn advance(&mut self, file: &std::fs::File, n: u64) {
+        self.written += n;
+        if self.written - self.started >= Self::WINDOW {
+            sync_range(file, self.previous, self.started - self.previous, true);
+            sync_range(file, self.started, self.written - self.started, false);
+            self.previous = self.started;
+            self.started = self.written;
+        }
+    }
+}
+
+/// `sync_file_range`: start writeback of a byte range (and, with `wait`,
+/// wait for it). A hint for speed only: durability comes from the
+/// `fdatasync` that follows, so failures are ignored.
+#[cfg(target_os = "linux")]
+fn sync_range(file: &std::fs::File, offset: u64, len: u64, wait: bool) {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return;
+    }
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    // SAFETY: the descriptor is borrowed from a live `File` for the duration
+    // of the call; sync_file_range reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            flags,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_range(_: &std::fs::File, _: u64, _: u64, _: bool) {}
+
+/// S3 backend: a reader thread reads and hashes; parts are uploaded as they
+/// fill, with a bounded number in flight.
+async fn stage_multipart<R: Read + Send + 'static>(
+    os: &std::sync::Arc<dyn object_store::ObjectStore>,
+    staging: &object_store::path::Path,
+    staging_key: &str,
+    source: R,
+    what: &str,
+    progress: IngestProgress,
+) -> Result<(Digest, u64)> {
+    let upload = os
+        .put_multipart(staging)
+        .await
+        .map_err(|e| StoreError::backend("put_multipart", Zone::Work, staging_key, e))?;
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+        let mut source = source;
+        let mut hasher = Hasher::new();
+        loop {
+            let mut buf = Vec::with_capacity(CHUNK);
+            (&mut source).take(CHUNK as u64).read_to_end(&mut buf)?;
+            if buf.is_empty() {
+                break;
+            }
+            hasher.update(&buf);
+            progress(hasher.len());
+            if tx.blocking_send(Bytes::from(buf)).is_err() {
+                break; // the uploader failed; its error is reported
+            }
+        }
+        let len = hasher.len();
+        Ok((hasher.finish(), len))
+    });
+
+    let mut upload_err = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
+            upload_err = Some(e);
+            break;
+        }
+        writer.put(chunk);
+    }
+    drop(rx);
+    let read = reader.await.map_err(|e| StoreError::Read {
+        what: what.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    if let Some(e) = upload_err {
+        let _ = writer.abort().await;
+        return Err(StoreError::backend("upload", Zone::Work, staging_key, e));
+    }
+    let (digest, size) = match read {
+        Ok(v) => v,
+        Err(source) => {
+            let _ = writer.abort().await;
+            return Err(StoreError::Read {
+                what: what.to_owned(),
+                source,
+            });
+        }
+    };
+    if size == 0 {
+        let _ = writer.abort().await;
+        return Err(empty_source(what.to_owned()));
+    }
+    writer
+        .finish()
+        .await
+        .map_err(|e| StoreError::backend("complete upload", Zone::Work, staging_key, e))?;
+    Ok((digest, size))
 }
 
 impl Store {

@@ -23,11 +23,13 @@ struct Report<'a> {
     acquisition: &'a kfm_core::Acquisition,
 }
 
+/// The actor recorded for an acquisition: `--actor`/`KFM_ACTOR`, else the
+/// operating-system user running kfm.
 pub fn default_actor(explicit: Option<&str>) -> String {
     explicit
         .map(str::to_owned)
+        .or_else(|| whoami::username().ok())
         .or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("LOGNAME").ok())
         .unwrap_or_else(|| "unknown".into())
 }
 
