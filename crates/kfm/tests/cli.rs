@@ -377,3 +377,76 @@ fn up_ingests_the_samples_and_is_idempotent() {
                 .and(predicate::str::contains("unchanged ks-places")),
         );
 }
+
+/// The same workspace on an S3 store chosen by `KFM_STORE_URL`, with
+/// credentials only from `AWS_*` variables: ingest, idempotence and status
+/// work end to end.
+#[test]
+fn ingest_into_an_s3_store_configured_from_the_environment() {
+    let Ok(endpoint) = std::env::var("KFM_TEST_S3_ENDPOINT") else {
+        if std::env::var("KFM_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!(
+                "KFM_REQUIRE_SERVICES=1 but KFM_TEST_S3_ENDPOINT is not set: run the tests through scripts/test"
+            );
+        }
+        eprintln!(
+            "SKIP (S3 backend): KFM_TEST_S3_ENDPOINT is not set; run scripts/test to start a local S3 server"
+        );
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let (_d, ws) = workspace();
+    let prefix = format!("cli-{}", std::process::id());
+    let s3 = |c: &mut Command| {
+        c.env(
+            "KFM_STORE_URL",
+            format!("s3://{}/{prefix}", var("KFM_TEST_S3_BUCKET")),
+        )
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", var("KFM_TEST_S3_ACCESS_KEY"))
+        .env("AWS_SECRET_ACCESS_KEY", var("KFM_TEST_S3_SECRET_KEY"))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ALLOW_HTTP", "true");
+    };
+    let mut c = kfm(&ws);
+    s3(&mut c);
+    c.args(["ingest", "datasets/ks-places.yaml"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ingested ks-places"));
+    let mut c = kfm(&ws);
+    s3(&mut c);
+    c.args(["ingest", "datasets/ks-places.yaml"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("unchanged"));
+    let mut c = kfm(&ws);
+    s3(&mut c);
+    let out = c
+        .args(["status", "--format", "json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let status: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert!(status["store"].as_str().unwrap().starts_with("s3://"));
+    assert_eq!(
+        status["datasets"][0]["acquisitions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Nothing went to the local directory store.
+    assert!(files_under(&ws.join("store")).is_empty());
+
+    // Without allowing plain http the store refuses to open, saying how to fix it.
+    let mut c = kfm(&ws);
+    s3(&mut c);
+    c.env_remove("AWS_ALLOW_HTTP")
+        .arg("status")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("AWS_ALLOW_HTTP=true"));
+}
