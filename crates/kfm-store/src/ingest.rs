@@ -118,6 +118,31 @@ impl WriteOnce<Raw> {
     }
 }
 
+/// Reads `source` once in `CHUNK`s, hashing each and handing it to `send`,
+/// until EOF or until `send` returns false (the consumer failed; its error
+/// is the one reported). Returns the digest and length of what was read.
+fn read_and_hash(
+    source: &mut impl Read,
+    progress: &IngestProgress,
+    mut send: impl FnMut(Vec<u8>) -> bool,
+) -> std::io::Result<(Digest, u64)> {
+    let mut hasher = Hasher::new();
+    loop {
+        let mut buf = Vec::with_capacity(CHUNK);
+        source.take(CHUNK as u64).read_to_end(&mut buf)?;
+        if buf.is_empty() {
+            break;
+        }
+        hasher.update(&buf);
+        progress(hasher.len());
+        if !send(buf) {
+            break;
+        }
+    }
+    let len = hasher.len();
+    Ok((hasher.finish(), len))
+}
+
 fn empty_source(what: String) -> StoreError {
     StoreError::Read {
         what,
@@ -154,23 +179,8 @@ fn stage_file<R: Read + Send>(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHANNEL);
 
     std::thread::scope(|scope| {
-        let reader = scope.spawn(move || -> std::io::Result<(Digest, u64)> {
-            let mut hasher = Hasher::new();
-            loop {
-                let mut buf = Vec::with_capacity(CHUNK);
-                (&mut source).take(CHUNK as u64).read_to_end(&mut buf)?;
-                if buf.is_empty() {
-                    break;
-                }
-                hasher.update(&buf);
-                progress(hasher.len());
-                if tx.send(buf).is_err() {
-                    break; // the writer failed; its error is reported
-                }
-            }
-            let len = hasher.len();
-            Ok((hasher.finish(), len))
-        });
+        let reader =
+            scope.spawn(move || read_and_hash(&mut source, &progress, |buf| tx.send(buf).is_ok()));
 
         let mut writeback = Writeback::default();
         let mut write_err = None;
@@ -270,23 +280,11 @@ async fn stage_multipart<R: Read + Send + 'static>(
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL);
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+    let reader = tokio::task::spawn_blocking(move || {
         let mut source = source;
-        let mut hasher = Hasher::new();
-        loop {
-            let mut buf = Vec::with_capacity(CHUNK);
-            (&mut source).take(CHUNK as u64).read_to_end(&mut buf)?;
-            if buf.is_empty() {
-                break;
-            }
-            hasher.update(&buf);
-            progress(hasher.len());
-            if tx.blocking_send(Bytes::from(buf)).is_err() {
-                break; // the uploader failed; its error is reported
-            }
-        }
-        let len = hasher.len();
-        Ok((hasher.finish(), len))
+        read_and_hash(&mut source, &progress, |buf| {
+            tx.blocking_send(Bytes::from(buf)).is_ok()
+        })
     });
 
     let mut upload_err = None;
