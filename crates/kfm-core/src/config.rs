@@ -410,6 +410,12 @@ origin = "kfm.local/dev"
 # Key prefix of the ledger inside the store.
 location = "audit"
 
+[signing]
+# Reference to the ledger signing key: env:NAME or file:PATH, never the key
+# itself. `kfm init` generated a development key (mode 0600); use a managed
+# secret in stage and prod.
+key = "file:keys/ledger.key"
+
 [policy]
 # Policy bundle directory (relative to this workspace).
 bundle = "policy"
@@ -529,6 +535,10 @@ mod tests {
         assert_eq!(c.store_url, StoreUrl::File("store".into()));
         assert_eq!(c.environment, Environment::Dev);
         assert_eq!(c.ledger_location, "audit");
+        assert_eq!(
+            c.signing_key,
+            Some(SecretRef::File("keys/ledger.key".into()))
+        );
     }
 
     #[test]

@@ -9,8 +9,12 @@
 //! nothing else from KFM). The C2SP tlog-tiles layout on the store, signed
 //! checkpoints, group commit and crash recovery build on it.
 
+pub mod checkpoint;
 pub mod merkle;
 
+pub use checkpoint::{
+    CheckpointError, LedgerSigner, VerifiedCheckpoint, generate_key, verify_checkpoint,
+};
 pub use merkle::{
     Hash, MerkleTree, ProofError, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };

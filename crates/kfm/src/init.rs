@@ -73,6 +73,7 @@ pub fn create(dir: &Path) -> Result<InitReport, Failure> {
             }
         }
     }
+    create_dev_key(dir, &mut report)?;
     for rel in ["datasets", "store"] {
         let path = dir.join(rel);
         if path.is_dir() {
@@ -83,6 +84,55 @@ pub fn create(dir: &Path) -> Result<InitReport, Failure> {
         }
     }
     Ok(report)
+}
+
+/// The development ledger key: `keys/ledger.key` (private, mode 0600) and
+/// `keys/ledger.pub` (its verifier key). kfm.toml records only the path.
+fn create_dev_key(dir: &Path, report: &mut InitReport) -> Result<(), Failure> {
+    let key = dir.join(DEV_KEY);
+    let public = dir.join(DEV_PUB);
+    if key.exists() {
+        report.existing.push(DEV_KEY.to_owned());
+        return Ok(());
+    }
+    if public.exists() {
+        return Err(Failure::input(format!(
+            "{} exists without {}",
+            public.display(),
+            key.display()
+        ))
+        .hint("restore the private key, or remove the stale public key and run `kfm init` again"));
+    }
+    let ws = Workspace::open(dir)?;
+    let (skey, vkey) = kfm_ledger::generate_key(&ws.config.ledger_origin).map_err(|e| {
+        Failure::input(format!("cannot generate a ledger key: {e}"))
+            .hint("set ledger.origin to a name without spaces or '+'")
+    })?;
+    write_new(&key, format!("{skey}\n").as_bytes(), 0o600)?;
+    write_new(&public, format!("{vkey}\n").as_bytes(), 0o644)?;
+    report.created.push(DEV_KEY.to_owned());
+    report.created.push(DEV_PUB.to_owned());
+    Ok(())
+}
+
+const DEV_KEY: &str = "keys/ledger.key";
+const DEV_PUB: &str = "keys/ledger.pub";
+
+/// Creates a file that must not exist yet, with `mode` from the start (a
+/// private key is never readable by others, not even for a moment).
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| Failure::input(format!("cannot create {}: {e}", path.display()));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(fail)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(path).map_err(fail)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(fail)
 }
 
 pub fn run(args: &InitArgs, fmt: Format) -> Result<u8, Failure> {

@@ -61,7 +61,34 @@ fn init_creates_a_workspace_and_a_second_run_changes_nothing() {
     for p in ["kfm.toml", "environments/dev.toml", "datasets", "store"] {
         assert!(w.join(p).exists(), "{p} missing");
     }
-    let before: Vec<_> = ["kfm.toml", "environments/dev.toml"]
+    // The development ledger key: private (0600), and kfm.toml holds only its path.
+    let key = std::fs::read_to_string(w.join("keys/ledger.key")).unwrap();
+    assert!(key.starts_with("PRIVATE+KEY+kfm.local/dev+"), "{key}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(w.join("keys/ledger.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "key file mode {mode:o}");
+    }
+    let toml = std::fs::read_to_string(w.join("kfm.toml")).unwrap();
+    assert!(toml.contains("key = \"file:keys/ledger.key\""));
+    assert!(
+        !toml.contains(key.trim().rsplit('+').next().unwrap()),
+        "the key leaked into kfm.toml"
+    );
+    let signer = kfm_ledger::LedgerSigner::from_key_text(&key).unwrap();
+    assert_eq!(
+        signer.verifier_key(),
+        std::fs::read_to_string(w.join("keys/ledger.pub"))
+            .unwrap()
+            .trim()
+    );
+
+    let before: Vec<_> = ["kfm.toml", "environments/dev.toml", "keys/ledger.key"]
         .iter()
         .map(|p| {
             (
@@ -78,7 +105,7 @@ fn init_creates_a_workspace_and_a_second_run_changes_nothing() {
             predicate::str::contains("already initialised")
                 .and(predicate::str::contains("nothing changed")),
         );
-    let after: Vec<_> = ["kfm.toml", "environments/dev.toml"]
+    let after: Vec<_> = ["kfm.toml", "environments/dev.toml", "keys/ledger.key"]
         .iter()
         .map(|p| {
             (
@@ -94,11 +121,12 @@ fn init_creates_a_workspace_and_a_second_run_changes_nothing() {
 fn a_literal_secret_in_kfm_toml_is_refused_naming_the_key() {
     let (_d, ws) = workspace();
     let toml = std::fs::read_to_string(ws.join("kfm.toml")).unwrap();
-    std::fs::write(
-        ws.join("kfm.toml"),
-        format!("{toml}\n[signing]\nkey = \"3q2+7w==deadbeefdeadbeef\"\n"),
-    )
-    .unwrap();
+    assert!(toml.contains("key = \"file:keys/ledger.key\""));
+    let literal = toml.replace(
+        "key = \"file:keys/ledger.key\"",
+        "key = \"3q2+7w==deadbeefdeadbeef\"",
+    );
+    std::fs::write(ws.join("kfm.toml"), literal).unwrap();
     kfm(&ws)
         .arg("status")
         .assert()
