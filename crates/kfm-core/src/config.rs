@@ -178,7 +178,6 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawLedger {
     origin: Option<String>,
-    location: Option<String>,
 }
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -203,8 +202,6 @@ pub struct Config {
     pub store_url: StoreUrl,
     /// Ledger origin name (the first line of every signed checkpoint).
     pub ledger_origin: String,
-    /// Key prefix of the ledger inside the store.
-    pub ledger_location: String,
     pub signing_key: Option<SecretRef>,
     /// Policy bundle directory, relative to the workspace.
     pub policy_bundle: PathBuf,
@@ -240,11 +237,10 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 7] = [
+pub const ENV_KEYS: [(&str, &str); 6] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
-    ("ledger.location", "KFM_LEDGER_LOCATION"),
     ("signing.key", "KFM_SIGNING_KEY"),
     ("policy.bundle", "KFM_POLICY_BUNDLE"),
     ("server.listen", "KFM_SERVER_LISTEN"),
@@ -332,19 +328,6 @@ impl Config {
                 "the origin must be one non-empty line".into(),
             ));
         }
-        let (v, src) = pick("ledger.location", raw.ledger.location);
-        let ledger_location = v.unwrap_or_else(|| "audit".into());
-        if ledger_location
-            .split('/')
-            .any(|s| s.is_empty() || s == ".." || s == ".")
-        {
-            return Err(err_at(
-                "ledger.location",
-                src,
-                "use a relative key prefix such as audit (no '.', '..' or empty segments)".into(),
-            ));
-        }
-
         let (v, src) = pick("signing.key", raw.signing.key);
         let signing_key = match v {
             None => None,
@@ -374,7 +357,6 @@ impl Config {
             environment,
             store_url,
             ledger_origin,
-            ledger_location,
             signing_key,
             policy_bundle,
             listen,
@@ -405,10 +387,9 @@ environment = "dev"
 url = "file://store"
 
 [ledger]
-# First line of every signed checkpoint; names this log.
+# First line of every signed checkpoint; names this log. The ledger itself
+# lives in the store's audit/ zone.
 origin = "kfm.local/dev"
-# Key prefix of the ledger inside the store.
-location = "audit"
 
 [signing]
 # Reference to the ledger signing key: env:NAME or file:PATH, never the key
@@ -534,7 +515,6 @@ mod tests {
         let c = Config::parse(Config::default_toml(), "kfm.toml", no_env).unwrap();
         assert_eq!(c.store_url, StoreUrl::File("store".into()));
         assert_eq!(c.environment, Environment::Dev);
-        assert_eq!(c.ledger_location, "audit");
         assert_eq!(
             c.signing_key,
             Some(SecretRef::File("keys/ledger.key".into()))

@@ -10,10 +10,16 @@
 //! checkpoints, group commit and crash recovery build on it.
 
 pub mod checkpoint;
+pub mod log;
 pub mod merkle;
+pub mod tiles;
 
 pub use checkpoint::{
     CheckpointError, LedgerSigner, VerifiedCheckpoint, generate_key, verify_checkpoint,
+};
+pub use log::{
+    Appended, CHECKPOINT, InclusionProof, Ledger, LedgerError, LedgerOptions, LedgerView,
+    VerifyReport, verify,
 };
 pub use merkle::{
     Hash, MerkleTree, ProofError, leaf_hash, node_hash, verify_consistency, verify_inclusion,

@@ -284,6 +284,12 @@ impl Store {
             io: ZoneIo::new(self, Zone::Published),
         }
     }
+    /// The audit zone, for the ledger.
+    pub fn audit(&self) -> Audit {
+        Audit {
+            io: ZoneIo::new(self, Zone::Audit),
+        }
+    }
 
     /// A read-only handle on any zone. This is what a serving process gets
     /// for `published`, `processed` and `catalog`.
@@ -582,27 +588,7 @@ impl Published {
 
     /// Reads a pointer and the version to condition a swap on.
     pub async fn read(&self, key: &str) -> Result<Option<Pointer>> {
-        match &self.io.store.inner.backend {
-            Backend::Local { .. } => Ok(self.io.get_opt(key).await?.map(|bytes| Pointer {
-                version: PointerVersion(Digest::of(&bytes).hex()),
-                bytes,
-            })),
-            Backend::S3 => {
-                let p = self.io.path(key)?;
-                match self.io.os().get(&p).await {
-                    Ok(r) => {
-                        let etag = r.meta.e_tag.clone().unwrap_or_default();
-                        let bytes = r.bytes().await.map_err(self.io.err("get", key))?;
-                        Ok(Some(Pointer {
-                            bytes,
-                            version: PointerVersion(etag),
-                        }))
-                    }
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(StoreError::backend("get", Zone::Published, key, e)),
-                }
-            }
-        }
+        self.io.cas_read(key).await
     }
 
     /// Replaces the pointer only if it is still at `expected` (`None`: only
@@ -614,45 +600,54 @@ impl Published {
         expected: Option<&PointerVersion>,
         new: Bytes,
     ) -> Result<PointerVersion> {
+        self.io.cas_swap(key, expected, new).await
+    }
+}
+
+impl ZoneIo {
+    async fn cas_read(&self, key: &str) -> Result<Option<Pointer>> {
+        match &self.store.inner.backend {
+            Backend::Local { .. } => Ok(self.get_opt(key).await?.map(|bytes| Pointer {
+                version: PointerVersion(Digest::of(&bytes).hex()),
+                bytes,
+            })),
+            Backend::S3 => {
+                let p = self.path(key)?;
+                match self.os().get(&p).await {
+                    Ok(r) => {
+                        let etag = r.meta.e_tag.clone().unwrap_or_default();
+                        let bytes = r.bytes().await.map_err(self.err("get", key))?;
+                        Ok(Some(Pointer {
+                            bytes,
+                            version: PointerVersion(etag),
+                        }))
+                    }
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(StoreError::backend("get", self.zone, key, e)),
+                }
+            }
+        }
+    }
+
+    async fn cas_swap(
+        &self,
+        key: &str,
+        expected: Option<&PointerVersion>,
+        new: Bytes,
+    ) -> Result<PointerVersion> {
         let conflict = || StoreError::Conflict {
-            zone: Zone::Published,
+            zone: self.zone,
             key: key.to_owned(),
         };
-        match &self.io.store.inner.backend {
+        self.path(key)?;
+        match &self.store.inner.backend {
             Backend::Local { dir } => {
                 // A directory has no conditional overwrite, so the swap runs
                 // under an exclusive OS lock held across read-compare-write.
                 // The lock dies with its process: a crashed writer never
                 // blocks the next one.
-                let lock_path = dir
-                    .join(".kfm-locks")
-                    .join("published")
-                    .join(format!("{}.lock", key.replace('/', "%2F")));
-                self.io.path(key)?;
-                let lock =
-                    tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-                        if let Some(parent) = lock_path.parent() {
-                            std::fs::create_dir_all(parent)?;
-                        }
-                        let f = std::fs::OpenOptions::new()
-                            .create(true)
-                            .truncate(false)
-                            .write(true)
-                            .open(&lock_path)?;
-                        f.lock()?;
-                        Ok(f)
-                    })
-                    .await
-                    .map_err(|e| StoreError::Io {
-                        path: key.to_owned(),
-                        source: std::io::Error::other(e),
-                    })?
-                    .map_err(|source| StoreError::Io {
-                        path: format!("lock for published/{key}"),
-                        source,
-                    })?;
+                let lock = lock_file(dir, &format!("{}/{}", self.zone.prefix(), key), false)?;
                 let current = self
-                    .io
                     .get_opt(key)
                     .await?
                     .map(|b| PointerVersion(Digest::of(&b).hex()));
@@ -660,7 +655,7 @@ impl Published {
                     return Err(conflict());
                 }
                 let version = PointerVersion(Digest::of(&new).hex());
-                self.io.put_mode(key, new, PutMode::Overwrite).await?;
+                self.put_mode(key, new, PutMode::Overwrite).await?;
                 drop(lock);
                 Ok(version)
             }
@@ -672,7 +667,7 @@ impl Published {
                         version: None,
                     }),
                 };
-                match self.io.put_mode(key, new, mode).await {
+                match self.put_mode(key, new, mode).await {
                     Ok(r) => Ok(PointerVersion(r.e_tag.unwrap_or_default())),
                     Err(StoreError::AlreadyExists { .. } | StoreError::Conflict { .. }) => {
                         Err(conflict())
@@ -680,6 +675,108 @@ impl Published {
                     Err(e) => Err(e),
                 }
             }
+        }
+    }
+}
+
+/// Takes an exclusive OS lock named `name` under the store directory
+/// (`.kfm-locks/`, outside every zone). `try_only`: fail at once if held
+/// instead of waiting. The lock is released when the file is dropped or the
+/// process dies.
+fn lock_file(dir: &FsPath, name: &str, try_only: bool) -> Result<Option<std::fs::File>> {
+    let path = dir
+        .join(".kfm-locks")
+        .join(format!("{}.lock", name.replace('/', "%2F")));
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    if try_only {
+        match f.try_lock() {
+            Ok(()) => Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    } else {
+        f.lock().map_err(io)?;
+        Ok(Some(f))
+    }
+}
+
+/// Exclusive right to write one log, held for as long as this value lives.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: Option<std::fs::File>,
+}
+
+/// The audit zone, owned by the ledger: its objects (tiles, entry bundles)
+/// are created once; its checkpoint moves only by compare-and-swap.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    io: ZoneIo,
+}
+
+impl Audit {
+    read_methods!();
+
+    /// Creates an object; refused if anything is already at `key`.
+    pub async fn create(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.io
+            .put_mode(key, bytes, PutMode::Create)
+            .await
+            .map(|_| ())
+    }
+
+    /// Reads the checkpoint object and its version.
+    pub async fn read_checkpoint(&self, key: &str) -> Result<Option<Pointer>> {
+        self.io.cas_read(key).await
+    }
+
+    /// Replaces the checkpoint only if it is still at `expected`.
+    pub async fn swap_checkpoint(
+        &self,
+        key: &str,
+        expected: Option<&PointerVersion>,
+        new: Bytes,
+    ) -> Result<PointerVersion> {
+        self.io.cas_swap(key, expected, new).await
+    }
+
+    /// Removes an object that no signed checkpoint covers: the torn tail a
+    /// crashed writer left (a tile or bundle written for a batch whose
+    /// checkpoint never landed). The ledger calls this only during recovery,
+    /// after proving the object lies beyond its last signed checkpoint.
+    pub async fn discard_uncommitted(&self, key: &str) -> Result<()> {
+        let p = self.io.path(key)?;
+        match self.io.os().delete(&p).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::backend("delete", Zone::Audit, key, e)),
+        }
+    }
+
+    /// Takes the exclusive writer lock for this store's ledger. On a local
+    /// directory a second writer is refused at once (the OS lock dies with
+    /// its process); on S3 there is no lock service, and the checkpoint's
+    /// compare-and-swap alone guarantees that history cannot fork.
+    pub fn lock_writer(&self) -> Result<WriterLock> {
+        match &self.io.store.inner.backend {
+            Backend::Local { dir } => match lock_file(dir, "audit-writer", true)? {
+                Some(f) => Ok(WriterLock { _file: Some(f) }),
+                None => Err(StoreError::Conflict {
+                    zone: Zone::Audit,
+                    key: "writer lock".into(),
+                }),
+            },
+            Backend::S3 => Ok(WriterLock { _file: None }),
         }
     }
 }

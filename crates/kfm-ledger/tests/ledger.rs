@@ -1,0 +1,242 @@
+//! The ledger on a real store: durable appends, reopen, verification,
+//! tampering, a second writer, torn tails.
+
+use std::sync::Arc;
+
+use kfm_ledger::{
+    Ledger, LedgerError, LedgerOptions, LedgerSigner, LedgerView, generate_key, verify,
+    verify_inclusion,
+};
+use kfm_store::Store;
+
+const ORIGIN: &str = "kfm.test/ledger";
+
+fn setup() -> (tempfile::TempDir, Store, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_local(&dir.path().join("store")).unwrap();
+    let (skey, vkey) = generate_key(ORIGIN).unwrap();
+    (dir, store, skey, vkey)
+}
+
+async fn open(store: &Store, skey: &str) -> Result<Ledger, LedgerError> {
+    Ledger::open(
+        store.audit(),
+        LedgerSigner::from_key_text(skey).unwrap(),
+        LedgerOptions::new(ORIGIN),
+    )
+    .await
+}
+
+/// Every file of the ledger, relative to the store root.
+fn ledger_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(d: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(&root.join("audit"), &mut v);
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_are_durable_provable_and_survive_reopen() {
+    let (_d, store, skey, vkey) = setup();
+    let ledger = Arc::new(open(&store, &skey).await.unwrap());
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let l = ledger.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..40 {
+                let entry = format!("{{\"task\":{t},\"i\":{i}}}").into_bytes();
+                let a = l.append(entry.clone()).await.unwrap();
+                out.push((entry, a));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(ledger.size(), 640);
+    let mut indexes: Vec<u64> = all.iter().map(|(_, a)| a.index).collect();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        (0..640).collect::<Vec<_>>(),
+        "every index exactly once"
+    );
+    // Each acknowledgement's checkpoint proves its entry.
+    for (entry, a) in all.iter().step_by(37) {
+        let cp = kfm_ledger::verify_checkpoint(&a.checkpoint, &vkey, Some(ORIGIN)).unwrap();
+        assert_eq!(cp.size, a.size);
+        let p = ledger.prove(a.index).unwrap();
+        let signed = kfm_ledger::verify_checkpoint(&p.checkpoint, &vkey, Some(ORIGIN)).unwrap();
+        assert_eq!(signed.size, p.size);
+        verify_inclusion(
+            a.index,
+            p.size,
+            &kfm_ledger::leaf_hash(entry),
+            &p.proof,
+            &signed.root,
+        )
+        .unwrap();
+        let view = LedgerView::open(&store.audit(), &vkey, ORIGIN)
+            .await
+            .unwrap();
+        assert_eq!(view.tree().root_at(p.size).unwrap(), signed.root);
+    }
+    match Arc::try_unwrap(ledger) {
+        Ok(l) => l.close().await,
+        Err(_) => panic!("ledger still shared"),
+    }
+
+    // Reopen: same size, appends continue, and the whole thing verifies.
+    let ledger = open(&store, &skey).await.unwrap();
+    assert_eq!(ledger.size(), 640);
+    assert_eq!(
+        ledger.append(b"after reopen".to_vec()).await.unwrap().index,
+        640
+    );
+    ledger.close().await;
+    let report = verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
+    assert_eq!(report.size, 641);
+    assert_eq!(report.bundles, 3);
+}
+
+#[tokio::test]
+async fn a_second_writer_is_refused() {
+    let (_d, store, skey, _) = setup();
+    let first = open(&store, &skey).await.unwrap();
+    first.append(b"one".to_vec()).await.unwrap();
+    assert!(matches!(
+        open(&store, &skey).await,
+        Err(LedgerError::Locked)
+    ));
+    first.close().await;
+    // Once the first is gone, a writer may open.
+    let again = open(&store, &skey).await.unwrap();
+    assert_eq!(again.size(), 1);
+}
+
+#[tokio::test]
+async fn entries_over_64_kib_are_refused() {
+    let (_d, store, skey, _) = setup();
+    let l = open(&store, &skey).await.unwrap();
+    let e = l.append(vec![0u8; 65536]).await.unwrap_err();
+    assert!(
+        matches!(e, LedgerError::EntryTooLarge { len: 65536 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("by digest"));
+    l.append(vec![0u8; 65535]).await.unwrap();
+    assert_eq!(l.size(), 1);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_discarded_on_open() {
+    let (d, store, skey, vkey) = setup();
+    let l = open(&store, &skey).await.unwrap();
+    for i in 0..10 {
+        l.append(format!("e{i}").into_bytes()).await.unwrap();
+    }
+    l.close().await;
+    // A batch that wrote its bundle and tile but crashed before its checkpoint.
+    let audit = store.audit();
+    audit
+        .create(
+            "tile/entries/000.p/12",
+            bytes::Bytes::from_static(b"\x00\x02e10\x00\x02e11"),
+        )
+        .await
+        .unwrap();
+    audit
+        .create("tile/0/000.p/12", bytes::Bytes::from(vec![9u8; 12 * 32]))
+        .await
+        .unwrap();
+
+    let l = open(&store, &skey).await.unwrap();
+    assert_eq!(l.size(), 10);
+    // The same widths are written again, with the real content.
+    l.append(b"x10".to_vec()).await.unwrap();
+    l.append(b"x11".to_vec()).await.unwrap();
+    l.close().await;
+    verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
+    drop(d);
+}
+
+#[tokio::test]
+async fn flipping_any_byte_of_any_ledger_file_fails_verification_naming_it() {
+    let (d, store, skey, vkey) = setup();
+    let l = open(&store, &skey).await.unwrap();
+    for i in 0..300 {
+        l.append(format!("entry number {i}").into_bytes())
+            .await
+            .unwrap();
+    }
+    l.close().await;
+    let root = std::fs::canonicalize(d.path().join("store")).unwrap();
+    verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
+
+    // Only the files the checkpoint covers are read: superseded partial
+    // tiles are history. Flip bytes at several offsets of each live file.
+    let live: Vec<_> = ledger_files(&root)
+        .into_iter()
+        .filter(|p| {
+            let rel = p
+                .strip_prefix(root.join("audit"))
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            [
+                "checkpoint",
+                "tile/entries/000",
+                "tile/entries/001.p/44",
+                "tile/0/000",
+                "tile/0/001.p/44",
+                "tile/1/000.p/1",
+            ]
+            .contains(&rel.as_str())
+        })
+        .collect();
+    assert_eq!(live.len(), 6, "{live:?}");
+    for path in &live {
+        let original = std::fs::read(path).unwrap();
+        let name = path
+            .strip_prefix(root.join("audit"))
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        for offset in [
+            0,
+            original.len() / 3,
+            original.len() / 2,
+            original.len() - 1,
+        ] {
+            let mut bad = original.clone();
+            bad[offset] ^= 0x20;
+            std::fs::write(path, &bad).unwrap();
+            let err = verify(&store.audit(), &vkey, ORIGIN)
+                .await
+                .expect_err(&format!("{name}@{offset} accepted"));
+            let msg = err.to_string();
+            let names_it = msg.contains(&name)
+                || (name == "checkpoint" && msg.starts_with("checkpoint"))
+                || (name.starts_with("tile/0/") && msg.contains("tile/entries/"));
+            assert!(
+                names_it,
+                "flip in {name}@{offset}: message does not name it: {msg}"
+            );
+        }
+        std::fs::write(path, &original).unwrap();
+    }
+    verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
+}
