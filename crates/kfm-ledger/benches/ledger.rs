@@ -1,0 +1,201 @@
+//! Ledger figures, ours and the anchor in the same run:
+//!
+//! 1. durable appends/s of 512-byte entries from 64 concurrent appenders,
+//!    vs SQLite (WAL, synchronous=FULL, one transaction per append) storing
+//!    the same entries from the same 64 appenders;
+//! 2. `verify` over N entries (default 1,000,000);
+//! 3. inclusion proof generation latency, p50 and p99.
+//!
+//! Run: `cargo bench -p kfm-ledger --bench ledger` (or `bench/ledger.sh`).
+//! KFM_BENCH_ENTRIES sets N for the verify figure; KFM_BENCH_SECONDS the
+//! duration of each append run (default 5).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kfm_ledger::{Ledger, LedgerOptions, LedgerSigner, generate_key, verify};
+use kfm_store::Store;
+
+const APPENDERS: usize = 64;
+const ENTRY: usize = 512;
+const ORIGIN: &str = "kfm.bench/ledger";
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn entry(appender: usize, i: u64) -> Vec<u8> {
+    let mut e = format!("{{\"appender\":{appender},\"i\":{i},\"pad\":\"").into_bytes();
+    e.resize(ENTRY - 2, b'x');
+    e.extend_from_slice(b"\"}");
+    e
+}
+
+fn kfm_appends(dir: &std::path::Path, secs: u64) -> (f64, u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open_local(&dir.join("store")).unwrap();
+        let (skey, _) = generate_key(ORIGIN).unwrap();
+        let ledger = Arc::new(
+            Ledger::open(
+                store.audit(),
+                LedgerSigner::from_key_text(&skey).unwrap(),
+                LedgerOptions::new(ORIGIN),
+            )
+            .await
+            .unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..APPENDERS)
+            .map(|a| {
+                let (l, stop, count) = (ledger.clone(), stop.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        l.append(entry(a, i)).await.unwrap();
+                        count.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let n = count.load(Ordering::Relaxed);
+        (n as f64 / start.elapsed().as_secs_f64(), n)
+    })
+}
+
+fn sqlite_appends(dir: &std::path::Path, secs: u64) -> f64 {
+    let path = dir.join("anchor.sqlite");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("CREATE TABLE log (id INTEGER PRIMARY KEY, entry BLOB NOT NULL)")
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..APPENDERS)
+        .map(|a| {
+            let (stop, count, path) = (stop.clone(), count.clone(), path.clone());
+            std::thread::spawn(move || {
+                let c = rusqlite::Connection::open(&path).unwrap();
+                c.pragma_update(None, "synchronous", "FULL").unwrap();
+                c.busy_timeout(Duration::from_secs(30)).unwrap();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let tx = c.unchecked_transaction().unwrap();
+                    tx.execute("INSERT INTO log (entry) VALUES (?1)", [entry(a, i)])
+                        .unwrap();
+                    tx.commit().unwrap();
+                    count.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn verify_and_prove(dir: &std::path::Path, n: u64) -> (f64, Duration, Duration) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open_local(&dir.join("verify-store")).unwrap();
+        let (skey, vkey) = generate_key(ORIGIN).unwrap();
+        let mut opts = LedgerOptions::new(ORIGIN);
+        opts.batch_max = 4096;
+        let ledger = Arc::new(
+            Ledger::open(
+                store.audit(),
+                LedgerSigner::from_key_text(&skey).unwrap(),
+                opts,
+            )
+            .await
+            .unwrap(),
+        );
+        // Fill quickly: many concurrent appenders so batches are large.
+        let per = n / 256;
+        let tasks: Vec<_> = (0..256u64)
+            .map(|a| {
+                let l = ledger.clone();
+                tokio::spawn(async move {
+                    for i in 0..per + u64::from(a < n % 256) {
+                        l.append(entry(a as usize, i)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(ledger.size(), n);
+
+        let mut lat = Vec::with_capacity(10_000);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let t = Instant::now();
+            let p = ledger.prove(x % n).unwrap();
+            lat.push(t.elapsed());
+            std::hint::black_box(p);
+        }
+        lat.sort();
+        let (p50, p99) = (lat[lat.len() / 2], lat[lat.len() * 99 / 100]);
+
+        let t = Instant::now();
+        let report = verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
+        assert_eq!(report.size, n);
+        (t.elapsed().as_secs_f64(), p50, p99)
+    })
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with --bench absent: skip the
+    // long measurements there.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let secs = env_u64("KFM_BENCH_SECONDS", 5);
+    let n = env_u64("KFM_BENCH_ENTRIES", 1_000_000);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+
+    let (ours, total) = kfm_appends(dir.path(), secs);
+    let anchor = sqlite_appends(dir.path(), secs);
+    println!("durable appends/s, {APPENDERS} appenders, {ENTRY}-byte entries, {secs} s each:");
+    println!("  kfm ledger (group commit)        {ours:>10.0}/s  ({total} entries)");
+    println!("  SQLite WAL synchronous=FULL      {anchor:>10.0}/s");
+    println!(
+        "  ratio kfm / SQLite               {:>10.1}x   (goal >= 20x, and >= 50,000/s)",
+        ours / anchor
+    );
+
+    let (verify_s, p50, p99) = verify_and_prove(dir.path(), n);
+    println!("verify over {n} entries:          {verify_s:>10.2} s    (goal < 5 s)");
+    println!("inclusion proof generation:        p50 {p50:?}  p99 {p99:?}   (goal p99 < 1 ms)");
+}
