@@ -275,8 +275,9 @@ async fn locate_altered_entry(
 }
 
 /// Read-only view for proofs: loads and checks the ledger, then answers
-/// proof queries from memory.
+/// proof queries from memory and reads entries on demand.
 pub struct LedgerView {
+    audit: Audit,
     tree: MerkleTree,
     checkpoint: Vec<u8>,
 }
@@ -289,9 +290,33 @@ impl LedgerView {
     ) -> Result<Self, LedgerError> {
         let l = load(audit, verifier_key, origin).await?;
         Ok(Self {
+            audit: audit.clone(),
             tree: l.tree,
             checkpoint: l.checkpoint,
         })
+    }
+
+    /// The entry at `index`, read from its bundle.
+    pub async fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        let size = self.tree.size();
+        if index >= size {
+            return Err(ProofError::IndexOutOfRange { index, size }.into());
+        }
+        let n = index / TILE_WIDTH;
+        let width = (size - n * TILE_WIDTH).min(TILE_WIDTH);
+        let path = entries_path(n, width);
+        let bytes = self.audit.get(&path).await?;
+        let entries =
+            parse_bundle(&bytes).ok_or_else(|| corrupt(&path, "malformed entry bundle"))?;
+        entries
+            .get((index - n * TILE_WIDTH) as usize)
+            .map(|e| e.to_vec())
+            .ok_or_else(|| corrupt(&path, format!("has no entry {index}")))
+    }
+
+    /// The index of the first entry whose leaf hash is `leaf`.
+    pub fn find_leaf(&self, leaf: &Hash) -> Option<u64> {
+        (0..self.tree.size()).find(|&i| self.tree.leaf(i).as_ref() == Some(leaf))
     }
 
     pub fn size(&self) -> u64 {

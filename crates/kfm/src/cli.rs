@@ -62,6 +62,12 @@ Identical bytes again are a no-op that reports the earlier acquisition; differen
 new acquisition. A missing or unreadable source, or a bad spec: exit 2, nothing written.")]
     Ingest(IngestArgs),
 
+    /// The audit ledger: append, verify, prove, consistency, tail.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+
     /// Each dataset's position on the truth path and its acquisitions.
     #[command(after_help = "Example:\n  kfm status\n  kfm status --format json")]
     Status(StatusArgs),
@@ -75,6 +81,78 @@ pub enum SpecCommand {
 Exit 1 if any spec is invalid, 2 if a path cannot be read or holds no spec."
     )]
     Check(SpecCheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Append an entry (a file, or stdin); returns once it is durable.
+    #[command(
+        after_help = "Examples:\n  kfm ledger append receipt.json\n  echo '{\"event\":\"x\"}' | kfm ledger append\n  \
+producer | kfm ledger append --lines     # one entry per line, acknowledged as each is durable\n\n\
+Entries over 65535 bytes are refused (exit 2): store large payloads by digest.\n\
+A second writer on the same ledger is refused (exit 1)."
+    )]
+    Append(LedgerAppendArgs),
+    /// Recompute every hash and check the checkpoint signature; exit 1 naming the first bad file.
+    #[command(
+        after_help = "Example:\n  kfm ledger verify\n  kfm ledger verify --verifier-key auditor/ledger.pub --format json"
+    )]
+    Verify(LedgerReadArgs),
+    /// Inclusion proof for an entry, by index or leaf hash.
+    #[command(
+        after_help = "Example:\n  kfm ledger prove 41\n  kfm ledger prove 9f2c…(64 hex digits) --format json"
+    )]
+    Prove(LedgerProveArgs),
+    /// Consistency proof between two tree sizes.
+    #[command(after_help = "Example:\n  kfm ledger consistency 10 250")]
+    Consistency(LedgerConsistencyArgs),
+    /// The last entries.
+    #[command(after_help = "Example:\n  kfm ledger tail -n 20")]
+    Tail(LedgerTailArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerAppendArgs {
+    /// File holding the entry (default: stdin).
+    pub file: Option<PathBuf>,
+    /// Read stdin as one entry per line.
+    #[arg(long, conflicts_with = "file")]
+    pub lines: bool,
+    /// Most entries per group-commit batch.
+    #[arg(long)]
+    pub batch_max: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerReadArgs {
+    /// File holding the ledger's verifier (public) key (default: keys/ledger.pub).
+    #[arg(long, value_name = "FILE")]
+    pub verifier_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerProveArgs {
+    /// Entry index, or its 64-hex-digit leaf hash.
+    pub target: String,
+    #[command(flatten)]
+    pub read: LedgerReadArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerConsistencyArgs {
+    pub old_size: u64,
+    pub new_size: u64,
+    #[command(flatten)]
+    pub read: LedgerReadArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerTailArgs {
+    /// How many entries.
+    #[arg(short, default_value_t = 10)]
+    pub n: u64,
+    #[command(flatten)]
+    pub read: LedgerReadArgs,
 }
 
 #[derive(Args, Debug)]

@@ -29,6 +29,12 @@ impl Failure {
         self
     }
 
+    /// Prefixes the message with what it concerns (a file name, say).
+    pub fn with_context(mut self, what: &str) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     pub fn report(&self) {
         eprintln!("error: {}", self.message);
         if let Some(h) = &self.hint {

@@ -6,6 +6,7 @@ mod cli;
 mod failure;
 mod ingest;
 mod init;
+mod ledger;
 mod output;
 mod samples;
 mod spec;
@@ -57,6 +58,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         } => spec::check(ws, &a, fmt),
         Command::Ingest(a) => ingest::run(ws, &a, fmt).await,
         Command::Status(a) => status::run(ws, &a, fmt).await,
+        Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
     }
 }
 

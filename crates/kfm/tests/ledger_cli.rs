@@ -1,0 +1,210 @@
+//! `kfm ledger` as a user and an attacker drive it: crashes mid-batch, a
+//! second writer, tampering.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use assert_cmd::Command;
+use kfm_ledger::LedgerView;
+use predicates::prelude::*;
+
+fn kfm(ws: &Path) -> Command {
+    let mut c = Command::cargo_bin("kfm").unwrap();
+    c.current_dir(ws)
+        .env_remove("KFM_WORKSPACE")
+        .env_remove("KFM_STORE_URL");
+    c
+}
+
+fn workspace() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    kfm(dir.path()).args(["init", "ws"]).assert().success();
+    let ws = dir.path().join("ws");
+    (dir, ws)
+}
+
+fn view(ws: &Path, rt: &tokio::runtime::Runtime) -> LedgerView {
+    let store = kfm_store::Store::open_local(&ws.join("store")).unwrap();
+    let vkey = std::fs::read_to_string(ws.join("keys/ledger.pub")).unwrap();
+    rt.block_on(LedgerView::open(
+        &store.audit(),
+        vkey.trim(),
+        "kfm.local/dev",
+    ))
+    .unwrap()
+}
+
+/// Kill a writer with SIGKILL mid-batch, 50 times. After every kill:
+/// every acknowledged entry is present with its content at its index, the
+/// ledger verifies, and the next writer opens (discarding any torn tail).
+#[test]
+fn a_writer_killed_mid_batch_loses_no_acknowledged_entry() {
+    let (_d, ws) = workspace();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bin = assert_cmd::cargo::cargo_bin("kfm");
+    let mut acked: Vec<(u64, String)> = Vec::new();
+    for round in 0..50u64 {
+        let mut child = std::process::Command::new(&bin)
+            .args(["--format", "json", "ledger", "append", "--lines"])
+            .current_dir(&ws)
+            .env_remove("KFM_WORKSPACE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || {
+            for i in 1..=200_000u64 {
+                if writeln!(stdin, "round {round} line {i}").is_err() {
+                    break; // the writer was killed
+                }
+            }
+        });
+        // Kill after a varying number of acknowledgements, while more are in flight.
+        let want = 1 + (round * 37) % 300;
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut got = 0;
+        let mut line = String::new();
+        while got < want {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let (index, n) = (v["index"].as_u64().unwrap(), v["line"].as_u64().unwrap());
+            acked.push((index, format!("round {round} line {n}")));
+            got += 1;
+        }
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            !status.success(),
+            "round {round}: the writer finished before it was killed"
+        );
+        drop(out);
+        feeder.join().unwrap();
+
+        let v = view(&ws, &rt);
+        assert!(
+            v.size() >= acked.len() as u64,
+            "round {round}: size {} < {} acknowledged",
+            v.size(),
+            acked.len()
+        );
+        for (index, content) in &acked {
+            let e = rt.block_on(v.entry(*index)).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&e),
+                *content,
+                "round {round}: entry {index}"
+            );
+        }
+        kfm(&ws).args(["ledger", "verify"]).assert().success();
+    }
+    // A final writer opens over whatever the last kill left, and appends.
+    kfm(&ws)
+        .args(["ledger", "append", "-"])
+        .write_stdin("after the storm")
+        .assert()
+        .success();
+    kfm(&ws).args(["ledger", "verify"]).assert().success();
+}
+
+#[test]
+fn a_second_writer_is_refused() {
+    let (_d, ws) = workspace();
+    let bin = assert_cmd::cargo::cargo_bin("kfm");
+    let mut first = std::process::Command::new(&bin)
+        .args(["ledger", "append", "--lines"])
+        .current_dir(&ws)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = first.stdin.take().unwrap();
+    writeln!(stdin, "first writer").unwrap();
+    let mut out = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap(); // the first writer holds the ledger now
+    kfm(&ws)
+        .args(["ledger", "append", "-"])
+        .write_stdin("second writer")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("another writer holds this ledger"));
+    drop(stdin);
+    assert!(first.wait().unwrap().success());
+    kfm(&ws).args(["ledger", "tail"]).assert().success().stdout(
+        predicate::str::contains("first writer").and(predicate::str::contains("second").not()),
+    );
+}
+
+#[test]
+fn tampering_fails_verify_with_exit_1_naming_the_file() {
+    let (_d, ws) = workspace();
+    let lines: String = (0..300).map(|i| format!("{{\"event\":{i}}}\n")).collect();
+    kfm(&ws)
+        .args(["ledger", "append", "--lines"])
+        .write_stdin(lines)
+        .assert()
+        .success();
+    kfm(&ws)
+        .args(["ledger", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("300 entries"));
+    let bundle = ws.join("store/audit/tile/entries/000");
+    let original = std::fs::read(&bundle).unwrap();
+    let mut bad = original.clone();
+    bad[100] ^= 0x01;
+    std::fs::write(&bundle, &bad).unwrap();
+    kfm(&ws)
+        .args(["ledger", "verify"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("tile/entries/000"));
+    std::fs::write(&bundle, &original).unwrap();
+    let cp = ws.join("store/audit/checkpoint");
+    let original = std::fs::read(&cp).unwrap();
+    let mut bad = original.clone();
+    bad[original.len() - 10] ^= 0x01;
+    std::fs::write(&cp, &bad).unwrap();
+    kfm(&ws)
+        .args(["ledger", "verify"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("checkpoint"));
+    std::fs::write(&cp, &original).unwrap();
+    kfm(&ws).args(["ledger", "verify"]).assert().success();
+    // Proofs and bad input.
+    kfm(&ws)
+        .args(["ledger", "prove", "299"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("verified"));
+    kfm(&ws).args(["ledger", "prove", "300"]).assert().code(2);
+    kfm(&ws)
+        .args(["ledger", "consistency", "1", "300"])
+        .assert()
+        .success();
+    kfm(&ws)
+        .args(["ledger", "consistency", "300", "1"])
+        .assert()
+        .code(2);
+    let big = ws.join("big.bin");
+    std::fs::write(&big, vec![b'x'; 70_000]).unwrap();
+    kfm(&ws)
+        .args(["ledger", "append", "big.bin"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("70000 bytes refused")
+                .and(predicate::str::contains("by digest")),
+        );
+}
