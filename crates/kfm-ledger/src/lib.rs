@@ -4,10 +4,11 @@
 //! Merkle log (RFC 9162), so that anyone holding a checkpoint can verify that
 //! an entry is included and that history was never rewritten.
 //!
-//! Built so far: [`merkle`], the tree hashing, proof generation and the
-//! verification functions, usable on their own by any auditor (they need
-//! nothing else from KFM). The C2SP tlog-tiles layout on the store, signed
-//! checkpoints, group commit and crash recovery build on it.
+//! Layers, each usable alone: [`merkle`] (hashing, proofs, and the
+//! verification functions an auditor needs, with nothing else from KFM),
+//! [`checkpoint`] (signed C2SP checkpoints), [`tiles`] (C2SP paths and entry
+//! bundles) and [`log`] (the ledger on the store: group commit, one writer,
+//! recovery, offline verification).
 
 pub mod checkpoint;
 pub mod log;
