@@ -75,6 +75,11 @@ fn kfm_appends(dir: &std::path::Path, secs: u64) -> (f64, u64) {
             t.await.unwrap();
         }
         let n = count.load(Ordering::Relaxed);
+        eprintln!(
+            "  (kfm: {} batches, {:.1} entries per batch)",
+            ledger.batches(),
+            n as f64 / ledger.batches().max(1) as f64
+        );
         (n as f64 / start.elapsed().as_secs_f64(), n)
     })
 }

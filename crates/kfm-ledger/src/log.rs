@@ -345,6 +345,7 @@ struct Request {
 struct Shared {
     tree: MerkleTree,
     committed: u64,
+    batches: u64,
     checkpoint: Arc<Vec<u8>>,
 }
 
@@ -375,6 +376,7 @@ impl Ledger {
         let shared = Arc::new(RwLock::new(Shared {
             tree: loaded.tree.clone(),
             committed: loaded.tree.size(),
+            batches: 0,
             checkpoint: Arc::new(loaded.checkpoint.clone()),
         }));
         let (tx, rx) = mpsc::channel(opts.batch_max.max(1) * 4);
@@ -417,6 +419,12 @@ impl Ledger {
             Ok(Err(e)) => Err(LedgerError::Failed(e)),
             Err(_) => Err(LedgerError::Failed("writer stopped".into())),
         }
+    }
+
+    /// Batches committed since this writer opened: with [`Ledger::size`],
+    /// how well group commit is batching.
+    pub fn batches(&self) -> u64 {
+        self.shared.read().map(|s| s.batches).unwrap_or(0)
     }
 
     /// Size of the tree covered by the latest durable checkpoint.
@@ -564,6 +572,7 @@ impl Writer {
                 s.tree.push_leaf_hash(*l);
             }
             s.committed = new;
+            s.batches += 1;
             s.checkpoint = checkpoint.clone();
         }
         Ok(leaves
