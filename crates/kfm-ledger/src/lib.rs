@@ -11,6 +11,7 @@
 //! recovery, offline verification).
 
 pub mod checkpoint;
+pub(crate) mod journal;
 pub mod log;
 pub mod merkle;
 pub mod tiles;

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kfm_store::{Audit, PointerVersion, StoreError, WriterLock};
+use kfm_store::{Audit, Journal, PointerVersion, StoreError, WriterLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::{CheckpointError, LedgerSigner, verify_checkpoint};
@@ -99,13 +99,21 @@ pub struct InclusionProof {
     pub checkpoint: Arc<Vec<u8>>,
 }
 
-/// A ledger loaded from the store and checked against its checkpoint.
+/// A ledger loaded from the store (and, on a directory, its journal) and
+/// checked against the signed checkpoints.
 struct Loaded {
     tree: MerkleTree,
-    /// Entries of the last, incomplete bundle.
+    /// First index held in `tail`: the start of the bundle that holds entry
+    /// `stored_size` (a multiple of the tile width).
+    tail_from: u64,
+    /// Entries from `tail_from` to the end of the tree.
     tail: Vec<Vec<u8>>,
+    /// Signed checkpoint for the whole tree (empty for an empty ledger).
     checkpoint: Vec<u8>,
+    /// Version of the checkpoint object in the store.
     version: Option<PointerVersion>,
+    /// Size covered by the checkpoint object: entries written as tiles.
+    stored_size: u64,
 }
 
 /// Reads the checkpoint and every entry bundle it covers, rebuilds the tree
@@ -114,9 +122,11 @@ async fn load(audit: &Audit, verifier_key: &str, origin: &str) -> Result<Loaded,
     let Some(cp) = audit.read_checkpoint(CHECKPOINT).await? else {
         return Ok(Loaded {
             tree: MerkleTree::new(),
+            tail_from: 0,
             tail: Vec::new(),
             checkpoint: Vec::new(),
             version: None,
+            stored_size: 0,
         });
     };
     let signed = verify_checkpoint(&cp.bytes, verifier_key, Some(origin))?;
@@ -165,10 +175,84 @@ async fn load(audit: &Audit, verifier_key: &str, origin: &str) -> Result<Loaded,
     }
     Ok(Loaded {
         tree,
+        tail_from: (size / TILE_WIDTH) * TILE_WIDTH,
         tail,
         checkpoint: cp.bytes.to_vec(),
         version: Some(cp.version),
+        stored_size: size,
     })
+}
+
+/// Reads the journal's records (a torn final write is left out; the writer
+/// cuts it off).
+fn read_journal(journal: &Journal) -> Result<crate::journal::Decoded, LedgerError> {
+    let bytes = journal.read_all()?;
+    crate::journal::decode(&bytes).map_err(|e| corrupt("journal", e))
+}
+
+/// Applies journal records beyond what the store holds, checking that each
+/// continues the tree and carries a valid signed checkpoint for its size.
+fn apply_journal(
+    loaded: &mut Loaded,
+    records: Vec<crate::journal::Record>,
+    verifier_key: &str,
+    origin: &str,
+) -> Result<(), LedgerError> {
+    for (i, r) in records.into_iter().enumerate() {
+        if r.new_size() <= loaded.stored_size {
+            continue; // already written as tiles
+        }
+        let size = loaded.tree.size();
+        if r.old_size != size {
+            return Err(corrupt(
+                "journal",
+                format!(
+                    "record {i} starts at entry {} but the ledger has {size}",
+                    r.old_size
+                ),
+            ));
+        }
+        for e in &r.entries {
+            loaded.tree.push(e);
+        }
+        loaded.tail.extend(r.entries);
+        let cp = verify_checkpoint(&r.note, verifier_key, Some(origin))
+            .map_err(|e| corrupt("journal", format!("record {i}: {e}")))?;
+        if cp.size != loaded.tree.size() || cp.root != loaded.tree.root() {
+            return Err(corrupt(
+                "journal",
+                format!("record {i}: its signed checkpoint does not match its entries"),
+            ));
+        }
+        loaded.checkpoint = r.note;
+    }
+    Ok(())
+}
+
+/// Loads the store and applies the journal read-only (readers). A live
+/// writer may write tiles and cut the journal between the two reads, so a
+/// journal that starts beyond the loaded checkpoint means "read again".
+async fn load_all(audit: &Audit, verifier_key: &str, origin: &str) -> Result<Loaded, LedgerError> {
+    let mut attempt = 0;
+    loop {
+        let mut loaded = load(audit, verifier_key, origin).await?;
+        let Some(j) = audit.journal(false)? else {
+            return Ok(loaded);
+        };
+        let d = read_journal(&j)?;
+        let gap = d
+            .records
+            .iter()
+            .find(|r| r.new_size() > loaded.stored_size)
+            .is_some_and(|r| r.old_size > loaded.tree.size());
+        if gap && attempt < 20 {
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        apply_journal(&mut loaded, d.records, verifier_key, origin)?;
+        return Ok(loaded);
+    }
 }
 
 fn hex(h: &[u8]) -> String {
@@ -182,18 +266,21 @@ pub struct VerifyReport {
     pub root: Hash,
     pub bundles: u64,
     pub hash_tiles: u64,
+    /// Entries durable in the journal and not yet written as tiles.
+    pub journal_entries: u64,
 }
 
 /// Verifies a whole ledger offline: the checkpoint's signature, every entry
 /// bundle, every hash tile against the hashes recomputed from the entries,
-/// and the root against the checkpoint. Returns the first problem found,
-/// naming the file (and the entry index where there is one).
+/// the root against the checkpoint, and every journal record (signature and
+/// continuity). Returns the first problem found, naming the file (and the
+/// entry index where there is one).
 pub async fn verify(
     audit: &Audit,
     verifier_key: &str,
     origin: &str,
 ) -> Result<VerifyReport, LedgerError> {
-    let loaded = match load(audit, verifier_key, origin).await {
+    let loaded = match load_all(audit, verifier_key, origin).await {
         // A root mismatch means an entry was altered: find which, via the
         // level-0 hash tiles, for a precise message.
         Err(LedgerError::Corrupt { place, what }) if place == "tile/entries" => {
@@ -203,8 +290,8 @@ pub async fn verify(
         }
         other => other?,
     };
-    let size = loaded.tree.size();
-    let tiles = new_hash_tiles(0, size);
+    let stored = loaded.stored_size;
+    let tiles = new_hash_tiles(0, stored);
     for t in &tiles {
         let path = t.path();
         let want = t
@@ -225,11 +312,13 @@ pub async fn verify(
             ));
         }
     }
+    let size = loaded.tree.size();
     Ok(VerifyReport {
         size,
         root: loaded.tree.root(),
-        bundles: size.div_ceil(TILE_WIDTH),
+        bundles: stored.div_ceil(TILE_WIDTH),
         hash_tiles: tiles.len() as u64,
+        journal_entries: size - stored,
     })
 }
 
@@ -274,12 +363,12 @@ async fn locate_altered_entry(
     None
 }
 
-/// Read-only view for proofs: loads and checks the ledger, then answers
-/// proof queries from memory and reads entries on demand.
+/// Read-only view for proofs: loads and checks the ledger (store and
+/// journal), then answers proof queries from memory and reads entries on
+/// demand.
 pub struct LedgerView {
     audit: Audit,
-    tree: MerkleTree,
-    checkpoint: Vec<u8>,
+    loaded: Loaded,
 }
 
 impl LedgerView {
@@ -288,22 +377,24 @@ impl LedgerView {
         verifier_key: &str,
         origin: &str,
     ) -> Result<Self, LedgerError> {
-        let l = load(audit, verifier_key, origin).await?;
         Ok(Self {
             audit: audit.clone(),
-            tree: l.tree,
-            checkpoint: l.checkpoint,
+            loaded: load_all(audit, verifier_key, origin).await?,
         })
     }
 
-    /// The entry at `index`, read from its bundle.
+    /// The entry at `index`.
     pub async fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
-        let size = self.tree.size();
+        let l = &self.loaded;
+        let size = l.tree.size();
         if index >= size {
             return Err(ProofError::IndexOutOfRange { index, size }.into());
         }
+        if index >= l.tail_from {
+            return Ok(l.tail[(index - l.tail_from) as usize].clone());
+        }
         let n = index / TILE_WIDTH;
-        let width = (size - n * TILE_WIDTH).min(TILE_WIDTH);
+        let width = (l.stored_size - n * TILE_WIDTH).min(TILE_WIDTH);
         let path = entries_path(n, width);
         let bytes = self.audit.get(&path).await?;
         let entries =
@@ -316,24 +407,25 @@ impl LedgerView {
 
     /// The index of the first entry whose leaf hash is `leaf`.
     pub fn find_leaf(&self, leaf: &Hash) -> Option<u64> {
-        (0..self.tree.size()).find(|&i| self.tree.leaf(i).as_ref() == Some(leaf))
+        let t = &self.loaded.tree;
+        (0..t.size()).find(|&i| t.leaf(i).as_ref() == Some(leaf))
     }
 
     pub fn size(&self) -> u64 {
-        self.tree.size()
+        self.loaded.tree.size()
     }
 
     pub fn root(&self) -> Hash {
-        self.tree.root()
+        self.loaded.tree.root()
     }
 
-    /// The signed checkpoint (empty for an empty ledger).
+    /// The signed checkpoint for the whole tree (empty for an empty ledger).
     pub fn checkpoint(&self) -> &[u8] {
-        &self.checkpoint
+        &self.loaded.checkpoint
     }
 
     pub fn tree(&self) -> &MerkleTree {
-        &self.tree
+        &self.loaded.tree
     }
 }
 
@@ -343,24 +435,43 @@ struct Request {
 }
 
 struct Shared {
+    /// Every durable leaf (and, during a commit, the batch's own).
     tree: MerkleTree,
+    /// Durable size: what proofs and `size` report.
     committed: u64,
-    batches: u64,
     checkpoint: Arc<Vec<u8>>,
+    batches: u64,
+    tail_from: u64,
+    tail: Vec<Vec<u8>>,
+    /// Size written as tiles with its checkpoint object.
+    materialized: u64,
+    failed: Option<String>,
+}
+
+/// The journal with the size its last record reaches.
+struct JournalState {
+    journal: Journal,
+    last_size: u64,
 }
 
 /// The single writer of a ledger. Appends are group-committed by a
 /// background task; each returns once its batch is durable.
+///
+/// On a directory a batch is durable when its journal record is synced (one
+/// `fdatasync`); a second task then writes tiles and the checkpoint object,
+/// coalescing batches. On S3 each batch writes its tiles and checkpoint
+/// before answering.
 pub struct Ledger {
     tx: Option<mpsc::Sender<Request>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<RwLock<Shared>>,
     _lock: WriterLock,
 }
 
 impl Ledger {
     /// Opens the ledger for writing: takes the writer lock, verifies the
-    /// checkpoint and the entries it covers, and discards a torn tail.
+    /// checkpoint and the entries it covers, discards a torn tail, replays
+    /// the journal and writes what it held as tiles.
     pub async fn open(
         audit: Audit,
         signer: LedgerSigner,
@@ -371,29 +482,72 @@ impl Ledger {
             Err(StoreError::Conflict { .. }) => return Err(LedgerError::Locked),
             Err(e) => return Err(e.into()),
         };
-        let loaded = load(&audit, signer.verifier_key(), &opts.origin).await?;
-        discard_torn_tail(&audit, loaded.tree.size()).await?;
+        let vkey = signer.verifier_key().to_owned();
+        let mut loaded = load(&audit, &vkey, &opts.origin).await?;
+        discard_torn_tail(&audit, loaded.stored_size).await?;
+        let mut journal = audit.journal(true)?;
+        if let Some(j) = journal.as_mut() {
+            let d = read_journal(j)?;
+            j.set_len(d.valid_len);
+            apply_journal(&mut loaded, d.records, &vkey, &opts.origin)?;
+        }
+        let size = loaded.tree.size();
         let shared = Arc::new(RwLock::new(Shared {
-            tree: loaded.tree.clone(),
-            committed: loaded.tree.size(),
+            tree: loaded.tree,
+            committed: size,
+            checkpoint: Arc::new(loaded.checkpoint),
             batches: 0,
-            checkpoint: Arc::new(loaded.checkpoint.clone()),
+            tail_from: loaded.tail_from,
+            tail: loaded.tail,
+            materialized: loaded.stored_size,
+            failed: None,
         }));
+        let mut mat = Materializer {
+            audit: audit.clone(),
+            shared: shared.clone(),
+            version: loaded.version,
+        };
+        mat.catch_up().await?;
+        let journal = match journal {
+            Some(mut j) => {
+                // Everything it held is now in tiles; a torn last record (a
+                // crash mid-write) goes with the old file.
+                j.reset()?;
+                Some(Arc::new(std::sync::Mutex::new(JournalState {
+                    journal: j,
+                    last_size: size,
+                })))
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(opts.batch_max.max(1) * 4);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        let inline = match &journal {
+            Some(j) => {
+                tasks.push(tokio::spawn(mat.run(
+                    j.clone(),
+                    notify.clone(),
+                    closing.clone(),
+                )));
+                None
+            }
+            None => Some(mat),
+        };
         let writer = Writer {
-            audit,
             signer,
             opts,
-            tree: loaded.tree,
-            tail: loaded.tail,
-            version: loaded.version,
             shared: shared.clone(),
-            failed: None,
+            journal,
+            inline,
+            notify,
+            closing,
         };
-        let task = tokio::spawn(writer.run(rx));
+        tasks.insert(0, tokio::spawn(writer.run(rx)));
         Ok(Self {
             tx: Some(tx),
-            task: Some(task),
+            tasks,
             shared,
             _lock: lock,
         })
@@ -451,7 +605,7 @@ impl Ledger {
     /// then releases the writer lock.
     pub async fn close(mut self) {
         self.tx.take();
-        if let Some(t) = self.task.take() {
+        for t in self.tasks.drain(..) {
             let _ = t.await;
         }
     }
@@ -459,35 +613,58 @@ impl Ledger {
 
 const SUPERSEDED: &str = "superseded";
 
+/// How long the tile writer lets committed batches accumulate (directory
+/// stores): bounds how far tiles lag behind the journal under load. Tile
+/// writes create files and fsync them, which stalls the journal's syncs on
+/// the same file system; one round a second keeps that cost to a fraction.
+/// Readers on the same store apply the journal, so they see every durable
+/// entry whatever the lag.
+const MATERIALIZE_EVERY: Duration = Duration::from_millis(1000);
+
 struct Writer {
-    audit: Audit,
     signer: LedgerSigner,
     opts: LedgerOptions,
-    tree: MerkleTree,
-    tail: Vec<Vec<u8>>,
-    version: Option<PointerVersion>,
     shared: Arc<RwLock<Shared>>,
-    failed: Option<String>,
+    /// Directory stores: the journal, and the signal for the tile writer.
+    journal: Option<Arc<std::sync::Mutex<JournalState>>>,
+    notify: Arc<tokio::sync::Notify>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+    /// S3: tiles and checkpoint are written inline, before answering.
+    inline: Option<Materializer>,
+}
+
+fn poisoned() -> LedgerError {
+    LedgerError::Failed("ledger state lock poisoned".into())
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
-            let deadline = tokio::time::Instant::now() + self.opts.max_wait;
+            // Gather what is already queued, yielding so that appenders that
+            // are runnable get to submit; stop once a yield brings nothing new
+            // (or at `max_wait`). Tokio timers tick in milliseconds, far too
+            // coarse to wait on here.
+            let started = std::time::Instant::now();
+            let mut idle_yields = 0;
             while batch.len() < self.opts.batch_max {
                 match rx.try_recv() {
-                    Ok(r) => batch.push(r),
+                    Ok(r) => {
+                        batch.push(r);
+                        idle_yields = 0;
+                    }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
-                            Ok(Some(r)) => batch.push(r),
-                            _ => break,
+                        if idle_yields >= 2 || started.elapsed() >= self.opts.max_wait {
+                            break;
                         }
+                        idle_yields += 1;
+                        tokio::task::yield_now().await;
                     }
                 }
             }
-            if let Some(f) = &self.failed {
+            let failed = self.shared.read().ok().and_then(|s| s.failed.clone());
+            if let Some(f) = failed {
                 for r in batch {
                     let _ = r.done.send(Err(f.clone()));
                 }
@@ -510,71 +687,55 @@ impl Writer {
                         e.to_string()
                     };
                     tracing::error!(error = %e, "ledger commit failed; the writer stops");
-                    self.failed = Some(msg.clone());
+                    if let Ok(mut s) = self.shared.write() {
+                        s.failed = Some(msg.clone());
+                    }
                     for r in batch {
                         let _ = r.done.send(Err(msg.clone()));
                     }
                 }
             }
         }
+        // No more appends: let the tile writer finish and stop.
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
     }
 
-    /// Makes one batch durable: bundles and tiles, then the checkpoint.
+    /// Makes one batch durable, then reports it committed.
     async fn commit(&mut self, entries: Vec<Vec<u8>>) -> Result<Vec<Appended>, LedgerError> {
-        let old = self.tree.size();
-        let mut leaves = Vec::with_capacity(entries.len());
-        for e in &entries {
-            leaves.push(self.tree.push(e).1);
-        }
-        let new = self.tree.size();
-        let base = (old / TILE_WIDTH) * TILE_WIDTH;
-        self.tail.extend(entries);
-
-        let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
-        for n in old / TILE_WIDTH..new.div_ceil(TILE_WIDTH) {
-            let start = n * TILE_WIDTH;
-            let end = new.min(start + TILE_WIDTH);
-            let mut bundle = Vec::new();
-            for e in &self.tail[(start - base) as usize..(end - base) as usize] {
-                push_entry(&mut bundle, e);
-            }
-            objects.push((entries_path(n, end - start), bundle));
-        }
-        for t in new_hash_tiles(old, new) {
-            let data = t
-                .to_tlog()
-                .read_data(&self.tree)
-                .map_err(|e| corrupt(t.path(), e.to_string()))?;
-            objects.push((t.path(), data));
-        }
-        let writes = objects
-            .into_iter()
-            .map(|(k, b)| create_or_same(&self.audit, k, b));
-        futures::future::try_join_all(writes).await?;
-        let keep_from = ((new / TILE_WIDTH) * TILE_WIDTH - base) as usize;
-        self.tail.drain(..keep_from);
-
-        let root = self.tree.root();
-        let note = self.signer.sign(&self.opts.origin, new, &root)?;
-        let version = match self
-            .audit
-            .swap_checkpoint(CHECKPOINT, self.version.as_ref(), Bytes::from(note.clone()))
-            .await
-        {
-            Ok(v) => v,
-            Err(StoreError::Conflict { .. }) => return Err(LedgerError::Superseded),
-            Err(e) => return Err(e.into()),
+        let (old, new, root, leaves) = {
+            let mut s = self.shared.write().map_err(|_| poisoned())?;
+            let old = s.tree.size();
+            let leaves: Vec<Hash> = entries.iter().map(|e| s.tree.push(e).1).collect();
+            s.tail.extend(entries.iter().cloned());
+            (old, s.tree.size(), s.tree.root(), leaves)
         };
-        self.version = Some(version);
-        let checkpoint = Arc::new(note);
-        if let Ok(mut s) = self.shared.write() {
-            for l in &leaves {
-                s.tree.push_leaf_hash(*l);
-            }
-            s.committed = new;
-            s.batches += 1;
-            s.checkpoint = checkpoint.clone();
+        let note = Arc::new(self.signer.sign(&self.opts.origin, new, &root)?);
+        if let Some(j) = &self.journal {
+            let record = crate::journal::encode(old, &entries, &note);
+            let j = j.clone();
+            tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+                let mut st = j.lock().map_err(|_| StoreError::Io {
+                    path: "journal".into(),
+                    source: std::io::Error::other("journal lock poisoned"),
+                })?;
+                st.journal.append_durable(&record)?;
+                st.last_size = new;
+                Ok(())
+            })
+            .await
+            .map_err(|e| LedgerError::Failed(e.to_string()))??;
+        } else if let Some(m) = self.inline.as_mut() {
+            m.materialize_to(new, note.clone()).await?;
         }
+        {
+            let mut s = self.shared.write().map_err(|_| poisoned())?;
+            s.committed = new;
+            s.checkpoint = note.clone();
+            s.batches += 1;
+        }
+        self.notify.notify_one();
         Ok(leaves
             .into_iter()
             .enumerate()
@@ -582,9 +743,138 @@ impl Writer {
                 index: old + i as u64,
                 leaf_hash,
                 size: new,
-                checkpoint: checkpoint.clone(),
+                checkpoint: note.clone(),
             })
             .collect())
+    }
+}
+
+/// Writes committed entries as tiles and bundles, then swaps in the
+/// checkpoint object: inline (S3) or in the background, coalescing every
+/// batch committed meanwhile (directory, behind the journal).
+struct Materializer {
+    audit: Audit,
+    shared: Arc<RwLock<Shared>>,
+    version: Option<PointerVersion>,
+}
+
+impl Materializer {
+    /// Writes everything committed but not yet written.
+    async fn catch_up(&mut self) -> Result<(), LedgerError> {
+        loop {
+            let (target, note, done) = {
+                let s = self.shared.read().map_err(|_| poisoned())?;
+                (s.committed, s.checkpoint.clone(), s.materialized)
+            };
+            if target <= done {
+                return Ok(());
+            }
+            self.materialize_to(target, note).await?;
+        }
+    }
+
+    /// Writes tiles and bundles for `materialized..target`, then swaps the
+    /// checkpoint object to `note` (the signed checkpoint for `target`).
+    async fn materialize_to(&mut self, target: u64, note: Arc<Vec<u8>>) -> Result<(), LedgerError> {
+        let objects = {
+            let s = self.shared.read().map_err(|_| poisoned())?;
+            let from = s.materialized;
+            let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
+            for n in from / TILE_WIDTH..target.div_ceil(TILE_WIDTH) {
+                let start = n * TILE_WIDTH;
+                let end = target.min(start + TILE_WIDTH);
+                let mut bundle = Vec::new();
+                for e in &s.tail[(start - s.tail_from) as usize..(end - s.tail_from) as usize] {
+                    push_entry(&mut bundle, e);
+                }
+                objects.push((entries_path(n, end - start), bundle));
+            }
+            for t in new_hash_tiles(from, target) {
+                let data = t
+                    .to_tlog()
+                    .read_data(&s.tree)
+                    .map_err(|e| corrupt(t.path(), e.to_string()))?;
+                objects.push((t.path(), data));
+            }
+            objects
+        };
+        let writes = objects
+            .into_iter()
+            .map(|(k, b)| create_or_same(&self.audit, k, b));
+        futures::future::try_join_all(writes).await?;
+        let bytes = Bytes::from(note.as_ref().clone());
+        self.version = Some(
+            match self
+                .audit
+                .swap_checkpoint(CHECKPOINT, self.version.as_ref(), bytes)
+                .await
+            {
+                Ok(v) => v,
+                Err(StoreError::Conflict { .. }) => return Err(LedgerError::Superseded),
+                Err(e) => return Err(e.into()),
+            },
+        );
+        let mut s = self.shared.write().map_err(|_| poisoned())?;
+        s.materialized = target;
+        let keep_from = (target / TILE_WIDTH) * TILE_WIDTH;
+        let drop_n = (keep_from - s.tail_from) as usize;
+        s.tail.drain(..drop_n);
+        s.tail_from = keep_from;
+        Ok(())
+    }
+
+    /// Background loop (directory stores): write tiles whenever batches
+    /// were committed; cut the journal whenever tiles have caught up with it.
+    async fn run(
+        mut self,
+        journal: Arc<std::sync::Mutex<JournalState>>,
+        notify: Arc<tokio::sync::Notify>,
+        closing: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        loop {
+            notify.notified().await;
+            // Let batches accumulate: one round of tile writes then covers
+            // many of them, and its file system work does not compete with
+            // every journal sync (the journal already made them durable).
+            let since = std::time::Instant::now();
+            while since.elapsed() < MATERIALIZE_EVERY
+                && !closing.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::error!(error = %e, "writing ledger tiles failed; the writer stops");
+                if let Ok(mut s) = self.shared.write() {
+                    s.failed = Some(if matches!(e, LedgerError::Superseded) {
+                        SUPERSEDED.into()
+                    } else {
+                        e.to_string()
+                    });
+                }
+                return;
+            }
+            let done = self.shared.read().map(|s| s.materialized).unwrap_or(0);
+            let j = journal.clone();
+            let cut = tokio::task::spawn_blocking(move || match j.lock() {
+                Ok(mut st) if st.last_size == done && !st.journal.is_empty() => st.journal.reset(),
+                _ => Ok(()),
+            })
+            .await;
+            if let Ok(Err(e)) = cut {
+                tracing::warn!(error = %e, "could not cut the ledger journal; it will be cut later");
+            }
+            if closing.load(std::sync::atomic::Ordering::SeqCst) {
+                let caught_up = self
+                    .shared
+                    .read()
+                    .map(|s| s.materialized >= s.committed)
+                    .unwrap_or(true);
+                if caught_up {
+                    return;
+                }
+                notify.notify_one();
+            }
+        }
     }
 }
 

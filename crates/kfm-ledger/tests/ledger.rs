@@ -75,6 +75,7 @@ async fn concurrent_appends_are_durable_provable_and_survive_reopen() {
         "every index exactly once"
     );
     // Each acknowledgement's checkpoint proves its entry.
+    let mut roots = Vec::new();
     for (entry, a) in all.iter().step_by(37) {
         let cp = kfm_ledger::verify_checkpoint(&a.checkpoint, &vkey, Some(ORIGIN)).unwrap();
         assert_eq!(cp.size, a.size);
@@ -89,14 +90,18 @@ async fn concurrent_appends_are_durable_provable_and_survive_reopen() {
             &signed.root,
         )
         .unwrap();
-        let view = LedgerView::open(&store.audit(), &vkey, ORIGIN)
-            .await
-            .unwrap();
-        assert_eq!(view.tree().root_at(p.size).unwrap(), signed.root);
+        roots.push((p.size, signed.root));
     }
     match Arc::try_unwrap(ledger) {
         Ok(l) => l.close().await,
         Err(_) => panic!("ledger still shared"),
+    }
+    // A reader sees the same history the writer signed along the way.
+    let view = LedgerView::open(&store.audit(), &vkey, ORIGIN)
+        .await
+        .unwrap();
+    for (size, root) in roots {
+        assert_eq!(view.tree().root_at(size).unwrap(), root);
     }
 
     // Reopen: same size, appends continue, and the whole thing verifies.

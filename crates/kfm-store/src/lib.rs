@@ -780,3 +780,160 @@ impl Audit {
         }
     }
 }
+
+/// A local append-only journal kept beside the audit zone (directory
+/// backend only), so that the ledger can make a batch durable with a single
+/// `fdatasync` and write its tiles afterwards. It lives in
+/// `.kfm-journal/audit.journal` under the store directory, outside every
+/// zone: a copy of the store that leaves it out loses only appends not yet
+/// written as tiles.
+///
+/// The file is preallocated with zeros in 64 MiB steps, so that an append
+/// overwrites blocks that already exist: `fdatasync` then flushes data
+/// only, without a file-system journal commit for a size change. A record
+/// format must therefore treat a zero length as "end of journal".
+#[derive(Debug)]
+pub struct Journal {
+    file: std::fs::File,
+    path: PathBuf,
+    /// Logical end: where the next record goes.
+    len: u64,
+    /// Bytes allocated (written with zeros) so far.
+    allocated: u64,
+}
+
+const JOURNAL_STEP: u64 = 64 << 20;
+
+impl Journal {
+    fn io(&self) -> impl Fn(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Where the next record goes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sets where the next record goes (after reading the records back).
+    pub fn set_len(&mut self, len: u64) {
+        self.len = len.min(self.allocated);
+    }
+
+    /// The whole file, zero padding included.
+    pub fn read_all(&self) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; usize::try_from(self.allocated).unwrap_or(usize::MAX)];
+        self.file.read_exact_at(&mut buf, 0).map_err(self.io())?;
+        Ok(buf)
+    }
+
+    /// Appends `bytes` and waits until they are on disk.
+    pub fn append_durable(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let end = self.len + bytes.len() as u64;
+        if end > self.allocated {
+            let target = end.div_ceil(JOURNAL_STEP) * JOURNAL_STEP;
+            zero_fill(&self.file, self.allocated, target).map_err(self.io())?;
+            self.file.sync_all().map_err(self.io())?;
+            self.allocated = target;
+        }
+        self.file.write_all_at(bytes, self.len).map_err(self.io())?;
+        self.file.sync_data().map_err(self.io())?;
+        self.len = end;
+        Ok(())
+    }
+
+    /// Empties the journal: a fresh zero-filled file replaces it atomically.
+    pub fn reset(&mut self) -> Result<()> {
+        let fresh = self.path.with_extension("journal.new");
+        let io = |source| StoreError::Io {
+            path: fresh.display().to_string(),
+            source,
+        };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&fresh)
+            .map_err(io)?;
+        zero_fill(&f, 0, JOURNAL_STEP).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&fresh, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        self.file = f;
+        self.len = 0;
+        self.allocated = JOURNAL_STEP;
+        Ok(())
+    }
+}
+
+/// Writes zeros over `[from, to)` (real blocks, not a hole or an unwritten
+/// extent, so later overwrites need no metadata change).
+fn zero_fill(f: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+impl Audit {
+    /// The audit journal on a directory store (`None` on S3, where every
+    /// object write is durable on return and there is no local disk).
+    /// `writable`: create it if missing (the writer); otherwise a missing
+    /// journal is `None` (readers).
+    pub fn journal(&self, writable: bool) -> Result<Option<Journal>> {
+        let Backend::Local { dir } = &self.io.store.inner.backend else {
+            return Ok(None);
+        };
+        let jdir = dir.join(".kfm-journal");
+        let path = jdir.join("audit.journal");
+        let io = |source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = if writable {
+            std::fs::create_dir_all(&jdir).map_err(io)?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io)?
+        } else {
+            match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(e)),
+            }
+        };
+        let allocated = file.metadata().map_err(io)?.len();
+        let mut j = Journal {
+            file,
+            path: path.clone(),
+            len: 0,
+            allocated,
+        };
+        if writable && allocated == 0 {
+            j.reset()?;
+        }
+        Ok(Some(j))
+    }
+}
