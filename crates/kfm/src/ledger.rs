@@ -138,6 +138,7 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
                 root: String,
                 bundles: u64,
                 hash_tiles: u64,
+                journal_entries: u64,
             }
             let out = Out {
                 ok: true,
@@ -145,12 +146,13 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
                 root: hex(&r.root),
                 bundles: r.bundles,
                 hash_tiles: r.hash_tiles,
+                journal_entries: r.journal_entries,
             };
             match fmt {
                 Format::Json => print_json(&out)?,
                 Format::Human => println!(
-                    "ledger verified: {} entries, root {}; checkpoint signature, {} entry bundles and {} hash tiles check out",
-                    out.size, out.root, out.bundles, out.hash_tiles
+                    "ledger verified: {} entries, root {}; checkpoint signature, {} entry bundles, {} hash tiles and {} journal entries (not yet in tiles) check out",
+                    out.size, out.root, out.bundles, out.hash_tiles, out.journal_entries
                 ),
             }
             Ok(0)

@@ -208,3 +208,52 @@ fn tampering_fails_verify_with_exit_1_naming_the_file() {
                 .and(predicate::str::contains("by digest")),
         );
 }
+
+/// Entries still only in the journal (a writer killed before writing tiles)
+/// are verified too: damage in a journal record that an intact record
+/// follows is reported as such.
+#[test]
+fn damage_in_the_journal_fails_verify() {
+    let (_d, ws) = workspace();
+    let bin = assert_cmd::cargo::cargo_bin("kfm");
+    let mut child = std::process::Command::new(&bin)
+        .args(["--format", "json", "ledger", "append", "--lines"])
+        .current_dir(&ws)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    // Two batches, acknowledged one after the other, well within the tile
+    // writer's one-second interval: both live only in the journal.
+    let mut sizes = std::collections::BTreeSet::new();
+    let mut line = String::new();
+    for i in 0..2 {
+        writeln!(stdin, "journal entry {i}").unwrap();
+        stdin.flush().unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        sizes.insert(v["size"].as_u64().unwrap());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(sizes.len(), 2);
+    kfm(&ws)
+        .args(["ledger", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("2 entries"));
+
+    let journal = ws.join("store/.kfm-journal/audit.journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[50] ^= 0x01; // inside the first record's payload
+    std::fs::write(&journal, &bytes).unwrap();
+    kfm(&ws)
+        .args(["ledger", "verify"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("journal record at byte 0"));
+}
