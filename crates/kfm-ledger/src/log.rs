@@ -230,8 +230,9 @@ fn apply_journal(
 }
 
 /// Loads the store and applies the journal read-only (readers). A live
-/// writer may write tiles and cut the journal between the two reads, so a
-/// journal that starts beyond the loaded checkpoint means "read again".
+/// writer may write tiles, swap the checkpoint and cut the journal between
+/// these reads; if the checkpoint object changed meanwhile, read again, so
+/// that the result holds at least everything durable when this began.
 async fn load_all(audit: &Audit, verifier_key: &str, origin: &str) -> Result<Loaded, LedgerError> {
     let mut attempt = 0;
     loop {
@@ -240,14 +241,14 @@ async fn load_all(audit: &Audit, verifier_key: &str, origin: &str) -> Result<Loa
             return Ok(loaded);
         };
         let d = read_journal(&j)?;
-        let gap = d
-            .records
-            .iter()
-            .find(|r| r.new_size() > loaded.stored_size)
-            .is_some_and(|r| r.old_size > loaded.tree.size());
-        if gap && attempt < 20 {
+        let now = audit.read_checkpoint(CHECKPOINT).await?.map(|p| p.version);
+        if now != loaded.version {
             attempt += 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if attempt >= 50 {
+                return Err(LedgerError::Failed(
+                    "the ledger's checkpoint kept moving while it was read (a busy writer); try again".into(),
+                ));
+            }
             continue;
         }
         apply_journal(&mut loaded, d.records, verifier_key, origin)?;
