@@ -178,6 +178,8 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawLedger {
     origin: Option<String>,
+    batch_max: Option<u64>,
+    max_wait_us: Option<u64>,
 }
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +204,10 @@ pub struct Config {
     pub store_url: StoreUrl,
     /// Ledger origin name (the first line of every signed checkpoint).
     pub ledger_origin: String,
+    /// Most entries the ledger commits in one group-commit batch.
+    pub ledger_batch_max: usize,
+    /// Longest a batch waits for more entries once it has one.
+    pub ledger_max_wait: std::time::Duration,
     pub signing_key: Option<SecretRef>,
     /// Policy bundle directory, relative to the workspace.
     pub policy_bundle: PathBuf,
@@ -237,10 +243,12 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 6] = [
+pub const ENV_KEYS: [(&str, &str); 8] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
+    ("ledger.batch_max", "KFM_LEDGER_BATCH_MAX"),
+    ("ledger.max_wait_us", "KFM_LEDGER_MAX_WAIT_US"),
     ("signing.key", "KFM_SIGNING_KEY"),
     ("policy.bundle", "KFM_POLICY_BUNDLE"),
     ("server.listen", "KFM_SERVER_LISTEN"),
@@ -328,6 +336,40 @@ impl Config {
                 "the origin must be one non-empty line".into(),
             ));
         }
+        let number = |key: &'static str,
+                      file: Option<u64>,
+                      default: u64,
+                      range: std::ops::RangeInclusive<u64>| {
+            let (v, src) = pick(key, file.map(|n| n.to_string()));
+            match v {
+                None => Ok(default),
+                Some(text) => text
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| {
+                        err_at(
+                            key,
+                            src,
+                            format!(
+                                "{text:?} is not a whole number from {} to {}",
+                                range.start(),
+                                range.end()
+                            ),
+                        )
+                    }),
+            }
+        };
+        let ledger_batch_max =
+            number("ledger.batch_max", raw.ledger.batch_max, 1024, 1..=65536)? as usize;
+        let ledger_max_wait = std::time::Duration::from_micros(number(
+            "ledger.max_wait_us",
+            raw.ledger.max_wait_us,
+            200,
+            0..=1_000_000,
+        )?);
+
         let (v, src) = pick("signing.key", raw.signing.key);
         let signing_key = match v {
             None => None,
@@ -357,6 +399,8 @@ impl Config {
             environment,
             store_url,
             ledger_origin,
+            ledger_batch_max,
+            ledger_max_wait,
             signing_key,
             policy_bundle,
             listen,
@@ -390,6 +434,10 @@ url = "file://store"
 # First line of every signed checkpoint; names this log. The ledger itself
 # lives in the store's audit/ zone.
 origin = "kfm.local/dev"
+# Group commit: most entries per batch, and the longest a batch waits for
+# more once it has one (microseconds). Each batch costs one durable sync.
+batch_max = 1024
+max_wait_us = 200
 
 [signing]
 # Reference to the ledger signing key: env:NAME or file:PATH, never the key

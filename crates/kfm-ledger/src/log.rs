@@ -802,7 +802,20 @@ impl Materializer {
         let writes = objects
             .into_iter()
             .map(|(k, b)| create_or_same(&self.audit, k, b));
-        futures::future::try_join_all(writes).await?;
+        if let Err(e) = futures::future::try_join_all(writes).await {
+            // Objects of another writer at our keys mean the checkpoint moved
+            // on without us: this writer is stale, and must not go further.
+            let now = self
+                .audit
+                .read_checkpoint(CHECKPOINT)
+                .await?
+                .map(|p| p.version);
+            return Err(if now != self.version {
+                LedgerError::Superseded
+            } else {
+                e
+            });
+        }
         let bytes = Bytes::from(note.as_ref().clone());
         self.version = Some(
             match self

@@ -245,3 +245,69 @@ async fn flipping_any_byte_of_any_ledger_file_fails_verification_naming_it() {
     }
     verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
 }
+
+/// The same ledger in an S3 bucket (s3s-fs, started by scripts/test): tiles
+/// and checkpoint are written before each answer, reopen and verify work,
+/// and without an OS lock the checkpoint's compare-and-swap alone stops a
+/// second writer from forking history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_works_on_s3_and_a_stale_writer_cannot_fork_it() {
+    let Ok(endpoint) = std::env::var("KFM_TEST_S3_ENDPOINT") else {
+        if std::env::var("KFM_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+            panic!(
+                "KFM_REQUIRE_SERVICES=1 but KFM_TEST_S3_ENDPOINT is not set: run the tests through scripts/test"
+            );
+        }
+        eprintln!(
+            "SKIP (S3 backend): KFM_TEST_S3_ENDPOINT is not set; run scripts/test to start a local S3 server"
+        );
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let store = Store::open_s3(kfm_store::S3Settings {
+        bucket: var("KFM_TEST_S3_BUCKET"),
+        prefix: format!("ledger-{}", std::process::id()),
+        endpoint: Some(endpoint),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(var("KFM_TEST_S3_ACCESS_KEY")),
+        secret_access_key: Some(var("KFM_TEST_S3_SECRET_KEY")),
+        session_token: None,
+        allow_http: true,
+    })
+    .unwrap();
+    let (skey, vkey) = generate_key(ORIGIN).unwrap();
+
+    let first = Arc::new(open(&store, &skey).await.unwrap());
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let l = first.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    l.append(format!("s3 {t} {i}").into_bytes()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(first.size(), 320);
+    assert_eq!(
+        verify(&store.audit(), &vkey, ORIGIN).await.unwrap().size,
+        320
+    );
+
+    // A second writer opens (S3 has no lock service)…
+    let second = open(&store, &skey).await.unwrap();
+    // …the first moves the checkpoint on…
+    first.append(b"first again".to_vec()).await.unwrap();
+    // …so the second's first append loses the compare-and-swap: no fork.
+    let r = second.append(b"fork attempt".to_vec()).await;
+    assert!(matches!(r, Err(LedgerError::Superseded)), "{r:?}");
+    let report = verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
+    assert_eq!(report.size, 321);
+    let view = LedgerView::open(&store.audit(), &vkey, ORIGIN)
+        .await
+        .unwrap();
+    assert_eq!(view.entry(320).await.unwrap(), b"first again");
+}

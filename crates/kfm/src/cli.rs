@@ -118,7 +118,7 @@ pub struct LedgerAppendArgs {
     /// Read stdin as one entry per line.
     #[arg(long, conflicts_with = "file")]
     pub lines: bool,
-    /// Most entries per group-commit batch.
+    /// Most entries per group-commit batch (default: ledger.batch_max in kfm.toml).
     #[arg(long)]
     pub batch_max: Option<usize>,
 }

@@ -98,9 +98,8 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
     match cmd {
         LedgerCommand::Append(a) => {
             let mut opts = LedgerOptions::new(&origin);
-            if let Some(b) = a.batch_max {
-                opts.batch_max = b.max(1);
-            }
+            opts.batch_max = a.batch_max.unwrap_or(ws.config.ledger_batch_max).max(1);
+            opts.max_wait = ws.config.ledger_max_wait;
             if a.lines {
                 return append_lines(Ledger::open(store.audit(), signer(&ws)?, opts).await?, fmt)
                     .await;
