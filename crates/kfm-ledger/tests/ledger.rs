@@ -252,29 +252,11 @@ async fn flipping_any_byte_of_any_ledger_file_fails_verification_naming_it() {
 /// second writer from forking history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_ledger_works_on_s3_and_a_stale_writer_cannot_fork_it() {
-    let Ok(endpoint) = std::env::var("KFM_TEST_S3_ENDPOINT") else {
-        if std::env::var("KFM_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!(
-                "KFM_REQUIRE_SERVICES=1 but KFM_TEST_S3_ENDPOINT is not set: run the tests through scripts/test"
-            );
-        }
-        eprintln!(
-            "SKIP (S3 backend): KFM_TEST_S3_ENDPOINT is not set; run scripts/test to start a local S3 server"
-        );
+    let Some(settings) = kfm_store::testing::s3_settings(&format!("ledger-{}", std::process::id()))
+    else {
         return;
     };
-    let var = |k: &str| std::env::var(k).unwrap();
-    let store = Store::open_s3(kfm_store::S3Settings {
-        bucket: var("KFM_TEST_S3_BUCKET"),
-        prefix: format!("ledger-{}", std::process::id()),
-        endpoint: Some(endpoint),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(var("KFM_TEST_S3_ACCESS_KEY")),
-        secret_access_key: Some(var("KFM_TEST_S3_SECRET_KEY")),
-        session_token: None,
-        allow_http: true,
-    })
-    .unwrap();
+    let store = Store::open_s3(settings).unwrap();
     let (skey, vkey) = generate_key(ORIGIN).unwrap();
 
     let first = Arc::new(open(&store, &skey).await.unwrap());

@@ -31,6 +31,8 @@
 mod error;
 mod ingest;
 mod key;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::marker::PhantomData;
 use std::path::{Path as FsPath, PathBuf};

@@ -411,30 +411,24 @@ fn up_ingests_the_samples_and_is_idempotent() {
 /// work end to end.
 #[test]
 fn ingest_into_an_s3_store_configured_from_the_environment() {
-    let Ok(endpoint) = std::env::var("KFM_TEST_S3_ENDPOINT") else {
-        if std::env::var("KFM_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-            panic!(
-                "KFM_REQUIRE_SERVICES=1 but KFM_TEST_S3_ENDPOINT is not set: run the tests through scripts/test"
-            );
-        }
-        eprintln!(
-            "SKIP (S3 backend): KFM_TEST_S3_ENDPOINT is not set; run scripts/test to start a local S3 server"
-        );
+    let Some(s3) = kfm_store::testing::s3_settings("") else {
         return;
     };
-    let var = |k: &str| std::env::var(k).unwrap();
+    let endpoint = s3.endpoint.clone().unwrap_or_default();
     let (_d, ws) = workspace();
     let prefix = format!("cli-{}", std::process::id());
+    let (bucket, key_id, secret) = (
+        s3.bucket.clone(),
+        s3.access_key_id.clone().unwrap_or_default(),
+        s3.secret_access_key.clone().unwrap_or_default(),
+    );
     let s3 = |c: &mut Command| {
-        c.env(
-            "KFM_STORE_URL",
-            format!("s3://{}/{prefix}", var("KFM_TEST_S3_BUCKET")),
-        )
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .env("AWS_ACCESS_KEY_ID", var("KFM_TEST_S3_ACCESS_KEY"))
-        .env("AWS_SECRET_ACCESS_KEY", var("KFM_TEST_S3_SECRET_KEY"))
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ALLOW_HTTP", "true");
+        c.env("KFM_STORE_URL", format!("s3://{bucket}/{prefix}"))
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", &key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &secret)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true");
     };
     let mut c = kfm(&ws);
     s3(&mut c);

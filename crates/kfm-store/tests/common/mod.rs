@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use kfm_store::{S3Settings, Store};
+use kfm_store::Store;
 
 pub struct TestStore {
     pub name: &'static str,
@@ -30,33 +30,7 @@ pub fn local() -> TestStore {
 /// The S3 test store, in a fresh prefix of the test bucket, or `None` (with
 /// a message) when no server is configured.
 pub fn s3() -> Option<TestStore> {
-    let endpoint = match std::env::var("KFM_TEST_S3_ENDPOINT") {
-        Ok(e) => e,
-        Err(_) => {
-            if std::env::var("KFM_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
-                panic!(
-                    "KFM_REQUIRE_SERVICES=1 but KFM_TEST_S3_ENDPOINT is not set: run the tests through scripts/test, which starts s3s-fs"
-                );
-            }
-            eprintln!(
-                "SKIP (S3 backend): KFM_TEST_S3_ENDPOINT is not set; run scripts/test to start a local S3 server"
-            );
-            return None;
-        }
-    };
-    let var = |k: &str| {
-        std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set with KFM_TEST_S3_ENDPOINT"))
-    };
-    let settings = S3Settings {
-        bucket: var("KFM_TEST_S3_BUCKET"),
-        prefix: format!("t-{}", uuid::Uuid::new_v4()),
-        endpoint: Some(endpoint),
-        region: Some("us-east-1".into()),
-        access_key_id: Some(var("KFM_TEST_S3_ACCESS_KEY")),
-        secret_access_key: Some(var("KFM_TEST_S3_SECRET_KEY")),
-        session_token: None,
-        allow_http: true,
-    };
+    let settings = kfm_store::testing::s3_settings(&format!("t-{}", uuid::Uuid::new_v4()))?;
     let store = Store::open_s3(settings).expect("open S3 store");
     Some(TestStore {
         name: "s3",
