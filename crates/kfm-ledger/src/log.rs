@@ -466,7 +466,9 @@ pub struct Ledger {
     tx: Option<mpsc::Sender<Request>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<RwLock<Shared>>,
-    _lock: WriterLock,
+    /// Held by this value and by both background tasks: dropping the
+    /// `Ledger` without `close` keeps the lock until the tasks end.
+    _lock: Arc<WriterLock>,
 }
 
 impl Ledger {
@@ -524,14 +526,15 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(opts.batch_max.max(1) * 4);
         let notify = Arc::new(tokio::sync::Notify::new());
         let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lock = Arc::new(lock);
         let mut tasks = Vec::new();
         let inline = match &journal {
             Some(j) => {
-                tasks.push(tokio::spawn(mat.run(
-                    j.clone(),
-                    notify.clone(),
-                    closing.clone(),
-                )));
+                let (j, n, c, l) = (j.clone(), notify.clone(), closing.clone(), lock.clone());
+                tasks.push(tokio::spawn(async move {
+                    mat.run(j, n, c).await;
+                    drop(l);
+                }));
                 None
             }
             None => Some(mat),
@@ -545,7 +548,14 @@ impl Ledger {
             notify,
             closing,
         };
-        tasks.insert(0, tokio::spawn(writer.run(rx)));
+        let l = lock.clone();
+        tasks.insert(
+            0,
+            tokio::spawn(async move {
+                writer.run(rx).await;
+                drop(l);
+            }),
+        );
         Ok(Self {
             tx: Some(tx),
             tasks,
