@@ -88,15 +88,16 @@ fn init_creates_a_workspace_and_a_second_run_changes_nothing() {
             .trim()
     );
 
-    let before: Vec<_> = ["kfm.toml", "environments/dev.toml", "keys/ledger.key"]
-        .iter()
-        .map(|p| {
-            (
-                std::fs::read(w.join(p)).unwrap(),
-                std::fs::metadata(w.join(p)).unwrap().modified().unwrap(),
-            )
-        })
-        .collect();
+    let snapshot = || -> Vec<_> {
+        ["kfm.toml", "environments/dev.toml", "keys/ledger.key"]
+            .iter()
+            .map(|p| {
+                let meta = std::fs::metadata(w.join(p)).unwrap();
+                (std::fs::read(w.join(p)).unwrap(), meta.modified().unwrap())
+            })
+            .collect()
+    };
+    let before = snapshot();
     kfm(dir.path())
         .args(["init", "w"])
         .assert()
@@ -105,15 +106,7 @@ fn init_creates_a_workspace_and_a_second_run_changes_nothing() {
             predicate::str::contains("already initialised")
                 .and(predicate::str::contains("nothing changed")),
         );
-    let after: Vec<_> = ["kfm.toml", "environments/dev.toml", "keys/ledger.key"]
-        .iter()
-        .map(|p| {
-            (
-                std::fs::read(w.join(p)).unwrap(),
-                std::fs::metadata(w.join(p)).unwrap().modified().unwrap(),
-            )
-        })
-        .collect();
+    let after = snapshot();
     assert_eq!(before, after);
 }
 

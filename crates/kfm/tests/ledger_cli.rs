@@ -24,6 +24,26 @@ fn workspace() -> (tempfile::TempDir, PathBuf) {
     (dir, ws)
 }
 
+/// Starts `kfm [--format json] ledger append --lines` in `ws` with piped
+/// stdin and stdout.
+fn lines_writer(ws: &Path, json: bool) -> std::process::Child {
+    let mut args = if json {
+        vec!["--format", "json"]
+    } else {
+        vec![]
+    };
+    args.extend(["ledger", "append", "--lines"]);
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("kfm"))
+        .args(args)
+        .current_dir(ws)
+        .env_remove("KFM_WORKSPACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn view(ws: &Path, rt: &tokio::runtime::Runtime) -> LedgerView {
     let store = kfm_store::Store::open_local(&ws.join("store")).unwrap();
     let vkey = std::fs::read_to_string(ws.join("keys/ledger.pub")).unwrap();
@@ -45,18 +65,9 @@ fn a_writer_killed_mid_batch_loses_no_acknowledged_entry() {
         .enable_all()
         .build()
         .unwrap();
-    let bin = assert_cmd::cargo::cargo_bin("kfm");
     let mut acked: Vec<(u64, String)> = Vec::new();
     for round in 0..50u64 {
-        let mut child = std::process::Command::new(&bin)
-            .args(["--format", "json", "ledger", "append", "--lines"])
-            .current_dir(&ws)
-            .env_remove("KFM_WORKSPACE")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = lines_writer(&ws, true);
         let mut stdin = child.stdin.take().unwrap();
         let feeder = std::thread::spawn(move || {
             for i in 1..=200_000u64 {
@@ -118,15 +129,7 @@ fn a_writer_killed_mid_batch_loses_no_acknowledged_entry() {
 #[test]
 fn a_second_writer_is_refused() {
     let (_d, ws) = workspace();
-    let bin = assert_cmd::cargo::cargo_bin("kfm");
-    let mut first = std::process::Command::new(&bin)
-        .args(["ledger", "append", "--lines"])
-        .current_dir(&ws)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = lines_writer(&ws, false);
     let mut stdin = first.stdin.take().unwrap();
     writeln!(stdin, "first writer").unwrap();
     let mut out = BufReader::new(first.stdout.take().unwrap());
@@ -215,15 +218,7 @@ fn tampering_fails_verify_with_exit_1_naming_the_file() {
 #[test]
 fn damage_in_the_journal_fails_verify() {
     let (_d, ws) = workspace();
-    let bin = assert_cmd::cargo::cargo_bin("kfm");
-    let mut child = std::process::Command::new(&bin)
-        .args(["--format", "json", "ledger", "append", "--lines"])
-        .current_dir(&ws)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = lines_writer(&ws, true);
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     // Two batches, acknowledged one after the other, well within the tile
