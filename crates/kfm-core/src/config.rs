@@ -40,6 +40,13 @@ impl Environment {
     }
 }
 
+impl std::str::FromStr for Environment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("{s:?} is not an environment: dev, stage or prod"))
+    }
+}
+
 impl fmt::Display for Environment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -190,6 +197,7 @@ struct RawSigning {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     bundle: Option<String>,
+    budget_ms: Option<u64>,
 }
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +219,8 @@ pub struct Config {
     pub signing_key: Option<SecretRef>,
     /// Policy bundle directory, relative to the workspace.
     pub policy_bundle: PathBuf,
+    /// Longest one policy evaluation may run; past it the decision is a deny.
+    pub policy_budget: std::time::Duration,
     pub listen: SocketAddr,
 }
 
@@ -243,7 +253,7 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 8] = [
+pub const ENV_KEYS: [(&str, &str); 9] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -251,6 +261,7 @@ pub const ENV_KEYS: [(&str, &str); 8] = [
     ("ledger.max_wait_us", "KFM_LEDGER_MAX_WAIT_US"),
     ("signing.key", "KFM_SIGNING_KEY"),
     ("policy.bundle", "KFM_POLICY_BUNDLE"),
+    ("policy.budget_ms", "KFM_POLICY_BUDGET_MS"),
     ("server.listen", "KFM_SERVER_LISTEN"),
 ];
 
@@ -384,6 +395,12 @@ impl Config {
 
         let (v, _) = pick("policy.bundle", raw.policy.bundle);
         let policy_bundle = PathBuf::from(v.unwrap_or_else(|| "policy".into()));
+        let policy_budget = std::time::Duration::from_millis(number(
+            "policy.budget_ms",
+            raw.policy.budget_ms,
+            50,
+            1..=10_000,
+        )?);
 
         let (v, src) = pick("server.listen", raw.server.listen);
         let listen_text = v.unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -403,6 +420,7 @@ impl Config {
             ledger_max_wait,
             signing_key,
             policy_bundle,
+            policy_budget,
             listen,
         })
     }
@@ -446,8 +464,11 @@ max_wait_us = 200
 key = "file:keys/ledger.key"
 
 [policy]
-# Policy bundle directory (relative to this workspace).
+# Policy bundle directory (relative to this workspace). Its digest must
+# equal the one pinned in environments/<env>.toml (`kfm policy pin`).
 bundle = "policy"
+# Time budget of one policy evaluation (milliseconds); past it: deny.
+budget_ms = 50
 
 [server]
 listen = "127.0.0.1:8080"
@@ -540,12 +561,16 @@ pub struct PolicyPin {
 }
 
 impl EnvironmentPins {
-    pub fn default_toml(env: Environment) -> String {
+    /// The text `kfm init` writes; `digest` pins the bundle it installed.
+    pub fn default_toml(env: Environment, digest: Option<&crate::Digest>) -> String {
+        let pin = match digest {
+            Some(d) => format!("bundle_digest = \"{d}\"\n"),
+            None => "# bundle_digest = \"sha256:...\"\n".to_owned(),
+        };
         format!(
             "# Pins for the {env} environment. A runtime whose policy bundle digest differs\n\
              # from the pin refuses to become ready. Written by `kfm policy pin --env {env}`.\n\n\
-             [policy]\n\
-             # bundle_digest = \"sha256:...\"\n"
+             [policy]\n{pin}"
         )
     }
 }

@@ -68,6 +68,12 @@ new acquisition. A missing or unreadable source, or a bad spec: exit 2, nothing 
         command: LedgerCommand,
     },
 
+    /// Policy as code: test, digest, pin, eval, diff and sign the policy bundle.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+
     /// Each dataset's position on the truth path and its acquisitions.
     #[command(after_help = "Example:\n  kfm status\n  kfm status --format json")]
     Status(StatusArgs),
@@ -81,6 +87,122 @@ pub enum SpecCommand {
 Exit 1 if any spec is invalid, 2 if a path cannot be read or holds no spec."
     )]
     Check(SpecCheckArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Run the bundle's Rego `test_` rules and YAML fixtures (exit 1 on any failure).
+    #[command(
+        after_help = "Examples:\n  kfm policy test                       # the workspace's bundle\n  \
+kfm policy test policy/ --run export --coverage\n  \
+kfm policy test policy/ --junit report.xml --fail-on-empty\n\n\
+Fixtures are tests/**/*.yaml: `cases: [{name, input, expect: {allow, reason, obligations}}]`.\n\
+They run through the same decision point the runtime uses."
+    )]
+    Test(PolicyTestArgs),
+    /// Print the bundle's content digest (what environments pin).
+    #[command(after_help = "Example:\n  kfm policy digest policy/\n\n\
+The digest is sha256 over the sorted lines `<sha256 of file>  <path>` of every file but\n\
+.signature.json; recompute it without KFM:\n  \
+(cd policy && find . -type f ! -name .signature.json | sed 's|^./||' | LC_ALL=C sort | xargs sha256sum | sha256sum)")]
+    Digest(PolicyDigestArgs),
+    /// Pin the bundle's digest for an environment (environments/<env>.toml).
+    #[command(after_help = "Example:\n  kfm policy pin --env stage\n\n\
+A runtime whose bundle digest differs from its environment's pin refuses to start or\n\
+become ready. Review the change with `kfm policy diff` first.")]
+    Pin(PolicyPinArgs),
+    /// Evaluate one decision input; --explain shows which rules produced it.
+    #[command(
+        after_help = "Examples:\n  kfm policy eval --input request.json --explain\n  \
+echo '{\"subject\":{\"id\":\"a\",\"roles\":[\"public\"]},\"action\":\"read\",…}' | kfm policy eval --input - --now\n\n\
+Without --bundle the workspace's bundle is used, and only if its digest is pinned for the\n\
+workspace's environment. Exit 0 allow, 1 deny, 2 cannot evaluate."
+    )]
+    Eval(PolicyEvalArgs),
+    /// Replay recorded decision inputs against two bundles; list every decision that changes.
+    #[command(
+        after_help = "Example:\n  kfm policy diff --from old-policy/ --to policy/ --inputs decisions.jsonl\n\n\
+Inputs: a JSON array or JSON Lines. Exit 0 when nothing changes, 1 when something does."
+    )]
+    Diff(PolicyDiffArgs),
+    /// Sign the bundle (ed25519 over its digest, written to .signature.json).
+    #[command(
+        after_help = "Example:\n  head -c32 /dev/urandom | base64 > keys/policy.key && chmod 600 keys/policy.key\n  \
+kfm policy sign policy/ --key file:keys/policy.key\n\n\
+A signed bundle whose signature fails is refused everywhere, `kfm policy test` included."
+    )]
+    Sign(PolicySignArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyTestArgs {
+    /// Bundle directory (default: policy.bundle of the workspace).
+    pub dir: Option<PathBuf>,
+    /// Run only cases whose name matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub run: Option<String>,
+    /// Fail (exit 1) when no case ran.
+    #[arg(long)]
+    pub fail_on_empty: bool,
+    /// Report line coverage of the Rego files.
+    #[arg(long)]
+    pub coverage: bool,
+    /// Also write a JUnit XML report to this file (`-` for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyDigestArgs {
+    /// Bundle directory (default: policy.bundle of the workspace).
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyPinArgs {
+    /// The environment to pin: dev, stage or prod.
+    #[arg(long)]
+    pub env: kfm_core::Environment,
+    /// Bundle directory (default: policy.bundle of the workspace).
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyEvalArgs {
+    /// The decision input (JSON); `-` for stdin.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Show the rules that produced the decision and the obligations.
+    #[arg(long)]
+    pub explain: bool,
+    /// Set context.time to the current time (as the runtime does).
+    #[arg(long)]
+    pub now: bool,
+    /// Evaluate this bundle directory instead of the workspace's pinned one.
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyDiffArgs {
+    /// The current bundle.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The proposed bundle.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Recorded decision inputs (JSON array or JSON Lines).
+    #[arg(long, value_name = "FILE")]
+    pub inputs: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PolicySignArgs {
+    /// Bundle directory (default: policy.bundle of the workspace).
+    pub dir: Option<PathBuf>,
+    /// The signing key reference: env:NAME or file:PATH (base64 of a 32-byte ed25519 seed).
+    #[arg(long)]
+    pub key: String,
 }
 
 #[derive(Subcommand, Debug)]

@@ -35,18 +35,29 @@ pub fn create(dir: &Path) -> Result<InitReport, Failure> {
         created: Vec::new(),
         existing: Vec::new(),
     };
-    let files: [(&str, String); 3] = [
-        (CONFIG_FILE, Config::default_toml().to_owned()),
+    // The default policy bundle, pinned for dev: parity from the first run.
+    let policy: std::collections::BTreeMap<String, Vec<u8>> = crate::default_policy::FILES
+        .iter()
+        .map(|(p, b)| ((*p).to_owned(), b.to_vec()))
+        .collect();
+    let policy_digest = kfm_policy::bundle::digest_of(&policy);
+    let mut files: Vec<(String, Vec<u8>)> = vec![
         (
-            "environments/dev.toml",
-            EnvironmentPins::default_toml(Environment::Dev),
+            CONFIG_FILE.to_owned(),
+            Config::default_toml().as_bytes().to_vec(),
         ),
         (
-            ".gitignore",
-            "# The store holds data; keep it out of git.\n/store/\n/keys/\n".to_owned(),
+            "environments/dev.toml".to_owned(),
+            EnvironmentPins::default_toml(Environment::Dev, Some(&policy_digest)).into_bytes(),
+        ),
+        (
+            ".gitignore".to_owned(),
+            b"# The store holds data; keep it out of git.\n/store/\n/keys/\n".to_vec(),
         ),
     ];
+    files.extend(policy.into_iter().map(|(p, b)| (format!("policy/{p}"), b)));
     for (rel, content) in files {
+        let rel = rel.as_str();
         let path = dir.join(rel);
         if let Some(parent) = path.parent() {
             mkdir(parent)?;
@@ -57,7 +68,7 @@ pub fn create(dir: &Path) -> Result<InitReport, Failure> {
             .open(&path)
         {
             Ok(mut f) => {
-                f.write_all(content.as_bytes())
+                f.write_all(&content)
                     .and_then(|()| f.sync_all())
                     .map_err(|e| Failure::input(format!("cannot write {}: {e}", path.display())))?;
                 report.created.push(rel.to_owned());

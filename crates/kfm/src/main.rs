@@ -3,11 +3,13 @@
 //! No rule of the platform lives here.
 
 mod cli;
+mod default_policy;
 mod failure;
 mod ingest;
 mod init;
 mod ledger;
 mod output;
+mod policy;
 mod samples;
 mod spec;
 mod status;
@@ -59,6 +61,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Ingest(a) => ingest::run(ws, &a, fmt).await,
         Command::Status(a) => status::run(ws, &a, fmt).await,
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
+        Command::Policy { command } => policy::run(ws, &command, fmt),
     }
 }
 
