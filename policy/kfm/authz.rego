@@ -75,7 +75,7 @@ attribution_text := input.resource.license.attribution if {
 
 blockers contains "input.malformed_subject" if not is_array(input.subject.roles)
 
-blockers contains "input.unknown_action" if not action in {a | some a in data.kfm.actions}
+blockers contains "input.unknown_action" if not action in data.kfm.actions
 
 blockers contains "input.malformed_resource" if {
 	data_action
@@ -86,7 +86,7 @@ blockers contains "input.malformed_time" if not now_ns
 
 blockers contains "label.unknown" if {
 	data_action
-	not label in {l | some l in data.kfm.labels}
+	not label in data.kfm.labels
 }
 
 blockers contains "label.quarantine" if {
@@ -96,7 +96,7 @@ blockers contains "label.quarantine" if {
 
 blockers contains "zone.not_served" if {
 	data_action
-	not input.resource.zone in {z | some z in data.kfm.served_zones}
+	not input.resource.zone in data.kfm.served_zones
 }
 
 blockers contains "restricted.not_approved" if {
@@ -149,7 +149,7 @@ waived contains w.waives if {
 	w.reason != ""
 	is_string(w.expires)
 	w.dataset == dataset
-	w.waives in {b | some b in data.kfm.waivable}
+	w.waives in data.kfm.waivable
 	now_ns < time.parse_rfc3339_ns(w.expires)
 }
 

@@ -8,11 +8,14 @@
 //! this against a clone per call and a fresh engine per call.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kfm_core::Digest;
 use regorus::Engine;
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::program::Program;
+use regorus::rvm::vm::{RegoVM, VmError};
 use regorus::unstable::{Rule, RuleHead};
 use regorus::utils::limits::ExecutionTimerConfig;
 use serde::{Deserialize, Serialize};
@@ -104,8 +107,13 @@ pub struct DecisionPoint {
     revision: String,
     options: Options,
     rules: Vec<RuleInfo>,
-    prototype: Mutex<Engine>,
-    pool: Mutex<Vec<Engine>>,
+    /// The bundle compiled to regorus VM bytecode for the entry point.
+    program: Arc<Program>,
+    data: regorus::Value,
+    /// Idle VMs with the program loaded and the data set.
+    pool: Mutex<Vec<RegoVM>>,
+    /// The interpreter, prepared: used by `explain` to show rule values.
+    interpreter: Mutex<Engine>,
 }
 
 impl std::fmt::Debug for DecisionPoint {
@@ -182,30 +190,57 @@ impl DecisionPoint {
     pub fn new(bundle: &Bundle, options: Options) -> Result<Self, BundleError> {
         let mut engine = build_engine(bundle)?;
         let rules = rules_of(&mut engine);
-        let check_interval = NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN);
+        let check_interval = NonZeroU32::new(256).unwrap_or(NonZeroU32::MIN);
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: options.budget,
             check_interval,
         });
-        // Prepare once (scheduling, rule indexes): clones share the work.
-        engine.set_input(regorus::Value::new_object());
-        if let Err(e) = engine.eval_rule(options.entrypoint.clone()) {
+        let defined = options
+            .entrypoint
+            .strip_prefix("data.")
+            .and_then(|p| p.rsplit_once('.'))
+            .is_some_and(|(package, name)| {
+                rules.iter().any(|r| r.package == package && r.name == name && !r.is_function)
+            });
+        if !defined {
             return Err(BundleError::Rego {
                 path: bundle.source().to_path_buf(),
                 reason: format!(
-                    "entry point `{}` cannot be evaluated: {e}",
+                    "entry point `{}` is not defined by any module",
                     options.entrypoint
                 ),
             });
         }
-        Ok(Self {
+        // Prepare the interpreter once (scheduling, rule indexes); it serves
+        // `explain`. The value on an empty input does not matter.
+        engine.set_input(regorus::Value::new_object());
+        let _ = engine.eval_rule(options.entrypoint.clone());
+        let entrypoint = options.entrypoint.clone();
+        let compile_error = |e: &dyn std::fmt::Display| BundleError::Rego {
+            path: bundle.source().to_path_buf(),
+            reason: format!("cannot compile `{entrypoint}`: {e}"),
+        };
+        let entry: regorus::Rc<str> = regorus::Rc::from(options.entrypoint.as_str());
+        let compiled = engine
+            .compile_with_entrypoint(&entry)
+            .map_err(|e| compile_error(&e))?;
+        let program = Compiler::compile_from_policy(&compiled, &[entrypoint.as_str()])
+            .map_err(|e| compile_error(&e))?;
+        let data = regorus::Value::from(bundle.data().clone());
+        let point = Self {
             digest: bundle.digest().clone(),
             revision: bundle.revision().to_owned(),
             options,
             rules,
-            prototype: Mutex::new(engine),
+            program,
+            data,
             pool: Mutex::new(Vec::new()),
-        })
+            interpreter: Mutex::new(engine),
+        };
+        // A VM now, so that data conflicting with rules is refused at load.
+        let vm = point.new_vm().map_err(|e| compile_error(&e))?;
+        point.checkin(vm);
+        Ok(point)
     }
 
     pub fn digest(&self) -> &Digest {
@@ -230,23 +265,29 @@ impl DecisionPoint {
 
     /// Like [`decide`](Self::decide), with timing and the override detail.
     pub fn evaluate(&self, input: &serde_json::Value) -> Evaluation {
-        let mut engine = self.checkout();
         let start = Instant::now();
-        engine.set_input(regorus::Value::from(input.clone()));
-        let result = engine.eval_rule(self.options.entrypoint.clone());
+        let mut vm = match self.checkout() {
+            Ok(vm) => vm,
+            Err(e) => {
+                return Evaluation {
+                    decision: Decision::deny(reasons::ENGINE_ERROR),
+                    detail: Some(e.to_string()),
+                    elapsed: start.elapsed(),
+                };
+            }
+        };
+        vm.set_input(regorus::Value::from(input.clone()));
+        let result = vm.execute();
         let elapsed = start.elapsed();
         let (decision, detail) = match result {
             Err(e) => {
-                // A failed evaluation may leave internal state behind: the
-                // engine is dropped rather than returned to the pool.
-                let timed_out = e
-                    .downcast_ref::<regorus::LimitError>()
-                    .is_some_and(|l| matches!(l, regorus::LimitError::TimeLimitExceeded { .. }))
-                    || e.to_string().contains("time limit");
-                let reason = if timed_out {
-                    reasons::TIMEOUT
-                } else {
-                    reasons::ENGINE_ERROR
+                // A failed run may leave state behind: the VM is dropped
+                // rather than returned to the pool.
+                let reason = match e {
+                    VmError::TimeLimitExceeded { .. } | VmError::InstructionLimitExceeded { .. } => {
+                        reasons::TIMEOUT
+                    }
+                    _ => reasons::ENGINE_ERROR,
                 };
                 return Evaluation {
                     decision: Decision::deny(reason),
@@ -256,7 +297,7 @@ impl DecisionPoint {
             }
             Ok(value) => interpret(&value),
         };
-        self.checkin(engine);
+        self.checkin(vm);
         if elapsed > self.options.budget {
             return Evaluation {
                 decision: Decision::deny(reasons::TIMEOUT),
@@ -277,6 +318,40 @@ impl DecisionPoint {
     /// Evaluates every (non-function) rule of the entry point's package for
     /// `input`, returning those that produced something: the answer to "why
     /// was I denied?".
+    /// The same decision taken by regorus's tree-walking interpreter
+    /// instead of its VM. The runtime uses the VM (several times faster);
+    /// this second opinion backs `explain` and the differential tests that
+    /// keep the two in agreement on KFM's bundles.
+    pub fn evaluate_with_interpreter(&self, input: &serde_json::Value) -> Evaluation {
+        let mut engine = match self.interpreter.lock() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let start = Instant::now();
+        engine.set_input(regorus::Value::from(input.clone()));
+        let result = engine.eval_rule(self.options.entrypoint.clone());
+        let elapsed = start.elapsed();
+        let (decision, detail) = match result {
+            Ok(v) => interpret(&v),
+            Err(e) => {
+                let timed_out = e.downcast_ref::<regorus::LimitError>().is_some_and(|l| {
+                    matches!(l, regorus::LimitError::TimeLimitExceeded { .. })
+                });
+                let reason = if timed_out {
+                    reasons::TIMEOUT
+                } else {
+                    reasons::ENGINE_ERROR
+                };
+                (Decision::deny(reason), Some(e.to_string()))
+            }
+        };
+        Evaluation {
+            decision,
+            detail,
+            elapsed,
+        }
+    }
+
     pub fn explain(
         &self,
         input: &serde_json::Value,
@@ -289,7 +364,10 @@ impl DecisionPoint {
             .rsplit_once('.')
             .map(|(p, _)| p.to_owned())
             .unwrap_or_default();
-        let mut engine = self.checkout();
+        let mut engine = match self.interpreter.lock() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
         engine.set_input(regorus::Value::from(input.clone()));
         let mut seen = std::collections::BTreeSet::new();
         let mut fired = Vec::new();
@@ -321,23 +399,43 @@ impl DecisionPoint {
         (evaluation, fired)
     }
 
-    fn checkout(&self) -> Engine {
-        if let Some(engine) = self.pool.lock().ok().and_then(|mut p| p.pop()) {
-            return engine;
-        }
-        match self.prototype.lock() {
-            Ok(p) => p.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    fn new_vm(&self) -> Result<RegoVM, VmError> {
+        let mut vm = RegoVM::new();
+        vm.load_program(self.program.clone());
+        vm.set_strict_builtin_errors(false);
+        // The budget is enforced in two ways. Preemptively, by an
+        // instruction cap proportional to it (regorus's own execution timer
+        // reads the clock at every tick and cost a quarter of each decision
+        // in `benches/policy.rs`); and exactly, by the wall-clock check in
+        // `evaluate` after the run. Either way an over-budget run is a deny.
+        vm.set_max_instructions(instruction_cap(self.options.budget));
+        vm.set_execution_timer_config(None);
+        vm.set_data(self.data.clone())?;
+        Ok(vm)
     }
 
-    fn checkin(&self, engine: Engine) {
+    fn checkout(&self) -> Result<RegoVM, VmError> {
+        if let Some(vm) = self.pool.lock().ok().and_then(|mut p| p.pop()) {
+            return Ok(vm);
+        }
+        self.new_vm()
+    }
+
+    fn checkin(&self, vm: RegoVM) {
         if let Ok(mut pool) = self.pool.lock() {
             if pool.len() < 64 {
-                pool.push(engine);
+                pool.push(vm);
             }
         }
     }
+}
+
+/// Instructions a run may execute within `budget`: 100,000 per millisecond,
+/// about ten nanoseconds each, so a runaway stops near its budget. The
+/// default bundle needs a few thousand per decision.
+fn instruction_cap(budget: Duration) -> usize {
+    let ms = budget.as_millis().max(1);
+    usize::try_from(ms.saturating_mul(100_000)).unwrap_or(usize::MAX)
 }
 
 /// Turns the entry point's value into a decision, or a deny saying why not.
