@@ -97,7 +97,12 @@ struct Figures {
 
 /// `threads` threads share one decision point for `per_thread` decisions
 /// each; every decision's latency is recorded.
-fn latency_run(point: &DecisionPoint, inputs: &[serde_json::Value], threads: usize, per_thread: usize) -> Figures {
+fn latency_run(
+    point: &DecisionPoint,
+    inputs: &[serde_json::Value],
+    threads: usize,
+    per_thread: usize,
+) -> Figures {
     let start = Instant::now();
     let mut all: Vec<Duration> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -151,8 +156,14 @@ fn figures() {
     let naive_per_sec = m as f64 / start.elapsed().as_secs_f64();
 
     println!();
-    println!("policy decisions, default bundle, {} distinct inputs", inputs.len());
-    println!("{:<28} {:>14} {:>10} {:>10}", "", "decisions/s", "p50", "p99");
+    println!(
+        "policy decisions, default bundle, {} distinct inputs",
+        inputs.len()
+    );
+    println!(
+        "{:<28} {:>14} {:>10} {:>10}",
+        "", "decisions/s", "p50", "p99"
+    );
     for (name, f) in [("kfm pool, 1 thread", &one), ("kfm pool, 2 threads", &two)] {
         println!(
             "{name:<28} {:>14.0} {:>8.1}µs {:>8.1}µs",

@@ -200,7 +200,9 @@ impl DecisionPoint {
             .strip_prefix("data.")
             .and_then(|p| p.rsplit_once('.'))
             .is_some_and(|(package, name)| {
-                rules.iter().any(|r| r.package == package && r.name == name && !r.is_function)
+                rules
+                    .iter()
+                    .any(|r| r.package == package && r.name == name && !r.is_function)
             });
         if !defined {
             return Err(BundleError::Rego {
@@ -276,7 +278,7 @@ impl DecisionPoint {
                 };
             }
         };
-        vm.set_input(regorus::Value::from(input.clone()));
+        vm.set_input(to_rego(input));
         let result = vm.execute();
         let elapsed = start.elapsed();
         let (decision, detail) = match result {
@@ -284,9 +286,8 @@ impl DecisionPoint {
                 // A failed run may leave state behind: the VM is dropped
                 // rather than returned to the pool.
                 let reason = match e {
-                    VmError::TimeLimitExceeded { .. } | VmError::InstructionLimitExceeded { .. } => {
-                        reasons::TIMEOUT
-                    }
+                    VmError::TimeLimitExceeded { .. }
+                    | VmError::InstructionLimitExceeded { .. } => reasons::TIMEOUT,
                     _ => reasons::ENGINE_ERROR,
                 };
                 return Evaluation {
@@ -328,15 +329,15 @@ impl DecisionPoint {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         let start = Instant::now();
-        engine.set_input(regorus::Value::from(input.clone()));
+        engine.set_input(to_rego(input));
         let result = engine.eval_rule(self.options.entrypoint.clone());
         let elapsed = start.elapsed();
         let (decision, detail) = match result {
             Ok(v) => interpret(&v),
             Err(e) => {
-                let timed_out = e.downcast_ref::<regorus::LimitError>().is_some_and(|l| {
-                    matches!(l, regorus::LimitError::TimeLimitExceeded { .. })
-                });
+                let timed_out = e
+                    .downcast_ref::<regorus::LimitError>()
+                    .is_some_and(|l| matches!(l, regorus::LimitError::TimeLimitExceeded { .. }));
                 let reason = if timed_out {
                     reasons::TIMEOUT
                 } else {
@@ -368,7 +369,7 @@ impl DecisionPoint {
             Ok(e) => e.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        engine.set_input(regorus::Value::from(input.clone()));
+        engine.set_input(to_rego(input));
         let mut seen = std::collections::BTreeSet::new();
         let mut fired = Vec::new();
         for rule in &self.rules {
@@ -427,6 +428,34 @@ impl DecisionPoint {
                 pool.push(vm);
             }
         }
+    }
+}
+
+/// Converts a JSON value to a regorus value directly, without the clone
+/// and the serde round trip of `regorus::Value::from(serde_json::Value)`
+/// (two thirds of the fixed cost of a decision in `benches/policy.rs`).
+pub(crate) fn to_rego(v: &serde_json::Value) -> regorus::Value {
+    match v {
+        serde_json::Value::Null => regorus::Value::Null,
+        serde_json::Value::Bool(b) => regorus::Value::from(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                regorus::Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                regorus::Value::from(i)
+            } else {
+                regorus::Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => regorus::Value::from(s.as_str()),
+        serde_json::Value::Array(a) => {
+            regorus::Value::from(a.iter().map(to_rego).collect::<Vec<_>>())
+        }
+        serde_json::Value::Object(o) => regorus::Value::from(
+            o.iter()
+                .map(|(k, v)| (regorus::Value::from(k.as_str()), to_rego(v)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        ),
     }
 }
 

@@ -39,9 +39,15 @@ fn independent_digest(dir: &std::path::Path) -> String {
     files.remove(".signature.json");
     let mut listing = String::new();
     for (path, bytes) in files {
-        listing.push_str(&format!("{}  {path}\n", hex::encode(sha2::Sha256::digest(&bytes))));
+        listing.push_str(&format!(
+            "{}  {path}\n",
+            hex::encode(sha2::Sha256::digest(&bytes))
+        ));
     }
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(listing.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(listing.as_bytes()))
+    )
 }
 
 #[test]
@@ -72,7 +78,12 @@ fn a_one_byte_edit_to_any_file_changes_the_digest_and_the_runtime_refuses() {
         if let Ok(d) = &edited {
             assert_ne!(d, &digest, "editing {rel} left the digest unchanged");
         }
-        match load_for_environment(copy.path(), Environment::Prod, &pins(&digest), Options::default()) {
+        match load_for_environment(
+            copy.path(),
+            Environment::Prod,
+            &pins(&digest),
+            Options::default(),
+        ) {
             Err(ParityError::Mismatch { pinned, actual, .. }) => {
                 assert_eq!(pinned, digest);
                 assert_ne!(actual, digest);
@@ -80,11 +91,20 @@ fn a_one_byte_edit_to_any_file_changes_the_digest_and_the_runtime_refuses() {
             // A byte that broke the syntax is refused before the pin check:
             // refused either way.
             Err(ParityError::Bundle(_)) => {}
-            other => panic!("edited {rel}: runtime did not refuse: {:?}", other.map(|_| ())),
+            other => panic!(
+                "edited {rel}: runtime did not refuse: {:?}",
+                other.map(|_| ())
+            ),
         }
     }
     // The untouched bundle loads under its pin.
-    load_for_environment(&original, Environment::Prod, &pins(&digest), Options::default()).unwrap();
+    load_for_environment(
+        &original,
+        Environment::Prod,
+        &pins(&digest),
+        Options::default(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -108,8 +128,11 @@ fn adding_or_removing_a_file_changes_the_digest() {
     let d1 = Bundle::load(copy.path()).unwrap().digest().clone();
     assert_ne!(d0, d1);
     std::fs::remove_file(copy.path().join("tests/extra.rego")).unwrap();
-    std::fs::rename(copy.path().join("tests/audit.yaml"), copy.path().join("tests/audit2.yaml"))
-        .unwrap();
+    std::fs::rename(
+        copy.path().join("tests/audit.yaml"),
+        copy.path().join("tests/audit2.yaml"),
+    )
+    .unwrap();
     let d2 = Bundle::load(copy.path()).unwrap().digest().clone();
     assert_ne!(d0, d2, "a rename must change the digest");
 }
@@ -121,7 +144,8 @@ fn refused(dir: &std::path::Path) -> String {
     }
 }
 
-const OK_REGO: &str = "package kfm.authz\n\ndecision := {\"allow\": false, \"obligations\": [], \"reason\": \"x\"}\n";
+const OK_REGO: &str =
+    "package kfm.authz\n\ndecision := {\"allow\": false, \"obligations\": [], \"reason\": \"x\"}\n";
 
 #[test]
 fn manifest_rules_are_enforced() {
@@ -132,11 +156,20 @@ fn manifest_rules_are_enforced() {
     assert!(refused(t.path()).contains(".manifest"), "missing manifest");
 
     for (manifest, expect) in [
-        (r#"{"revision": "1", "roots": ["kfm", "kfm/authz"]}"#, "overlap"),
+        (
+            r#"{"revision": "1", "roots": ["kfm", "kfm/authz"]}"#,
+            "overlap",
+        ),
         (r#"{"revision": "1", "roots": []}"#, "roots"),
         (r#"{"revision": "", "roots": ["kfm"]}"#, "revision"),
-        (r#"{"revision": "1", "roots": ["kfm"], "extra": 1}"#, "unknown field"),
-        (r#"{"revision": "1", "roots": ["other"]}"#, "outside the manifest roots"),
+        (
+            r#"{"revision": "1", "roots": ["kfm"], "extra": 1}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"revision": "1", "roots": ["other"]}"#,
+            "outside the manifest roots",
+        ),
         ("not json", "bad manifest"),
     ] {
         std::fs::write(t.path().join(".manifest"), manifest).unwrap();
@@ -158,7 +191,10 @@ fn data_must_sit_under_a_root_and_never_conflict() {
 
     std::fs::write(t.path().join("data.json"), r#"{"elsewhere": 1}"#).unwrap();
     let e = refused(t.path());
-    assert!(e.contains("`elsewhere` is outside the manifest roots"), "{e}");
+    assert!(
+        e.contains("`elsewhere` is outside the manifest roots"),
+        "{e}"
+    );
     std::fs::write(t.path().join("data.json"), "[1, 2]").unwrap();
     assert!(refused(t.path()).contains("one object"));
     std::fs::write(t.path().join("data.json"), "{").unwrap();
@@ -192,7 +228,10 @@ fn a_signed_bundle_loads_and_any_tampering_is_refused_in_every_mode() {
     assert_eq!(b.digest(), &digest);
     assert!(b.signer().is_some());
     // Signing adds only the signature file, which is outside the digest.
-    assert_eq!(&digest, Bundle::load(&default_bundle_dir()).unwrap().digest());
+    assert_eq!(
+        &digest,
+        Bundle::load(&default_bundle_dir()).unwrap().digest()
+    );
 
     for rel in files_of(copy.path()) {
         let t = copy_bundle(copy.path());
@@ -222,8 +261,14 @@ fn a_signed_bundle_loads_and_any_tampering_is_refused_in_every_mode() {
             .unwrap();
     original["signature"] = forged["signature"].clone();
     std::fs::write(t.path().join(".signature.json"), original.to_string()).unwrap();
-    assert!(matches!(Bundle::load(t.path()), Err(BundleError::Signature { .. })));
+    assert!(matches!(
+        Bundle::load(t.path()),
+        Err(BundleError::Signature { .. })
+    ));
 
     std::fs::write(t.path().join(".signature.json"), "{}").unwrap();
-    assert!(matches!(Bundle::load(t.path()), Err(BundleError::Signature { .. })));
+    assert!(matches!(
+        Bundle::load(t.path()),
+        Err(BundleError::Signature { .. })
+    ));
 }

@@ -75,7 +75,10 @@ fn evaluation_errors_and_conflicts_are_a_deny() {
          decision := {\"allow\": true, \"reason\": \"a\", \"obligations\": []} if f(5) == 1",
         "decision := {\"allow\": true, \"reason\": \"a\", \"obligations\": []} if regex.match(\"(\", \"a\")",
     ] {
-        let e = decide(&format!("package kfm.authz\n{body}\n"), json!({"x": true, "s": "text"}));
+        let e = decide(
+            &format!("package kfm.authz\n{body}\n"),
+            json!({"x": true, "s": "text"}),
+        );
         assert!(!e.decision.allow, "{body}");
         assert!(
             [reasons::ENGINE_ERROR, reasons::UNDEFINED].contains(&e.decision.reason.as_str()),
@@ -108,7 +111,11 @@ decision := {"allow": true, "reason": "slow", "obligations": []} if n > 0
     let e = point.evaluate(&json!({}));
     assert!(!e.decision.allow);
     assert_eq!(e.decision.reason, reasons::TIMEOUT, "{:?}", e.detail);
-    assert!(e.elapsed < Duration::from_secs(2), "the budget stopped it: {:?}", e.elapsed);
+    assert!(
+        e.elapsed < Duration::from_secs(2),
+        "the budget stopped it: {:?}",
+        e.elapsed
+    );
 }
 
 #[test]
@@ -147,7 +154,10 @@ fn a_decision_record_holds_a_digest_of_the_input_never_the_input() {
     let d = point.decide(&input);
     let r = DecisionRecord::new(&point, &input, &d, chrono::Utc::now());
     let entry = String::from_utf8(r.to_ledger_entry()).unwrap();
-    assert!(!entry.contains("researcher-42") && !entry.contains("ks-nest-sites"), "{entry}");
+    assert!(
+        !entry.contains("researcher-42") && !entry.contains("ks-nest-sites"),
+        "{entry}"
+    );
     assert_eq!(r.bundle_digest, *point.digest());
     assert_eq!(r.bundle_revision, point.revision());
     assert_eq!(r.reason, "read.restricted_precise");

@@ -55,7 +55,15 @@ fn mostly(valid: Vec<Value>, invalid: Vec<Value>) -> impl Strategy<Value = Optio
 
 fn roles() -> impl Strategy<Value = Option<Value>> {
     let pool = [
-        "public", "researcher", "steward", "auditor", "admin", "engineer", "Researcher", "root", "",
+        "public",
+        "researcher",
+        "steward",
+        "auditor",
+        "admin",
+        "engineer",
+        "Researcher",
+        "root",
+        "",
     ];
     prop_oneof![
         8 => proptest::collection::vec(
@@ -79,7 +87,10 @@ const DATASETS: [&str; 4] = [
 ];
 
 fn datasets() -> impl Strategy<Value = Option<Value>> {
-    mostly(DATASETS.iter().map(|d| json!(d)).collect(), vec![json!(""), json!(5)])
+    mostly(
+        DATASETS.iter().map(|d| json!(d)).collect(),
+        vec![json!(""), json!(5)],
+    )
 }
 
 fn approved() -> impl Strategy<Value = Option<Value>> {
@@ -101,7 +112,13 @@ fn labels() -> impl Strategy<Value = Option<Value>> {
             json!("embargoed"),
             json!("quarantine"),
         ],
-        vec![json!("secret"), json!("PUBLIC"), json!(""), json!(1), json!(null)],
+        vec![
+            json!("secret"),
+            json!("PUBLIC"),
+            json!(""),
+            json!(1),
+            json!(null),
+        ],
     )
 }
 
@@ -176,7 +193,10 @@ fn inputs() -> impl Strategy<Value = Value> {
         _ => Some(object(vec![
             ("id", Some(json!("u-1"))),
             ("roles", roles),
-            ("attributes", Some(object(vec![("approved_access", approved)]))),
+            (
+                "attributes",
+                Some(object(vec![("approved_access", approved)])),
+            ),
         ])),
     });
     let action = mostly(
@@ -205,20 +225,25 @@ fn inputs() -> impl Strategy<Value = Value> {
         ]),
         generalization(),
     )
-        .prop_map(|(dataset, label, zone, license, distribution, embargo, generalization)| {
-            Some(object(vec![
-                ("kind", Some(json!("features"))),
-                ("dataset", dataset),
-                ("policy_label", label),
-                ("zone", zone),
-                ("license", license),
-                ("distribution", distribution),
-                ("embargo_until", embargo),
-                ("generalization", generalization),
-            ]))
-        });
+        .prop_map(
+            |(dataset, label, zone, license, distribution, embargo, generalization)| {
+                Some(object(vec![
+                    ("kind", Some(json!("features"))),
+                    ("dataset", dataset),
+                    ("policy_label", label),
+                    ("zone", zone),
+                    ("license", license),
+                    ("distribution", distribution),
+                    ("embargo_until", embargo),
+                    ("generalization", generalization),
+                ]))
+            },
+        );
     let context = times().prop_map(|time| {
-        Some(object(vec![("environment", Some(json!("dev"))), ("time", time)]))
+        Some(object(vec![
+            ("environment", Some(json!("dev"))),
+            ("time", time),
+        ]))
     });
     (subject, action, resource, context).prop_map(|(subject, action, resource, context)| {
         object(vec![
@@ -235,14 +260,23 @@ fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
 }
 
 /// Is a waiver of `blocker` for `dataset` active at `now`, per the bundle data?
-fn waived(data: &Value, dataset: &str, blocker: &str, now: chrono::DateTime<chrono::FixedOffset>) -> bool {
-    data["kfm"]["waivers"].as_array().into_iter().flatten().any(|w| {
-        w["dataset"] == dataset
-            && w["waives"] == blocker
-            && w["owner"].as_str().is_some_and(|s| !s.is_empty())
-            && w["reason"].as_str().is_some_and(|s| !s.is_empty())
-            && parse_time(&w["expires"]).is_some_and(|e| now < e)
-    })
+fn waived(
+    data: &Value,
+    dataset: &str,
+    blocker: &str,
+    now: chrono::DateTime<chrono::FixedOffset>,
+) -> bool {
+    data["kfm"]["waivers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|w| {
+            w["dataset"] == dataset
+                && w["waives"] == blocker
+                && w["owner"].as_str().is_some_and(|s| !s.is_empty())
+                && w["reason"].as_str().is_some_and(|s| !s.is_empty())
+                && parse_time(&w["expires"]).is_some_and(|e| now < e)
+        })
 }
 
 /// The platform's rules, written again in Rust: an allow must satisfy all.
@@ -269,8 +303,14 @@ fn check_allow(input: &Value, d: &Decision, data: &Value) -> Result<(), String> 
     }
     let export = input["action"] == "export";
     let r = &input["resource"];
-    let dataset = r["dataset"].as_str().filter(|s| !s.is_empty()).ok_or("no dataset")?;
-    if !matches!(r["zone"].as_str(), Some("published" | "processed" | "catalog")) {
+    let dataset = r["dataset"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or("no dataset")?;
+    if !matches!(
+        r["zone"].as_str(),
+        Some("published" | "processed" | "catalog")
+    ) {
         return Err(format!("served from zone {}", r["zone"]));
     }
     let approved = r["dataset"].is_string()
@@ -296,7 +336,10 @@ fn check_allow(input: &Value, d: &Decision, data: &Value) -> Result<(), String> 
             }
         }
         Some("internal") => {
-            if !["admin", "auditor", "engineer", "steward"].iter().any(|s| has(s)) {
+            if !["admin", "auditor", "engineer", "steward"]
+                .iter()
+                .any(|s| has(s))
+            {
                 return Err("internal data to non-staff".into());
             }
         }
@@ -413,7 +456,10 @@ fn the_generator_reaches_allows_of_every_kind() {
         "read.embargo_lifted",
         "audit.auditor",
     ] {
-        assert!(seen.contains(reason), "no random input reached {reason}: {seen:?}");
+        assert!(
+            seen.contains(reason),
+            "no random input reached {reason}: {seen:?}"
+        );
     }
 }
 
