@@ -230,7 +230,7 @@ impl DecisionPoint {
             .map_err(|e| compile_error(&e))?;
         let data = regorus::Value::from(bundle.data().clone());
         let point = Self {
-            digest: bundle.digest().clone(),
+            digest: *bundle.digest(),
             revision: bundle.revision().to_owned(),
             options,
             rules,
@@ -423,10 +423,10 @@ impl DecisionPoint {
     }
 
     fn checkin(&self, vm: RegoVM) {
-        if let Ok(mut pool) = self.pool.lock() {
-            if pool.len() < 64 {
-                pool.push(vm);
-            }
+        if let Ok(mut pool) = self.pool.lock()
+            && pool.len() < 64
+        {
+            pool.push(vm);
         }
     }
 }
@@ -476,32 +476,32 @@ fn interpret(value: &regorus::Value) -> (Decision, Option<String>) {
             Some("the entry point is undefined for this input".into()),
         );
     }
-    let json = match serde_json::to_value(value) {
-        Ok(j) => j,
-        Err(e) => return malformed(format!("result is not JSON: {e}")),
-    };
-    let serde_json::Value::Object(map) = json else {
+    // Read the result straight from the engine's value: only obligations
+    // (usually few) are converted to JSON for their strict parser.
+    let Ok(map) = value.as_object() else {
         return malformed("result is not an object".into());
     };
-    if let Some(extra) = map
-        .keys()
-        .find(|k| !matches!(k.as_str(), "allow" | "obligations" | "reason"))
-    {
+    if let Some(extra) = map.keys().find(|k| {
+        !k.as_string()
+            .is_ok_and(|k| matches!(k.as_ref(), "allow" | "obligations" | "reason"))
+    }) {
         return malformed(format!("result has an unexpected field `{extra}`"));
     }
-    let Some(serde_json::Value::Bool(allow)) = map.get("allow") else {
+    let field = |name: &str| map.get(&regorus::Value::from(name));
+    let Some(Ok(allow)) = field("allow").map(regorus::Value::as_bool) else {
         return malformed("`allow` is missing or not a boolean".into());
     };
-    let reason = match map.get("reason") {
-        Some(serde_json::Value::String(r)) if !r.is_empty() => r.clone(),
+    let reason = match field("reason").map(regorus::Value::as_string) {
+        Some(Ok(r)) if !r.is_empty() => r.to_string(),
         _ => return malformed("`reason` is missing, empty or not a string".into()),
     };
-    let Some(serde_json::Value::Array(raw)) = map.get("obligations") else {
+    let Some(Ok(raw)) = field("obligations").map(regorus::Value::as_array) else {
         return malformed("`obligations` is missing or not an array".into());
     };
     let mut obligations = Vec::with_capacity(raw.len());
     for (i, o) in raw.iter().enumerate() {
-        match parse_obligation(o) {
+        let o = serde_json::to_value(o).unwrap_or(serde_json::Value::Null);
+        match parse_obligation(&o) {
             Ok(o) => obligations.push(o),
             Err(ObligationError::Unknown(t)) => {
                 return (

@@ -25,14 +25,18 @@ pub struct Change {
     pub after: Decision,
 }
 
-/// Reads decision inputs: a JSON array, or JSON Lines (one input a line,
-/// blank lines ignored). Returns each with its line when JSON Lines.
+/// Reads decision inputs: one JSON object, a JSON array of them, or JSON
+/// Lines (one input a line, blank lines ignored). Returns each with its
+/// line when JSON Lines.
 pub fn read_inputs(path: &Path) -> Result<Vec<(Option<usize>, serde_json::Value)>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if text.trim_start().starts_with('[') {
         let all: Vec<serde_json::Value> = serde_json::from_str(&text)
             .map_err(|e| format!("{}:{}:{}: {e}", path.display(), e.line(), e.column()))?;
         return Ok(all.into_iter().map(|v| (None, v)).collect());
+    }
+    if let Ok(one @ serde_json::Value::Object(_)) = serde_json::from_str(&text) {
+        return Ok(vec![(None, one)]);
     }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -45,12 +45,12 @@ pub fn check_pin(
     match &pins.policy.bundle_digest {
         None => Err(ParityError::NotPinned {
             env,
-            actual: bundle.digest().clone(),
+            actual: *bundle.digest(),
         }),
         Some(pinned) if pinned != bundle.digest() => Err(ParityError::Mismatch {
             env,
-            pinned: pinned.clone(),
-            actual: bundle.digest().clone(),
+            pinned: *pinned,
+            actual: *bundle.digest(),
         }),
         Some(_) => Ok(()),
     }

@@ -42,7 +42,7 @@ impl DecisionRecord {
         Self {
             kind: DECISION_KIND.to_owned(),
             decision_id: uuid::Uuid::new_v4().to_string(),
-            bundle_digest: point.digest().clone(),
+            bundle_digest: *point.digest(),
             bundle_revision: point.revision().to_owned(),
             input_digest: input_digest(input),
             allow: decision.allow,

@@ -235,7 +235,7 @@ pub fn run(bundle: &Bundle, options: &TestOptions) -> Result<TestReport, RunnerE
     };
     let failed = cases.iter().filter(|c| !c.passed).count();
     Ok(TestReport {
-        bundle_digest: bundle.digest().clone(),
+        bundle_digest: *bundle.digest(),
         revision: bundle.revision().to_owned(),
         passed: cases.len() - failed,
         failed,

@@ -15,7 +15,7 @@ use sha2::Digest as _;
 fn pins(d: &Digest) -> EnvironmentPins {
     EnvironmentPins {
         policy: PolicyPin {
-            bundle_digest: Some(d.clone()),
+            bundle_digest: Some(*d),
         },
     }
 }
@@ -62,7 +62,7 @@ fn digest_matches_an_independent_computation_and_ignores_location() {
 #[test]
 fn a_one_byte_edit_to_any_file_changes_the_digest_and_the_runtime_refuses() {
     let original = default_bundle_dir();
-    let digest = Bundle::load(&original).unwrap().digest().clone();
+    let digest = *Bundle::load(&original).unwrap().digest();
     let files = files_of(&original);
     assert!(files.len() >= 5, "{files:?}");
     for rel in files {
@@ -74,7 +74,7 @@ fn a_one_byte_edit_to_any_file_changes_the_digest_and_the_runtime_refuses() {
         let at = bytes.len() / 2;
         bytes[at] = if bytes[at] == b' ' { b'\t' } else { b' ' };
         std::fs::write(&path, &bytes).unwrap();
-        let edited = Bundle::load(copy.path()).map(|b| b.digest().clone());
+        let edited = Bundle::load(copy.path()).map(|b| *b.digest());
         if let Ok(d) = &edited {
             assert_ne!(d, &digest, "editing {rel} left the digest unchanged");
         }
@@ -123,9 +123,9 @@ fn an_unpinned_environment_is_refused() {
 #[test]
 fn adding_or_removing_a_file_changes_the_digest() {
     let copy = copy_bundle(&default_bundle_dir());
-    let d0 = Bundle::load(copy.path()).unwrap().digest().clone();
+    let d0 = *Bundle::load(copy.path()).unwrap().digest();
     std::fs::write(copy.path().join("tests/extra.rego"), "package kfm.extra\n").unwrap();
-    let d1 = Bundle::load(copy.path()).unwrap().digest().clone();
+    let d1 = *Bundle::load(copy.path()).unwrap().digest();
     assert_ne!(d0, d1);
     std::fs::remove_file(copy.path().join("tests/extra.rego")).unwrap();
     std::fs::rename(
@@ -133,7 +133,7 @@ fn adding_or_removing_a_file_changes_the_digest() {
         copy.path().join("tests/audit2.yaml"),
     )
     .unwrap();
-    let d2 = Bundle::load(copy.path()).unwrap().digest().clone();
+    let d2 = *Bundle::load(copy.path()).unwrap().digest();
     assert_ne!(d0, d2, "a rename must change the digest");
 }
 

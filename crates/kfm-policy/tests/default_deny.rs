@@ -323,7 +323,8 @@ fn check_allow(input: &Value, d: &Decision, data: &Value) -> Result<(), String> 
         Some("public_generalized") if generalized => {}
         Some("public_generalized") => return Err("public_generalized without generalize".into()),
         Some("restricted_sensitive_location") => {
-            if !generalized && !(has("researcher") && approved) {
+            let precise_allowed = has("researcher") && approved;
+            if !generalized && !precise_allowed {
                 return Err("precise sensitive locations to an unapproved caller".into());
             }
             if !kinds.contains("audit_durable") {

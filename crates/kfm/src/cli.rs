@@ -46,7 +46,9 @@ pub enum Command {
     #[command(
         after_help = "Example:\n  kfm up            # workspace in ./kfm-up\n  kfm up --dir /tmp/demo\n\n\
 Today `up` creates the workspace, installs the bundled sample specs (ks-counties, ks-places)\n\
-and ingests them into RAW. Promotion and serving join it as they land."
+and ingests them into RAW, then loads the policy bundle for the workspace's environment\n\
+(exit 2 if its digest is not the pinned one) and runs its tests (exit 1 if one fails).\n\
+Promotion and serving join it as they land."
     )]
     Up(UpArgs),
 

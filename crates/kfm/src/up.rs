@@ -17,6 +17,17 @@ struct UpReport {
     init: crate::init::InitReport,
     ingested: Vec<(String, &'static str)>,
     status: StatusReport,
+    policy: PolicySummary,
+}
+
+/// The policy bundle as the runtime would load it: pinned, tested.
+#[derive(Serialize)]
+struct PolicySummary {
+    digest: String,
+    revision: String,
+    environment: String,
+    tests_passed: usize,
+    tests_failed: usize,
 }
 
 pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
@@ -56,21 +67,48 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
         ));
     }
     let status = collect(&ws).await?;
+    // Load the policy exactly as a runtime would (refused unless pinned),
+    // then run its tests through the same decision point.
+    let (bundle, _point) = crate::policy::load_pinned(&ws)?;
+    let tests = kfm_policy::runner::run(&bundle, &kfm_policy::runner::TestOptions::default())
+        .map_err(|e| Failure::input(e.to_string()))?;
+    let policy = PolicySummary {
+        digest: bundle.digest().to_string(),
+        revision: bundle.revision().to_owned(),
+        environment: ws.config.environment.to_string(),
+        tests_passed: tests.passed,
+        tests_failed: tests.failed,
+    };
+    let code = if tests.ok() {
+        0
+    } else {
+        crate::failure::EXIT_RULE
+    };
     match fmt {
         Format::Json => print_json(&UpReport {
             init,
             ingested,
             status,
+            policy,
         })?,
         Format::Human => {
             println!();
             print_human(&status);
             println!(
-                "\nKFM is up in {} with the samples in RAW. Promotion (gates A-G), the ledger and the\n\
-                 governed API are not built yet; `kfm up` will take the samples through them as they land.",
+                "\npolicy: bundle {} (revision {}), pinned for {}; {} policy tests passed, {} failed",
+                policy.digest,
+                policy.revision,
+                policy.environment,
+                policy.tests_passed,
+                policy.tests_failed
+            );
+            println!(
+                "\nKFM is up in {} with the samples in RAW and the policy pinned. Promotion (gates A-G)\n\
+                 and the governed API are not built yet; `kfm up` will take the samples through them as\n\
+                 they land. Try `kfm ledger append`, `kfm policy eval --explain` (see README).",
                 args.dir.display()
             );
         }
     }
-    Ok(0)
+    Ok(code)
 }

@@ -395,8 +395,22 @@ fn up_ingests_the_samples_and_is_idempotent() {
         .success()
         .stdout(
             predicate::str::contains("unchanged ks-counties")
-                .and(predicate::str::contains("unchanged ks-places")),
+                .and(predicate::str::contains("unchanged ks-places"))
+                .and(predicate::str::contains("pinned for dev"))
+                .and(predicate::str::contains(" 0 failed")),
         );
+    // `up` loads the policy as a runtime does: an unpinned edit stops it.
+    let rego = dir.path().join("demo/policy/kfm/authz.rego");
+    let mut text = std::fs::read_to_string(&rego).unwrap();
+    text.push('\n');
+    std::fs::write(&rego, text).unwrap();
+    kfm(dir.path())
+        .args(["up", "--dir", "demo"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "differs from the digest pinned for `dev`",
+        ));
 }
 
 /// The same workspace on an S3 store chosen by `KFM_STORE_URL`, with
