@@ -63,6 +63,13 @@ fn options_for(ws: Option<&Path>) -> Options {
 }
 
 fn test(ws: Option<&Path>, a: &PolicyTestArgs, fmt: Format) -> Result<u8, Failure> {
+    let junit_to_stdout = a.junit.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    if junit_to_stdout && fmt == Format::Json {
+        return Err(
+            Failure::input("--junit - and --format json both write to stdout")
+                .hint("write the JUnit report to a file: --junit report.xml"),
+        );
+    }
     let dir = bundle_dir(ws, a.dir.as_deref())?;
     let bundle = Bundle::load(&dir)?;
     let run = match &a.run {
@@ -93,7 +100,7 @@ fn test(ws: Option<&Path>, a: &PolicyTestArgs, fmt: Format) -> Result<u8, Failur
     let empty = report.cases.is_empty();
     match fmt {
         Format::Json => print_json(&report)?,
-        Format::Human if a.junit.as_deref().is_some_and(|p| p.as_os_str() == "-") => {}
+        Format::Human if junit_to_stdout => {}
         Format::Human => print_test_report(&bundle, &report),
     }
     if empty && a.fail_on_empty {
