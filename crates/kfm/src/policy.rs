@@ -462,16 +462,15 @@ fn diff(a: &PolicyDiffArgs, fmt: Format) -> Result<u8, Failure> {
                     .map(|l| format!("line {l}"))
                     .unwrap_or(format!("#{}", c.index));
                 let show = |d: &kfm_policy::Decision| {
-                    let kinds: Vec<&str> = d.obligations.iter().map(|o| o.kind()).collect();
                     format!(
-                        "{} {} [{}]",
+                        "{} {} {}",
                         if d.allow { "allow" } else { "deny" },
                         d.reason,
-                        kinds.join(",")
+                        serde_json::to_string(&d.obligations).unwrap_or_default()
                     )
                 };
                 println!(
-                    "  {at} (input {}): {}  ->  {}",
+                    "  {at} (input {})\n    before: {}\n    after:  {}",
                     c.input_digest,
                     show(&c.before),
                     show(&c.after)
