@@ -324,10 +324,7 @@ impl DecisionPoint {
     /// this second opinion backs `explain` and the differential tests that
     /// keep the two in agreement on KFM's bundles.
     pub fn evaluate_with_interpreter(&self, input: &serde_json::Value) -> Evaluation {
-        let mut engine = match self.interpreter.lock() {
-            Ok(e) => e.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let mut engine = self.interpreter_engine();
         let start = Instant::now();
         engine.set_input(to_rego(input));
         let result = engine.eval_rule(self.options.entrypoint.clone());
@@ -365,10 +362,7 @@ impl DecisionPoint {
             .rsplit_once('.')
             .map(|(p, _)| p.to_owned())
             .unwrap_or_default();
-        let mut engine = match self.interpreter.lock() {
-            Ok(e) => e.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
+        let mut engine = self.interpreter_engine();
         engine.set_input(to_rego(input));
         let mut seen = std::collections::BTreeSet::new();
         let mut fired = Vec::new();
@@ -398,6 +392,14 @@ impl DecisionPoint {
             }
         }
         (evaluation, fired)
+    }
+
+    /// A clone of the prepared interpreter (cheap: its modules are shared).
+    fn interpreter_engine(&self) -> Engine {
+        match self.interpreter.lock() {
+            Ok(e) => e.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
     fn new_vm(&self) -> Result<RegoVM, VmError> {

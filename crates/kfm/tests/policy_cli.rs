@@ -363,32 +363,20 @@ fn diff_lists_every_decision_a_change_alters() {
         assert!(c["line"].as_u64().unwrap() > 0);
         assert!(c["input_digest"].as_str().unwrap().starts_with("sha256:"));
     }
-    kfm(tmp.path())
-        .args([
-            "policy",
-            "diff",
-            "--to",
-            "new",
-            "--inputs",
-            "inputs.jsonl",
-            "--from",
-            "new",
-        ])
+    // The new bundle against itself: nothing changes; bad inputs: exit 2.
+    let self_diff = |inputs: &str| {
+        let mut c = kfm(tmp.path());
+        c.args([
+            "policy", "diff", "--from", "new", "--to", "new", "--inputs", inputs,
+        ]);
+        c
+    };
+    self_diff("inputs.jsonl")
         .assert()
         .code(0)
         .stdout(predicate::str::contains("0 of"));
     std::fs::write(tmp.path().join("bad.jsonl"), "{}\nnot json\n").unwrap();
-    kfm(tmp.path())
-        .args([
-            "policy",
-            "diff",
-            "--to",
-            "new",
-            "--inputs",
-            "bad.jsonl",
-            "--from",
-            "new",
-        ])
+    self_diff("bad.jsonl")
         .assert()
         .code(2)
         .stderr(predicate::str::contains("bad.jsonl:2:"));
