@@ -39,3 +39,22 @@ impl fmt::Display for PolicyLabel {
         f.write_str(self.as_str())
     }
 }
+
+impl std::str::FromStr for PolicyLabel {
+    type Err = String;
+    /// Only the vocabulary's exact spellings parse.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const ALL: [PolicyLabel; 7] = [
+            PolicyLabel::Public,
+            PolicyLabel::PublicGeneralized,
+            PolicyLabel::Restricted,
+            PolicyLabel::RestrictedSensitiveLocation,
+            PolicyLabel::Internal,
+            PolicyLabel::Embargoed,
+            PolicyLabel::Quarantine,
+        ];
+        ALL.into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| format!("unknown policy label {s:?}"))
+    }
+}

@@ -100,6 +100,12 @@ pub struct Contact {
 #[serde(into = "String")]
 pub struct Email(String);
 
+impl Email {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 impl TryFrom<String> for Email {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {

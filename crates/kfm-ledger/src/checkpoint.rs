@@ -37,6 +37,7 @@ pub struct LedgerSigner {
     signer: StandardSigner,
     name: String,
     verifier_key: String,
+    seed: [u8; 32],
 }
 
 impl std::fmt::Debug for LedgerSigner {
@@ -80,12 +81,19 @@ impl LedgerSigner {
             signer,
             name,
             verifier_key,
+            seed,
         })
     }
 
     /// The public key that verifies this signer's checkpoints.
     pub fn verifier_key(&self) -> &str {
         &self.verifier_key
+    }
+
+    /// The same ed25519 key, for signing receipts and release manifests
+    /// (DSSE): one workspace key signs the ledger and what is recorded in it.
+    pub fn signing_key(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&self.seed)
     }
 
     pub fn name(&self) -> &str {

@@ -1,12 +1,30 @@
-//! The truth path: RAW → WORK → PROCESSED → CATALOG → PUBLISHED.
+//! The truth path: RAW → WORK → PROCESSED → CATALOG → PUBLISHED, or
+//! QUARANTINE.
 //!
-//! Today this crate owns the first step, [`ingest`]: bringing a dataset's
-//! source into `raw/` exactly as received, content-addressed, with an
-//! acquisition record. Normalisation, the promotion gates, release and
-//! quarantine build on it.
+//! - [`ingest`]: a dataset's source into `raw/`, exactly as received.
+//! - [`promote`]: normalise ([`normalize`]), then the Promotion Contract's
+//!   gates A–G ([`gates`]): identity, licensing, sensitivity
+//!   ([`generalize`]), the catalog triplet ([`catalog`]), QA ([`qa`]), the
+//!   run receipt in the ledger, the signed release manifest and the
+//!   compare-and-swap of the release pointer ([`records`], [`release`]).
+//! - [`release::rollback`]: back to an earlier version through the same gates.
+//! - [`quarantine`]: what failed, and why.
 
+pub mod catalog;
+pub mod fgb;
+pub mod gates;
+pub mod generalize;
 pub mod ingest;
+pub mod normalize;
+pub mod promote;
+pub mod qa;
+pub mod quarantine;
+pub mod records;
+pub mod release;
 
+pub use gates::{Gate, GateResult, Status};
 pub use ingest::{
     AcquisitionEntry, IngestError, IngestOutcome, IngestRequest, acquisitions, ingest, load_spec,
 };
+pub use promote::{PolicyInfo, PromoteError, PromoteOutcome, PromoteRequest, promote};
+pub use release::{RollbackOutcome, RollbackRequest, VerifiedRelease, rollback, verify_release};

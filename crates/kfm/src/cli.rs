@@ -45,10 +45,12 @@ pub enum Command {
     /// Quickstart: a local workspace with the bundled samples taken through the truth path.
     #[command(
         after_help = "Example:\n  kfm up            # workspace in ./kfm-up\n  kfm up --dir /tmp/demo\n\n\
-Today `up` creates the workspace, installs the bundled sample specs (ks-counties, ks-places)\n\
-and ingests them into RAW, then loads the policy bundle for the workspace's environment\n\
-(exit 2 if its digest is not the pinned one) and runs its tests (exit 1 if one fails).\n\
-Promotion and serving join it as they land."
+`up` creates the workspace, installs the bundled samples (ks-counties, ks-places, the\n\
+SYNTHETIC ks-sites-synthetic and ks-markers-unlicensed) and ingests them into RAW, loads the\n\
+policy bundle for the workspace's environment (exit 2 if its digest is not the pinned one),\n\
+promotes every sample not yet published through gates A-G, and runs the policy tests.\n\
+Exit 1 if a policy test fails or a sample does not end as expected (only\n\
+ks-markers-unlicensed belongs in quarantine). Serving joins it when the API lands."
     )]
     Up(UpArgs),
 
@@ -63,6 +65,30 @@ Promotion and serving join it as they land."
 Identical bytes again are a no-op that reports the earlier acquisition; different bytes are a\n\
 new acquisition. A missing or unreadable source, or a bad spec: exit 2, nothing written.")]
     Ingest(IngestArgs),
+
+    /// Take a dataset's newest acquisition through gates A-G: published, or quarantined.
+    #[command(
+        after_help = "Examples:\n  kfm promote ks-places\n  kfm promote ks-places --acquisition sha256:3f2a… --format json\n\n\
+Reads datasets/<dataset>.yaml and the newest acquisition in RAW, normalises it into WORK and\n\
+evaluates gates A (identity, determinism), B (license), C (sensitivity), D (catalog triplet),\n\
+E (QA), F (signed receipt in the ledger) and G (signed manifest, pointer compare-and-swap).\n\
+Exit 0 published, 1 quarantined (report under quarantine/<dataset>/<run_id>/), 2 cannot start\n\
+(bad spec, no acquisition)."
+    )]
+    Promote(PromoteArgs),
+
+    /// Move a dataset's release pointer back to an earlier version, through the same gates.
+    #[command(after_help = "Example:\n  kfm rollback ks-places --to v1\n\n\
+Re-verifies every artifact of that version, re-judges its license and label under the current\n\
+policy, re-checks its catalog, appends a rollback receipt to the ledger, then moves the pointer\n\
+by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such version.")]
+    Rollback(RollbackArgs),
+
+    /// Runs that failed a gate, and their reports.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
 
     /// The audit ledger: append, verify, prove, consistency, tail.
     Ledger {
@@ -310,3 +336,45 @@ pub struct IngestArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {}
+
+#[derive(Args, Debug)]
+pub struct PromoteArgs {
+    /// The dataset id (its spec is datasets/<dataset>.yaml).
+    pub dataset: String,
+    /// Promote this acquisition (sha256:<hex>) instead of the newest.
+    #[arg(long, value_name = "DIGEST")]
+    pub acquisition: Option<String>,
+    /// Who is promoting, for the receipt (default: $KFM_ACTOR, then $USER).
+    #[arg(long, env = "KFM_ACTOR")]
+    pub actor: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The dataset id.
+    pub dataset: String,
+    /// The version to restore, for example v1.
+    #[arg(long, value_name = "vN")]
+    pub to: String,
+    /// Who is rolling back, for the receipt (default: $KFM_ACTOR, then $USER).
+    #[arg(long, env = "KFM_ACTOR")]
+    pub actor: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuarantineCommand {
+    /// List quarantined runs (oldest first) with the gates that stopped them.
+    #[command(
+        after_help = "Example:\n  kfm quarantine list\n  kfm quarantine list ks-unlicensed --format json"
+    )]
+    List {
+        /// Only this dataset.
+        dataset: Option<String>,
+    },
+    /// Show one run's report: every gate with its reasons.
+    #[command(after_help = "Example:\n  kfm quarantine show 20261122T170102Z-1a2b3c4d")]
+    Show {
+        /// The run id (`kfm quarantine list` shows them).
+        run_id: String,
+    },
+}

@@ -36,7 +36,7 @@ impl From<LedgerError> for Failure {
 }
 
 /// Loads the signing key the workspace references (never printing it).
-fn signer(ws: &Workspace) -> Result<LedgerSigner, Failure> {
+pub(crate) fn signer(ws: &Workspace) -> Result<LedgerSigner, Failure> {
     let Some(r) = &ws.config.signing_key else {
         return Err(Failure::input("no ledger signing key configured")
             .hint("set [signing] key = \"file:keys/ledger.key\" (or env:NAME) in kfm.toml"));
@@ -65,7 +65,7 @@ fn signer(ws: &Workspace) -> Result<LedgerSigner, Failure> {
 
 /// The verifier key: `--verifier-key FILE`, else keys/ledger.pub, else
 /// derived from the signing key.
-fn verifier_key(ws: &Workspace, explicit: Option<&Path>) -> Result<String, Failure> {
+pub(crate) fn verifier_key(ws: &Workspace, explicit: Option<&Path>) -> Result<String, Failure> {
     let read = |p: &Path| {
         std::fs::read_to_string(p)
             .map(|s| s.trim().to_owned())
@@ -414,4 +414,21 @@ impl From<kfm_ledger::ProofError> for Failure {
             hint: None,
         }
     }
+}
+
+/// The ed25519 public key inside a signed-note verifier key
+/// (`<name>+<id>+<base64(0x01 || key)>`): it verifies receipts and release
+/// manifests too, since one workspace key signs both.
+pub(crate) fn dsse_key(verifier: &str) -> Result<ed25519_dalek::VerifyingKey, Failure> {
+    use base64::Engine;
+    let bad = || Failure::input(format!("not an ed25519 verifier key: {verifier}"));
+    let b64 = verifier.rsplit('+').next().ok_or_else(bad)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| bad())?;
+    let key: [u8; 32] = match raw.split_first() {
+        Some((1, rest)) => rest.try_into().map_err(|_| bad())?,
+        _ => return Err(bad()),
+    };
+    ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|_| bad())
 }

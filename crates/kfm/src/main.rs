@@ -10,6 +10,7 @@ mod init;
 mod ledger;
 mod output;
 mod policy;
+mod promote;
 mod samples;
 mod spec;
 mod status;
@@ -60,6 +61,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         } => spec::check(ws, &a, fmt),
         Command::Ingest(a) => ingest::run(ws, &a, fmt).await,
         Command::Status(a) => status::run(ws, &a, fmt).await,
+        Command::Promote(a) => promote::promote(ws, &a, fmt).await,
+        Command::Rollback(a) => promote::rollback(ws, &a, fmt).await,
+        Command::Quarantine { command } => promote::quarantine(ws, &command, fmt).await,
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
         Command::Policy { command } => policy::run(ws, &command, fmt),
     }

@@ -8,7 +8,7 @@ use crate::cli::{Format, UpArgs};
 use crate::failure::Failure;
 use crate::ingest::{default_actor, describe, ingest_one, outcome_name};
 use crate::output::print_json;
-use crate::samples::{SAMPLE_SPECS, SAMPLES};
+use crate::samples::{EXPECTED_QUARANTINE, SAMPLE_SPECS, SAMPLES};
 use crate::status::{StatusReport, collect, print_human};
 use crate::workspace::Workspace;
 
@@ -16,6 +16,8 @@ use crate::workspace::Workspace;
 struct UpReport {
     init: crate::init::InitReport,
     ingested: Vec<(String, &'static str)>,
+    /// (version id, published?) for each sample promoted by this run.
+    promoted: Vec<(String, bool)>,
     status: StatusReport,
     policy: PolicySummary,
 }
@@ -66,10 +68,48 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
             outcome_name(&outcome),
         ));
     }
-    let status = collect(&ws).await?;
-    // Load the policy exactly as a runtime would (refused unless pinned),
-    // then run its tests through the same decision point.
+    // Load the policy exactly as a runtime would (refused unless pinned,
+    // exit 2): promotion records its digest, and its tests run below
+    // through the same decision point.
     let (bundle, _point) = crate::policy::load_pinned(&ws)?;
+    let deps = crate::promote::deps(&ws).await?;
+    let mut promoted = Vec::new();
+    let mut unexpected = Vec::new();
+    for spec in SAMPLE_SPECS {
+        let ds = spec.trim_end_matches(".yaml");
+        let Ok(id) = ds.parse::<kfm_core::DatasetId>() else {
+            continue;
+        };
+        if store
+            .published()
+            .read(&kfm_pipeline::records::pointer_key(ds))
+            .await?
+            .is_some()
+        {
+            if fmt == Format::Human {
+                println!("\n{ds}: already published (`kfm promote {ds}` makes a new version)");
+            }
+            continue;
+        }
+        let out =
+            match crate::promote::run_promote(&deps, &id, None, default_actor(None), fmt).await {
+                Ok(o) => o,
+                Err(e) => {
+                    deps.close().await;
+                    return Err(e);
+                }
+            };
+        if fmt == Format::Human {
+            println!();
+            crate::promote::print_outcome(&out);
+        }
+        if out.published != (ds != EXPECTED_QUARANTINE) {
+            unexpected.push(ds.to_owned());
+        }
+        promoted.push((out.version_id.clone(), out.published));
+    }
+    deps.close().await;
+    let status = collect(&ws).await?;
     let tests = kfm_policy::runner::run(&bundle, &kfm_policy::runner::TestOptions::default())
         .map_err(|e| Failure::input(e.to_string()))?;
     let policy = PolicySummary {
@@ -79,7 +119,7 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
         tests_passed: tests.passed,
         tests_failed: tests.failed,
     };
-    let code = if tests.ok() {
+    let code = if tests.ok() && unexpected.is_empty() {
         0
     } else {
         crate::failure::EXIT_RULE
@@ -88,6 +128,7 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
         Format::Json => print_json(&UpReport {
             init,
             ingested,
+            promoted,
             status,
             policy,
         })?,
@@ -102,10 +143,16 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
                 policy.tests_passed,
                 policy.tests_failed
             );
+            if !unexpected.is_empty() {
+                println!(
+                    "\nUNEXPECTED: {} did not end as the samples should (only {EXPECTED_QUARANTINE} belongs in quarantine)",
+                    unexpected.join(", ")
+                );
+            }
             println!(
-                "\nKFM is up in {} with the samples in RAW and the policy pinned. Promotion (gates A-G)\n\
-                 and the governed API are not built yet; `kfm up` will take the samples through them as\n\
-                 they land. Try `kfm ledger append`, `kfm policy eval --explain` (see README).",
+                "\nKFM is up in {}: the samples went through gates A-G ({EXPECTED_QUARANTINE} is quarantined:\n\
+                 its license is unknown) and the policy is pinned. The governed API is not built yet.\n\
+                 Try `kfm status`, `kfm quarantine list`, `kfm ledger verify` (see README).",
                 args.dir.display()
             );
         }

@@ -1,0 +1,120 @@
+//! The Promotion Contract's vocabulary: gates A–G and what each answered.
+//!
+//! A gate that cannot be evaluated counts as failed (fail closed). Gates F
+//! and G change the world (ledger, store, pointer), so they run only when
+//! A–E all passed; otherwise they are reported as not run.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Gate {
+    A,
+    B,
+    C,
+    D,
+    E,
+    F,
+    G,
+}
+
+impl Gate {
+    pub const ALL: [Gate; 7] = [
+        Gate::A,
+        Gate::B,
+        Gate::C,
+        Gate::D,
+        Gate::E,
+        Gate::F,
+        Gate::G,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Gate::A => "identity & versioning",
+            Gate::B => "licensing & rights",
+            Gate::C => "sensitivity",
+            Gate::D => "catalog triplet",
+            Gate::E => "quality (QA)",
+            Gate::F => "run receipt & audit record",
+            Gate::G => "release manifest & pointer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Pass,
+    Fail,
+    CannotEvaluate,
+    /// Not attempted because an earlier gate did not pass.
+    NotRun,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::CannotEvaluate => "cannot evaluate",
+            Status::NotRun => "not run",
+        }
+    }
+}
+
+/// One gate's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateResult {
+    pub gate: Gate,
+    pub name: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+impl GateResult {
+    pub fn pass(gate: Gate, notes: Vec<String>) -> Self {
+        Self::new(gate, Status::Pass, notes)
+    }
+    pub fn fail(gate: Gate, reasons: Vec<String>) -> Self {
+        Self::new(gate, Status::Fail, reasons)
+    }
+    pub fn cannot(gate: Gate, reason: impl Into<String>) -> Self {
+        Self::new(gate, Status::CannotEvaluate, vec![reason.into()])
+    }
+    pub fn not_run(gate: Gate) -> Self {
+        Self::new(
+            gate,
+            Status::NotRun,
+            vec!["not run: an earlier gate did not pass".into()],
+        )
+    }
+    fn new(gate: Gate, status: Status, reasons: Vec<String>) -> Self {
+        Self {
+            gate,
+            name: gate.title().to_owned(),
+            status,
+            reasons,
+        }
+    }
+    pub fn passed(&self) -> bool {
+        self.status == Status::Pass
+    }
+}
+
+/// Renders a gate table for a terminal.
+pub fn table(results: &[GateResult]) -> String {
+    let mut out = String::new();
+    for r in results {
+        out.push_str(&format!(
+            "  {:?}  {:<28} {}\n",
+            r.gate,
+            r.name,
+            r.status.as_str()
+        ));
+        for reason in &r.reasons {
+            out.push_str(&format!("       - {reason}\n"));
+        }
+    }
+    out
+}

@@ -1,0 +1,606 @@
+//! Release pointers: numbering versions, verifying what a pointer names,
+//! and rolling back.
+//!
+//! A pointer is trusted only after it checks out end to end: the manifest
+//! it names exists with the digest it claims and a valid signature, and the
+//! ledger entry that moved it (the manifest after a promotion, a rollback
+//! receipt after a rollback) is in the ledger with that digest. A pointer
+//! edited by hand fails one of these.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::VerifyingKey;
+use kfm_core::dsse::IN_TOTO_PAYLOAD_TYPE;
+use kfm_core::{DatasetId, Digest, Envelope, LicenseId, PolicyLabel, Signer};
+use kfm_ledger::{Ledger, LedgerView};
+use kfm_store::{Pointer, Store, StoreError};
+use serde::Serialize;
+
+use crate::catalog::{self, Triplet};
+use crate::gates::{Gate, GateResult};
+use crate::promote::{PolicyInfo, PromoteError, new_run_id, ts};
+use crate::records::{
+    self, DigestSet, LedgerRef, Manifest, POINTER_KIND, PolicyRef, RECEIPT_PREDICATE,
+    ReleasePointer, ResourceDescriptor, RunPredicate, STATEMENT_TYPE, Statement, ToolVersion,
+    manifest_of, statement_of,
+};
+
+fn parse_version(dir: &str) -> Option<u64> {
+    dir.trim_end_matches('/')
+        .rsplit('/')
+        .next()?
+        .strip_prefix('v')?
+        .parse()
+        .ok()
+}
+
+/// Versions that exist (even partly) under processed/ or catalog/.
+pub async fn existing_versions(store: &Store, ds: &DatasetId) -> Result<Vec<u64>, StoreError> {
+    let mut out: Vec<u64> = Vec::new();
+    for d in store.processed().list_dirs(ds.as_str()).await? {
+        out.extend(parse_version(&d));
+    }
+    for d in store.catalog().list_dirs(ds.as_str()).await? {
+        out.extend(parse_version(&d));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The next version number: above every version that exists in any form
+/// (a crashed run's partial version is never reused) and above the pointer.
+pub async fn next_version(
+    store: &Store,
+    ds: &DatasetId,
+    pointer: Option<&Pointer>,
+) -> Result<u64, StoreError> {
+    let mut max = existing_versions(store, ds)
+        .await?
+        .last()
+        .copied()
+        .unwrap_or(0);
+    if let Some(p) = pointer
+        && let Ok(rp) = serde_json::from_slice::<ReleasePointer>(&p.bytes)
+    {
+        max = max.max(rp.version);
+    }
+    Ok(max + 1)
+}
+
+/// Checks a pointer against the store alone: it parses, names this
+/// dataset's manifest, and the manifest has the claimed digest and a valid
+/// signature by `key`.
+pub async fn verify_pointer_in_store(
+    store: &Store,
+    ds: &str,
+    bytes: &[u8],
+    key: &VerifyingKey,
+) -> Result<(ReleasePointer, Manifest), String> {
+    let p: ReleasePointer =
+        serde_json::from_slice(bytes).map_err(|e| format!("not a release pointer: {e}"))?;
+    if p.kind != POINTER_KIND || p.dataset != ds {
+        return Err(format!(
+            "the pointer is for {:?} ({}), expected {ds}",
+            p.dataset, p.kind
+        ));
+    }
+    if p.manifest != records::manifest_key(ds, p.version)
+        || p.version_id != format!("{ds}@v{}", p.version)
+    {
+        return Err(format!(
+            "the pointer names {} as version {}, which is not where that version's manifest lives",
+            p.manifest, p.version
+        ));
+    }
+    let rel = p.manifest.strip_prefix("catalog/").unwrap_or(&p.manifest);
+    let mbytes = store
+        .catalog()
+        .get_opt(rel)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", p.manifest))?
+        .ok_or_else(|| format!("{} does not exist", p.manifest))?;
+    let got = Digest::of(&mbytes).to_string();
+    if got != p.manifest_digest {
+        return Err(format!(
+            "{} has digest {got}, the pointer claims {}",
+            p.manifest, p.manifest_digest
+        ));
+    }
+    let env = Envelope::parse(&mbytes).map_err(|e| format!("{}: {e}", p.manifest))?;
+    let m = manifest_of(&env, key).map_err(|e| format!("{}: {e}", p.manifest))?;
+    if m.dataset != ds || m.version != p.version {
+        return Err(format!(
+            "{} is the manifest of {}, not {}",
+            p.manifest, m.version_id, p.version_id
+        ));
+    }
+    if p.operation == "promote" && p.ledger_entry_digest != p.manifest_digest {
+        return Err("a promotion's ledger entry must be its manifest".into());
+    }
+    Ok((p, m))
+}
+
+/// A pointer verified against the store and the ledger.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedRelease {
+    pub pointer: ReleasePointer,
+    pub manifest: Manifest,
+}
+
+/// Full verification of `published/<ds>.json`: [`verify_pointer_in_store`]
+/// plus the ledger entries it relies on. `Ok(None)`: nothing published.
+pub async fn verify_release(
+    store: &Store,
+    ledger: &LedgerView,
+    ds: &str,
+    key: &VerifyingKey,
+) -> Result<Option<VerifiedRelease>, String> {
+    let Some(ptr) = store
+        .published()
+        .read(&records::pointer_key(ds))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let (p, m) = verify_pointer_in_store(store, ds, &ptr.bytes, key).await?;
+    let entry = ledger.entry(p.ledger_index).await.map_err(|e| {
+        format!(
+            "ledger entry {} (named by the pointer): {e}",
+            p.ledger_index
+        )
+    })?;
+    let got = Digest::of(&entry).to_string();
+    if got != p.ledger_entry_digest {
+        return Err(format!(
+            "ledger entry {} has digest {got}, the pointer claims {}",
+            p.ledger_index, p.ledger_entry_digest
+        ));
+    }
+    if p.operation == "rollback" {
+        let env = Envelope::parse(&entry).map_err(|e| e.to_string())?;
+        let s = statement_of(&env, key)?;
+        let names_manifest = s.subject.iter().any(|r| {
+            r.name == p.manifest && format!("sha256:{}", r.digest.sha256) == p.manifest_digest
+        });
+        if s.predicate.operation != "rollback" || !names_manifest {
+            return Err(format!(
+                "ledger entry {} is not a rollback receipt for {}",
+                p.ledger_index, p.manifest
+            ));
+        }
+    } else if p.operation != "promote" {
+        return Err(format!("unknown pointer operation {:?}", p.operation));
+    }
+    let r = ledger.entry(m.receipt.ledger_index).await.map_err(|e| {
+        format!(
+            "the manifest's receipt (ledger entry {}): {e}",
+            m.receipt.ledger_index
+        )
+    })?;
+    if Digest::of(&r).to_string() != m.receipt.digest {
+        return Err(format!(
+            "ledger entry {} is not the receipt the manifest names",
+            m.receipt.ledger_index
+        ));
+    }
+    Ok(Some(VerifiedRelease {
+        pointer: p,
+        manifest: m,
+    }))
+}
+
+/// A rollback request: like a promotion, every dependency may be missing.
+pub struct RollbackRequest<'a> {
+    pub store: &'a Store,
+    pub dataset: &'a DatasetId,
+    pub to: u64,
+    pub actor: String,
+    pub policy: Result<PolicyInfo, String>,
+    pub signer: Result<&'a Signer, String>,
+    pub ledger: Result<&'a Ledger, String>,
+    pub now: DateTime<Utc>,
+    pub on_gate: &'a (dyn Fn(Gate) + Sync),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackOutcome {
+    pub run_id: String,
+    pub dataset: String,
+    pub version_id: String,
+    pub rolled_back: bool,
+    pub gates: Vec<GateResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<LedgerRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<ReleasePointer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_report: Option<String>,
+}
+
+async fn read_checked(store: &Store, a: &catalog::Artifact) -> Result<Vec<u8>, String> {
+    let (zone, rel) = a.path.split_once('/').unwrap_or(("", &a.path));
+    let got = match zone {
+        "processed" => store.processed().get_opt(rel).await,
+        "catalog" => store.catalog().get_opt(rel).await,
+        _ => return Err(format!("{}: not a processed or catalog key", a.path)),
+    }
+    .map_err(|e| format!("{}: {e}", a.path))?
+    .ok_or_else(|| format!("{} is missing", a.path))?;
+    let d = Digest::of(&got);
+    if d != a.digest || got.len() as u64 != a.size {
+        return Err(format!(
+            "{} has digest {d} ({} bytes), the manifest records {} ({} bytes)",
+            a.path,
+            got.len(),
+            a.digest,
+            a.size
+        ));
+    }
+    Ok(got.to_vec())
+}
+
+/// Moves the pointer back to an earlier version, through the same gates:
+/// every artifact re-verified (A), license and label re-judged under the
+/// current policy and date (B, C), the catalog triplet re-checked (D), the
+/// stored QA report (E), a rollback receipt in the ledger (F), then the
+/// compare-and-swap (G).
+pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, PromoteError> {
+    let ds = req.dataset.as_str();
+    let v = req.to;
+    let run_id = new_run_id(req.now);
+    let version_id = format!("{ds}@v{v}");
+    let mkey = records::manifest_key(ds, v);
+    let Some(mbytes) = req
+        .store
+        .catalog()
+        .get_opt(mkey.strip_prefix("catalog/").unwrap_or(&mkey))
+        .await?
+    else {
+        return Err(PromoteError::UnknownVersion {
+            dataset: ds.to_owned(),
+            version: v,
+        });
+    };
+    let pointer_before = req
+        .store
+        .published()
+        .read(&records::pointer_key(ds))
+        .await?;
+    let mut gates = Vec::new();
+
+    (req.on_gate)(Gate::A);
+    let manifest = match (&req.signer, Envelope::parse(&mbytes)) {
+        (Err(e), _) => Err(GateResult::cannot(
+            Gate::A,
+            format!("no key to verify the manifest: {e}"),
+        )),
+        (_, Err(e)) => Err(GateResult::fail(Gate::A, vec![format!("{mkey}: {e}")])),
+        (Ok(s), Ok(env)) => manifest_of(&env, &s.verifying_key())
+            .map_err(|e| GateResult::fail(Gate::A, vec![format!("{mkey}: {e}")])),
+    };
+    let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
+    let m = match manifest {
+        Err(r) => {
+            gates.push(r);
+            None
+        }
+        Ok(m) => {
+            let mut problems = Vec::new();
+            for a in m.artifacts.iter().chain(&m.catalog) {
+                match read_checked(req.store, a).await {
+                    Ok(b) => {
+                        if a.path.starts_with("catalog/") {
+                            docs.push((a.path.clone(), b));
+                        }
+                    }
+                    Err(e) => problems.push(e),
+                }
+            }
+            if m.dataset != ds || m.version != v {
+                problems.push(format!(
+                    "{mkey} describes {}, not {version_id}",
+                    m.version_id
+                ));
+            }
+            gates.push(if problems.is_empty() {
+                GateResult::pass(
+                    Gate::A,
+                    vec![format!(
+                        "manifest signature valid; {} artifacts re-verified",
+                        m.artifacts.len() + m.catalog.len()
+                    )],
+                )
+            } else {
+                GateResult::fail(Gate::A, problems)
+            });
+            Some(m)
+        }
+    };
+    let doc = |suffix: &str| {
+        docs.iter()
+            .find(|(k, _)| k.ends_with(suffix))
+            .map(|(_, b)| b.clone())
+    };
+
+    (req.on_gate)(Gate::B);
+    gates.push(match (&m, &req.policy) {
+        (None, _) => GateResult::cannot(Gate::B, "no verified manifest (gate A)"),
+        (_, Err(e)) => GateResult::cannot(Gate::B, format!("the policy's license table is unavailable: {e}")),
+        (Some(m), Ok(p)) => {
+            let id = LicenseId::try_from(m.license.clone());
+            let attribution = doc("stac/collection.json")
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|s| s["kfm:attribution"].as_str().map(str::to_owned));
+            match id {
+                Err(e) => GateResult::fail(Gate::B, vec![e.to_string()]),
+                Ok(id) if id.is_unknown() => GateResult::fail(Gate::B, vec![format!("license {id:?} is unknown")]),
+                Ok(id) => match p.licenses.get(id.as_str()) {
+                    None => GateResult::fail(Gate::B, vec![format!("license {} is not known to the current policy bundle", id.as_str())]),
+                    Some(e) => {
+                        let needs = id.requires_attribution() || e.get("attribution") == Some(&serde_json::Value::Bool(true));
+                        if needs && attribution.is_none() {
+                            GateResult::fail(Gate::B, vec![format!("license {} requires attribution, and this version's catalog has none", id.as_str())])
+                        } else {
+                            GateResult::pass(Gate::B, vec![format!("{} known to policy revision {}", id.as_str(), p.revision)])
+                        }
+                    }
+                },
+            }
+        }
+    });
+
+    (req.on_gate)(Gate::C);
+    gates.push(match &m {
+        None => GateResult::cannot(Gate::C, "no verified manifest (gate A)"),
+        Some(m) => match m.policy_label.parse::<PolicyLabel>() {
+            Err(_) => GateResult::fail(
+                Gate::C,
+                vec![format!(
+                    "policy_label {:?} is not in the vocabulary",
+                    m.policy_label
+                )],
+            ),
+            Ok(PolicyLabel::Quarantine) => {
+                GateResult::fail(Gate::C, vec!["policy_label is quarantine".into()])
+            }
+            Ok(PolicyLabel::Embargoed) => match m.embargo_until {
+                None => GateResult::cannot(Gate::C, "embargoed, with no embargo date recorded"),
+                Some(d) if req.now.date_naive() < d => {
+                    GateResult::fail(Gate::C, vec![format!("embargoed until {d}")])
+                }
+                Some(d) => GateResult::pass(Gate::C, vec![format!("embargo ended {d}")]),
+            },
+            Ok(PolicyLabel::RestrictedSensitiveLocation)
+                if !m.artifacts.is_empty()
+                    && !m.artifacts.iter().any(|a| a.role == "generalized") =>
+            {
+                GateResult::fail(
+                    Gate::C,
+                    vec![
+                        "restricted_sensitive_location without its public_generalized derivative"
+                            .into(),
+                    ],
+                )
+            }
+            Ok(l) => GateResult::pass(Gate::C, vec![format!("policy_label {}", l.as_str())]),
+        },
+    });
+
+    (req.on_gate)(Gate::D);
+    gates.push(match &m {
+        None => GateResult::cannot(Gate::D, "no verified manifest (gate A)"),
+        Some(m) => match (
+            doc("dcat.jsonld"),
+            doc("stac/collection.json"),
+            doc("prov.json"),
+        ) {
+            (Some(dcat), Some(stac), Some(prov)) => {
+                let problems = catalog::check(ds, v, &Triplet { dcat, stac, prov }, &m.artifacts);
+                if problems.is_empty() {
+                    GateResult::pass(Gate::D, vec!["catalog triplet re-checked".into()])
+                } else {
+                    GateResult::fail(Gate::D, problems)
+                }
+            }
+            _ => GateResult::cannot(Gate::D, "the version's catalog triplet is incomplete"),
+        },
+    });
+
+    (req.on_gate)(Gate::E);
+    gates.push(
+        match doc("qa.json").map(|b| serde_json::from_slice::<serde_json::Value>(&b)) {
+            None => GateResult::cannot(Gate::E, "the version has no stored QA report"),
+            Some(Err(e)) => GateResult::cannot(Gate::E, format!("qa.json is unreadable: {e}")),
+            Some(Ok(q)) => {
+                let failed: Vec<String> = q["checks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["pass"] != serde_json::Value::Bool(true))
+                    .map(|c| c["name"].as_str().unwrap_or("?").to_owned())
+                    .collect();
+                let cannot = q["cannot_evaluate"]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty());
+                if failed.is_empty() && !cannot {
+                    GateResult::pass(Gate::E, vec!["stored QA report passed".into()])
+                } else {
+                    GateResult::fail(
+                        Gate::E,
+                        vec![format!(
+                            "stored QA report did not pass: {}",
+                            failed.join(", ")
+                        )],
+                    )
+                }
+            }
+        },
+    );
+
+    let quarantine = |gates: Vec<GateResult>| async {
+        let report = serde_json::json!({
+            "kind": crate::promote::QUARANTINE_KIND,
+            "run_id": run_id,
+            "dataset": ds,
+            "operation": "rollback",
+            "version_attempted": v,
+            "gates": gates,
+            "finished_at": ts(Utc::now()),
+        });
+        let key = format!("{ds}/{run_id}/report.json");
+        let mut b = serde_json::to_vec_pretty(&report).unwrap_or_default();
+        b.push(b'\n');
+        req.store.quarantine().create(&key, Bytes::from(b)).await?;
+        Ok::<_, PromoteError>(RollbackOutcome {
+            run_id: run_id.clone(),
+            dataset: ds.to_owned(),
+            version_id: version_id.clone(),
+            rolled_back: false,
+            gates,
+            receipt: None,
+            pointer: None,
+            quarantine_report: Some(format!("quarantine/{key}")),
+        })
+    };
+    let (Some(m), true) = (&m, gates.iter().all(GateResult::passed)) else {
+        gates.push(GateResult::not_run(Gate::F));
+        gates.push(GateResult::not_run(Gate::G));
+        return quarantine(gates).await;
+    };
+
+    (req.on_gate)(Gate::F);
+    let receipt = match (&req.signer, &req.ledger, &req.policy) {
+        (Err(e), _, _) => Err(GateResult::cannot(Gate::F, format!("no signing key: {e}"))),
+        (_, Err(e), _) => Err(GateResult::cannot(
+            Gate::F,
+            format!("the ledger is not available: {e}"),
+        )),
+        (_, _, Err(e)) => Err(GateResult::cannot(
+            Gate::F,
+            format!("no policy bundle: {e}"),
+        )),
+        (Ok(signer), Ok(ledger), Ok(policy)) => {
+            let statement = Statement {
+                type_: STATEMENT_TYPE.into(),
+                subject: vec![ResourceDescriptor {
+                    name: mkey.clone(),
+                    digest: DigestSet::from(&Digest::of(&mbytes)),
+                }],
+                predicate_type: RECEIPT_PREDICATE.into(),
+                predicate: RunPredicate {
+                    run_id: run_id.clone(),
+                    operation: "rollback".into(),
+                    outcome: "gates-passed".into(),
+                    dataset: ds.to_owned(),
+                    version_id: Some(version_id.clone()),
+                    inputs: m
+                        .artifacts
+                        .iter()
+                        .map(|a| ResourceDescriptor {
+                            name: a.path.clone(),
+                            digest: DigestSet::from(&a.digest),
+                        })
+                        .collect(),
+                    parameters: serde_json::json!({"to": v}),
+                    tools: vec![ToolVersion {
+                        name: "kfm".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    }],
+                    gates: gates.clone(),
+                    policy: Some(PolicyRef {
+                        digest: policy.digest.to_string(),
+                        revision: policy.revision.clone(),
+                    }),
+                    actor: req.actor.clone(),
+                    started_at: ts(req.now),
+                    finished_at: ts(Utc::now()),
+                },
+            };
+            let payload = serde_json::to_vec(&statement).unwrap_or_default();
+            let bytes = signer.sign(IN_TOTO_PAYLOAD_TYPE, &payload).to_bytes();
+            match ledger.append(bytes.clone()).await {
+                Ok(a) => Ok(LedgerRef {
+                    digest: Digest::of(&bytes).to_string(),
+                    ledger_index: a.index,
+                }),
+                Err(e) => Err(GateResult::fail(
+                    Gate::F,
+                    vec![format!("the ledger refused the receipt: {e}")],
+                )),
+            }
+        }
+    };
+    let receipt = match receipt {
+        Err(r) => {
+            gates.push(r);
+            gates.push(GateResult::not_run(Gate::G));
+            return quarantine(gates).await;
+        }
+        Ok(r) => r,
+    };
+    gates.push(GateResult::pass(
+        Gate::F,
+        vec![format!(
+            "rollback receipt durable in the ledger at index {}",
+            receipt.ledger_index
+        )],
+    ));
+
+    (req.on_gate)(Gate::G);
+    let pointer = ReleasePointer {
+        kind: POINTER_KIND.into(),
+        dataset: ds.to_owned(),
+        version: v,
+        version_id: version_id.clone(),
+        manifest: mkey.clone(),
+        manifest_digest: Digest::of(&mbytes).to_string(),
+        ledger_index: receipt.ledger_index,
+        ledger_entry_digest: receipt.digest.clone(),
+        operation: "rollback".into(),
+        moved_at: ts(Utc::now()),
+    };
+    let mut pbytes = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
+    pbytes.push(b'\n');
+    let swap = req
+        .store
+        .published()
+        .compare_and_swap(
+            &records::pointer_key(ds),
+            pointer_before.as_ref().map(|p| &p.version),
+            Bytes::from(pbytes),
+        )
+        .await;
+    match swap {
+        Ok(_) => {
+            gates.push(GateResult::pass(
+                Gate::G,
+                vec![format!("published/{ds}.json now names {version_id}")],
+            ));
+            Ok(RollbackOutcome {
+                run_id,
+                dataset: ds.to_owned(),
+                version_id,
+                rolled_back: true,
+                gates,
+                receipt: Some(receipt),
+                pointer: Some(pointer),
+                quarantine_report: None,
+            })
+        }
+        Err(e) => {
+            let why = match e {
+                StoreError::Conflict { .. } => {
+                    "the release pointer moved during the rollback (compare-and-swap lost)"
+                        .to_owned()
+                }
+                other => format!("cannot move the release pointer: {other}"),
+            };
+            gates.push(GateResult::fail(Gate::G, vec![why]));
+            let mut out = quarantine(gates).await?;
+            out.receipt = Some(receipt);
+            Ok(out)
+        }
+    }
+}

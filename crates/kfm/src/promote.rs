@@ -1,0 +1,300 @@
+//! `kfm promote`, `kfm rollback`, `kfm quarantine`: wiring the workspace's
+//! store, key, ledger and pinned policy into the pipeline, and reporting.
+
+use std::io::IsTerminal;
+use std::path::Path;
+
+use chrono::Utc;
+use kfm_core::{DatasetId, Digest, Signer};
+use kfm_ledger::{Ledger, LedgerOptions};
+use kfm_pipeline::gates::table;
+use kfm_pipeline::{Gate, PolicyInfo, PromoteError, PromoteRequest, RollbackRequest};
+
+use crate::cli::{Format, PromoteArgs, QuarantineCommand, RollbackArgs};
+use crate::failure::{EXIT_INPUT, EXIT_RULE, Failure};
+use crate::ingest::default_actor;
+use crate::ledger::signer;
+use crate::output::print_json;
+use crate::workspace::Workspace;
+
+impl From<PromoteError> for Failure {
+    fn from(e: PromoteError) -> Self {
+        match e {
+            PromoteError::Spec(s) => s.into(),
+            PromoteError::Store(s) => s.into(),
+            PromoteError::NoAcquisition(ref ds) => {
+                let hint = format!("ingest it first: kfm ingest datasets/{ds}.yaml");
+                Failure::input(e.to_string()).hint(hint)
+            }
+            PromoteError::UnknownVersion { ref dataset, .. } => {
+                let hint = format!("`kfm status` lists the versions of {dataset}");
+                Failure::input(e.to_string()).hint(hint)
+            }
+            other => Failure::input(other.to_string()),
+        }
+    }
+}
+
+/// The workspace's pinned policy, as gates B and G need it. A bundle that
+/// is missing, broken or not the pinned one is the reason, not an exit.
+fn policy_info(ws: &Workspace) -> Result<PolicyInfo, String> {
+    let (bundle, _) = crate::policy::load_pinned(ws).map_err(|f| f.message)?;
+    Ok(PolicyInfo {
+        digest: *bundle.digest(),
+        revision: bundle.revision().to_owned(),
+        licenses: bundle.data()["kfm"]["licenses"].clone(),
+    })
+}
+
+/// Everything a run borrows from the workspace.
+pub(crate) struct Deps {
+    datasets_dir: std::path::PathBuf,
+    store: kfm_store::Store,
+    signer: Result<Signer, String>,
+    ledger: Result<Ledger, String>,
+    policy: Result<PolicyInfo, String>,
+}
+
+impl Deps {
+    /// Flushes and releases the ledger.
+    pub(crate) async fn close(self) {
+        if let Ok(l) = self.ledger {
+            l.close().await;
+        }
+    }
+}
+
+pub(crate) async fn deps(ws: &Workspace) -> Result<Deps, Failure> {
+    let store = ws.store()?;
+    let (signer, ledger) = match signer(ws) {
+        Err(f) => (Err(f.message.clone()), Err(f.message)),
+        Ok(ls) => {
+            let dsse = Signer::new(ls.signing_key());
+            let mut opts = LedgerOptions::new(&ws.config.ledger_origin);
+            opts.batch_max = ws.config.ledger_batch_max.max(1);
+            opts.max_wait = ws.config.ledger_max_wait;
+            let ledger = Ledger::open(store.audit(), ls, opts)
+                .await
+                .map_err(|e| e.to_string());
+            (Ok(dsse), ledger)
+        }
+    };
+    Ok(Deps {
+        datasets_dir: ws.datasets_dir(),
+        store,
+        signer,
+        ledger,
+        policy: policy_info(ws),
+    })
+}
+
+fn progress(fmt: Format) -> impl Fn(Gate) + Sync {
+    let show = fmt == Format::Human && std::io::stderr().is_terminal();
+    move |g: Gate| {
+        if show {
+            eprint!("\r  gate {g:?}: {}…{:20}\r", g.title(), "");
+        }
+    }
+}
+
+pub async fn promote(ws: Option<&Path>, a: &PromoteArgs, fmt: Format) -> Result<u8, Failure> {
+    let ws = Workspace::find(ws)?;
+    let dataset: DatasetId = a
+        .dataset
+        .parse()
+        .map_err(|e: kfm_core::DatasetIdError| Failure::input(e.to_string()))?;
+    let acquisition = match &a.acquisition {
+        None => None,
+        Some(s) => {
+            let s = if s.starts_with("sha256:") {
+                s.clone()
+            } else {
+                format!("sha256:{s}")
+            };
+            Some(s.parse::<Digest>().map_err(|e| {
+                Failure::input(format!("--acquisition {s}: {e}"))
+                    .hint("give the digest `kfm status` lists, sha256:<64 hex>")
+            })?)
+        }
+    };
+    let d = deps(&ws).await?;
+    let out = run_promote(
+        &d,
+        &dataset,
+        acquisition,
+        default_actor(a.actor.as_deref()),
+        fmt,
+    )
+    .await;
+    d.close().await;
+    let out = out?;
+    match fmt {
+        Format::Json => print_json(&out)?,
+        Format::Human => print_outcome(&out),
+    }
+    Ok(if out.published { 0 } else { EXIT_RULE })
+}
+
+/// One promotion with the workspace's dependencies.
+pub(crate) async fn run_promote(
+    d: &Deps,
+    dataset: &DatasetId,
+    acquisition: Option<Digest>,
+    actor: String,
+    fmt: Format,
+) -> Result<kfm_pipeline::PromoteOutcome, Failure> {
+    let spec_path = d.datasets_dir.join(format!("{dataset}.yaml"));
+    let on_gate = progress(fmt);
+    Ok(kfm_pipeline::promote(PromoteRequest {
+        store: &d.store,
+        spec_path: &spec_path,
+        dataset,
+        acquisition,
+        actor,
+        policy: d.policy.clone(),
+        signer: d.signer.as_ref().map_err(Clone::clone),
+        ledger: d.ledger.as_ref().map_err(Clone::clone),
+        now: Utc::now(),
+        on_gate: &on_gate,
+    })
+    .await?)
+}
+
+/// The gate table and the result, for a terminal.
+pub(crate) fn print_outcome(out: &kfm_pipeline::PromoteOutcome) {
+    println!(
+        "{} run {}  acquisition {}",
+        out.version_id, out.run_id, out.acquisition
+    );
+    print!("{}", table(&out.gates));
+    if out.published {
+        println!("PUBLISHED {}", out.version_id);
+        for art in &out.artifacts {
+            println!("  {}  {}", art.digest, art.path);
+        }
+    } else {
+        println!(
+            "QUARANTINED: report {}",
+            out.quarantine_report.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(r) = &out.receipt {
+        println!("receipt: ledger index {} ({})", r.ledger_index, r.digest);
+    }
+}
+
+pub async fn rollback(ws: Option<&Path>, a: &RollbackArgs, fmt: Format) -> Result<u8, Failure> {
+    let ws = Workspace::find(ws)?;
+    let dataset: DatasetId = a
+        .dataset
+        .parse()
+        .map_err(|e: kfm_core::DatasetIdError| Failure::input(e.to_string()))?;
+    let to =
+        a.to.strip_prefix('v')
+            .unwrap_or(&a.to)
+            .parse::<u64>()
+            .map_err(|_| Failure::input(format!("--to {}: expected a version such as v3", a.to)))?;
+    let d = deps(&ws).await?;
+    let on_gate = progress(fmt);
+    let out = kfm_pipeline::rollback(RollbackRequest {
+        store: &d.store,
+        dataset: &dataset,
+        to,
+        actor: default_actor(a.actor.as_deref()),
+        policy: d.policy.clone(),
+        signer: d.signer.as_ref().map_err(Clone::clone),
+        ledger: d.ledger.as_ref().map_err(Clone::clone),
+        now: Utc::now(),
+        on_gate: &on_gate,
+    })
+    .await;
+    d.close().await;
+    let out = out?;
+    match fmt {
+        Format::Json => print_json(&out)?,
+        Format::Human => {
+            println!(
+                "rollback of {} to {}  run {}",
+                dataset, out.version_id, out.run_id
+            );
+            print!("{}", table(&out.gates));
+            if out.rolled_back {
+                println!(
+                    "ROLLED BACK: published/{dataset}.json names {}",
+                    out.version_id
+                );
+            } else {
+                println!(
+                    "REFUSED (quarantined): report {}",
+                    out.quarantine_report.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(if out.rolled_back { 0 } else { EXIT_RULE })
+}
+
+pub async fn quarantine(
+    ws: Option<&Path>,
+    cmd: &QuarantineCommand,
+    fmt: Format,
+) -> Result<u8, Failure> {
+    let ws = Workspace::find(ws)?;
+    let store = ws.store()?;
+    match cmd {
+        QuarantineCommand::List { dataset } => {
+            let runs = kfm_pipeline::quarantine::list(&store, dataset.as_deref()).await?;
+            match fmt {
+                Format::Json => print_json(&runs)?,
+                Format::Human => {
+                    if runs.is_empty() {
+                        println!("no quarantined runs");
+                    }
+                    for r in &runs {
+                        let failed: Vec<String> = r
+                            .failed
+                            .iter()
+                            .map(|g| format!("{:?} {}", g.gate, g.status.as_str()))
+                            .collect();
+                        println!(
+                            "{}  {}  {}  {}",
+                            r.run_id,
+                            r.dataset,
+                            r.operation,
+                            failed.join(", ")
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        QuarantineCommand::Show { run_id } => {
+            let Some((key, report)) = kfm_pipeline::quarantine::show(&store, run_id).await? else {
+                return Err(Failure {
+                    code: EXIT_INPUT,
+                    message: format!("no quarantined run {run_id}"),
+                    hint: Some("`kfm quarantine list` shows the run ids".into()),
+                });
+            };
+            match fmt {
+                Format::Json => print_json(&report)?,
+                Format::Human => {
+                    println!(
+                        "{key}\nrun {}  dataset {}  operation {}  version attempted v{}",
+                        report["run_id"].as_str().unwrap_or("?"),
+                        report["dataset"].as_str().unwrap_or("?"),
+                        report["operation"].as_str().unwrap_or("?"),
+                        report["version_attempted"]
+                    );
+                    let gates: Vec<kfm_pipeline::GateResult> =
+                        serde_json::from_value(report["gates"].clone()).unwrap_or_default();
+                    print!("{}", table(&gates));
+                    if let Some(r) = report.get("receipt").filter(|r| !r.is_null()) {
+                        println!("receipt: ledger index {}", r["ledger_index"]);
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
