@@ -469,6 +469,10 @@ pub struct Ledger {
     /// Held by this value and by both background tasks: dropping the
     /// `Ledger` without `close` keeps the lock until the tasks end.
     _lock: Arc<WriterLock>,
+    /// For [`Ledger::view`].
+    audit: Audit,
+    verifier_key: String,
+    origin: String,
 }
 
 impl Ledger {
@@ -486,6 +490,7 @@ impl Ledger {
             Err(e) => return Err(e.into()),
         };
         let vkey = signer.verifier_key().to_owned();
+        let origin = opts.origin.clone();
         let mut loaded = load(&audit, &vkey, &opts.origin).await?;
         discard_torn_tail(&audit, loaded.stored_size).await?;
         let mut journal = audit.journal(true)?;
@@ -561,7 +566,17 @@ impl Ledger {
             tasks,
             shared,
             _lock: lock,
+            audit,
+            verifier_key: vkey,
+            origin,
         })
+    }
+
+    /// A read-only view of everything acknowledged so far, checked like any
+    /// reader's (for callers that must read entries back while writing,
+    /// such as verifying the release pointer a promotion builds on).
+    pub async fn view(&self) -> Result<LedgerView, LedgerError> {
+        LedgerView::open(&self.audit, &self.verifier_key, &self.origin).await
     }
 
     /// Appends one entry; returns once it is durable, with its index, leaf

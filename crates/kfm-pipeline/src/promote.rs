@@ -905,13 +905,29 @@ impl RunContext<'_, '_> {
             ));
         }
         if let Some(ptr) = &now_ptr {
+            // The version this run supersedes must check out end to end
+            // (manifest, signature, ledger entries): a hand-edited pointer
+            // is never built upon.
+            let broken = |e: String| {
+                cannot(format!(
+                    "the current release pointer published/{ds}.json does not verify ({e}); restore it with `kfm rollback {ds} --to v<N>`"
+                ))
+            };
             verify_pointer_in_store(store, ds, &ptr.bytes, &signer.verifying_key())
                 .await
-                .map_err(|e| {
-                    cannot(format!(
-                        "the current release pointer published/{ds}.json does not verify ({e}); restore it with `kfm rollback {ds} --to v<N>`"
-                    ))
-                })?;
+                .map_err(broken)?;
+            let ledger = self
+                .req
+                .ledger
+                .as_ref()
+                .map_err(|e| cannot(format!("the ledger is not available: {e}")))?;
+            let view = ledger
+                .view()
+                .await
+                .map_err(|e| cannot(format!("the ledger cannot be read: {e}")))?;
+            crate::release::verify_release(store, &view, ds, &signer.verifying_key())
+                .await
+                .map_err(broken)?;
         }
 
         let mut catalog = catalog_artifacts;

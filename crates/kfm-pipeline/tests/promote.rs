@@ -22,15 +22,23 @@ const CSV: &str = "name,lat,lng,kind\nA,38.5,-98.1,x\nB,39.0,-97.0,y\nC,37.5,-99
 
 fn spec(id: &str, extra: &str) -> String {
     let defaults = [
-        ("license", "license: {spdx: CC-BY-4.0, rights_holder: GeoNames, attribution: Contains data from GeoNames}"),
+        (
+            "license",
+            "license: {spdx: CC-BY-4.0, rights_holder: GeoNames, attribution: Contains data from GeoNames}",
+        ),
         ("sensitivity", "sensitivity: {policy_label: public}"),
         ("qa", "qa: {min_features: 3, required_properties: [name]}"),
-        ("publisher", "publisher: {name: P, url: https://example.org/}"),
-        ("source", "source: {uri: src.csv, format: csv, lat_column: lat, lon_column: lng}"),
+        (
+            "publisher",
+            "publisher: {name: P, url: https://example.org/}",
+        ),
+        (
+            "source",
+            "source: {uri: src.csv, format: csv, lat_column: lat, lon_column: lng}",
+        ),
     ];
-    let mut s = format!(
-        "id: {id}\ntitle: T\ndescription: D\ncontact: {{name: C, email: c@example.org}}\n"
-    );
+    let mut s =
+        format!("id: {id}\ntitle: T\ndescription: D\ncontact: {{name: C, email: c@example.org}}\n");
     for (key, line) in defaults {
         if !extra.lines().any(|l| l.starts_with(&format!("{key}:"))) {
             s.push_str(line);
@@ -158,7 +166,9 @@ fn snapshot(e: &Env) -> BTreeMap<String, Digest> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Digest>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in rd.flatten() {
         let p = entry.path();
         if p.is_dir() {
@@ -194,7 +204,11 @@ async fn assert_quarantined(
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&report).unwrap();
     assert_eq!(v["run_id"], out.run_id.as_str());
-    assert_eq!(&snapshot(e), before, "a failed run changed processed/catalog/published");
+    assert_eq!(
+        &snapshot(e),
+        before,
+        "a failed run changed processed/catalog/published"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +236,12 @@ async fn gate_a_fails_on_tampered_raw_bytes_and_cannot_evaluate_without_them() {
     let e = env(&spec("ds-a", ""), "src.csv", CSV.as_bytes()).await;
     let before = snapshot(&e);
     let raw_dir = e.dir.path().join("store/raw/ds-a");
-    let hex = std::fs::read_dir(&raw_dir).unwrap().next().unwrap().unwrap().path();
+    let hex = std::fs::read_dir(&raw_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let source = hex.join("source.csv");
     let mut perms = std::fs::metadata(&source).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
@@ -246,7 +265,10 @@ async fn gate_a_fails_on_invalid_geojson_naming_the_feature() {
     let doc = r#"{"type":"FeatureCollection","features":[
       {"type":"Feature","properties":{"name":"a"},"geometry":{"type":"Polygon","coordinates":[[[0,0],[1,0],[1,1],[0,1]]]}}]}"#;
     let e = env(
-        &spec("ds-geo", "source: {uri: src.geojson, format: geojson}\nqa: {}\n"),
+        &spec(
+            "ds-geo",
+            "source: {uri: src.geojson, format: geojson}\nqa: {}\n",
+        ),
         "src.geojson",
         doc.as_bytes(),
     )
@@ -261,7 +283,10 @@ async fn gate_a_fails_on_invalid_geojson_naming_the_feature() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_b_fails_on_unknown_license_and_cannot_evaluate_without_policy() {
     let e = env(
-        &spec("ds-b", "license: {spdx: NOASSERTION, rights_holder: unknown}\n"),
+        &spec(
+            "ds-b",
+            "license: {spdx: NOASSERTION, rights_holder: unknown}\n",
+        ),
         "src.csv",
         CSV.as_bytes(),
     )
@@ -272,7 +297,10 @@ async fn gate_b_fails_on_unknown_license_and_cannot_evaluate_without_policy() {
 
     // A license the policy does not know is a failure too.
     let e = env(
-        &spec("ds-b2", "license: {spdx: MIT, rights_holder: R, attribution: by R}\n"),
+        &spec(
+            "ds-b2",
+            "license: {spdx: MIT, rights_holder: R, attribution: by R}\n",
+        ),
         "src.csv",
         CSV.as_bytes(),
     )
@@ -327,7 +355,12 @@ async fn gate_c_fails_before_an_embargo_ends_and_cannot_evaluate_sensitive_data_
     .await;
     let before = snapshot(&e);
     let raw_dir = e.dir.path().join("store/raw/ds-c3");
-    let hex = std::fs::read_dir(&raw_dir).unwrap().next().unwrap().unwrap().path();
+    let hex = std::fs::read_dir(&raw_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     std::fs::remove_file(hex.join("source.csv")).unwrap();
     let out = run(&e).await;
     assert_quarantined(&e, &out, &before, Gate::C, Status::CannotEvaluate).await;
@@ -363,14 +396,12 @@ async fn gate_c_publishes_a_generalized_derivative_recorded_as_its_own_activity(
     assert!(text.contains("dataGeneralizations"));
     // No precise coordinate of the source survives in the derivative.
     for precise in ["38.5", "-98.1", "37.5", "-99.5"] {
-        assert!(!text.contains(&format!("{precise},")) && !text.contains(&format!("{precise}]")), "{precise} leaked");
+        assert!(
+            !text.contains(&format!("{precise},")) && !text.contains(&format!("{precise}]")),
+            "{precise} leaked"
+        );
     }
-    let prov = e
-        .store
-        .catalog()
-        .get("ds-sens/v1/prov.json")
-        .await
-        .unwrap();
+    let prov = e.store.catalog().get("ds-sens/v1/prov.json").await.unwrap();
     let prov: serde_json::Value = serde_json::from_slice(&prov).unwrap();
     let act = prov["activity"]
         .as_object()
@@ -378,7 +409,12 @@ async fn gate_c_publishes_a_generalized_derivative_recorded_as_its_own_activity(
         .values()
         .find(|a| a["prov:type"] == "kfm:Generalization")
         .expect("a generalization activity");
-    assert!(act["prov:label"].as_str().unwrap().contains("H3 resolution 5"));
+    assert!(
+        act["prov:label"]
+            .as_str()
+            .unwrap()
+            .contains("H3 resolution 5")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,11 +428,19 @@ async fn gate_d_fails_on_a_bad_publisher_iri_and_cannot_evaluate_without_extent(
     let before = snapshot(&e);
     let out = run(&e).await;
     assert_quarantined(&e, &out, &before, Gate::D, Status::Fail).await;
-    assert!(out.gates[3].reasons.join(" ").contains("not an absolute http(s) IRI"));
+    assert!(
+        out.gates[3]
+            .reasons
+            .join(" ")
+            .contains("not an absolute http(s) IRI")
+    );
 
     let doc = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"name":"a"},"geometry":null}]}"#;
     let e = env(
-        &spec("ds-d2", "source: {uri: src.geojson, format: geojson}\nqa: {}\n"),
+        &spec(
+            "ds-d2",
+            "source: {uri: src.geojson, format: geojson}\nqa: {}\n",
+        ),
         "src.geojson",
         doc.as_bytes(),
     )
@@ -409,7 +453,10 @@ async fn gate_d_fails_on_a_bad_publisher_iri_and_cannot_evaluate_without_extent(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gate_e_fails_below_thresholds_and_cannot_evaluate_ratios_over_nothing() {
     let e = env(
-        &spec("ds-e", "qa: {min_features: 10, max_null_ratio: {kind: 0.0}}\n"),
+        &spec(
+            "ds-e",
+            "qa: {min_features: 10, max_null_ratio: {kind: 0.0}}\n",
+        ),
         "src.csv",
         CSV.as_bytes(),
     )
@@ -418,17 +465,32 @@ async fn gate_e_fails_below_thresholds_and_cannot_evaluate_ratios_over_nothing()
     let out = run(&e).await;
     assert_quarantined(&e, &out, &before, Gate::E, Status::Fail).await;
     let reasons = out.gates[4].reasons.join("\n");
-    assert!(reasons.contains("min_features: 3 features, at least 10"), "{reasons}");
-    assert!(reasons.contains("max_null_ratio.kind: 1/3 null"), "{reasons}");
+    assert!(
+        reasons.contains("min_features: 3 features, at least 10"),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("max_null_ratio.kind: 1/3 null"),
+        "{reasons}"
+    );
     let v: serde_json::Value = serde_json::from_slice(
         &e.store
             .quarantine()
-            .get(out.quarantine_report.as_ref().unwrap().strip_prefix("quarantine/").unwrap())
+            .get(
+                out.quarantine_report
+                    .as_ref()
+                    .unwrap()
+                    .strip_prefix("quarantine/")
+                    .unwrap(),
+            )
             .await
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(v["qa"]["feature_count"], 3, "the QA report is stored with the run");
+    assert_eq!(
+        v["qa"]["feature_count"], 3,
+        "the QA report is stored with the run"
+    );
 
     let e = env(
         &spec("ds-e2", "qa: {max_null_ratio: {name: 0.1}}\n"),
@@ -450,7 +512,11 @@ async fn gate_f_fails_when_the_ledger_refuses_and_cannot_evaluate_without_ledger
     r.actor = "x".repeat(70_000);
     let out = run_with(&e, r).await;
     assert_quarantined(&e, &out, &before, Gate::F, Status::Fail).await;
-    assert!(out.gates[5].reasons[0].contains("refused"), "{:?}", out.gates[5]);
+    assert!(
+        out.gates[5].reasons[0].contains("refused"),
+        "{:?}",
+        out.gates[5]
+    );
 
     let mut r = defaults(&e);
     r.ledger = Err("locked by another writer".into());
@@ -504,7 +570,13 @@ async fn gate_g_loses_to_a_concurrent_promotion_and_cannot_evaluate_a_broken_poi
     assert!(out.gates[6].reasons[0].contains("moved during this run"));
 
     // A hand-edited pointer: nothing is released on top of it.
-    let p = e.store.published().read("ds-g.json").await.unwrap().unwrap();
+    let p = e
+        .store
+        .published()
+        .read("ds-g.json")
+        .await
+        .unwrap()
+        .unwrap();
     let edited = String::from_utf8(p.bytes.to_vec())
         .unwrap()
         .replace("\"ledger_index\": 1", "\"ledger_index\": 0");
@@ -522,7 +594,13 @@ async fn gate_g_loses_to_a_concurrent_promotion_and_cannot_evaluate_a_broken_poi
         .unwrap_err();
     assert!(err.contains("ledger entry 0"), "{err}");
     // A blunter edit (another version number) fails in the store alone.
-    let p = e.store.published().read("ds-g.json").await.unwrap().unwrap();
+    let p = e
+        .store
+        .published()
+        .read("ds-g.json")
+        .await
+        .unwrap()
+        .unwrap();
     e.store
         .published()
         .compare_and_swap(
@@ -589,7 +667,10 @@ async fn rollback_passes_the_gates_and_refuses_a_tampered_version() {
     assert_eq!(r.pointer.operation, "rollback");
 
     // Tamper with v2's data: rolling back to it is refused at gate A.
-    let f = e.dir.path().join("store/processed/ds-r/v2/features.geojson");
+    let f = e
+        .dir
+        .path()
+        .join("store/processed/ds-r/v2/features.geojson");
     let mut perms = std::fs::metadata(&f).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);

@@ -422,7 +422,8 @@ impl From<kfm_ledger::ProofError> for Failure {
 pub(crate) fn dsse_key(verifier: &str) -> Result<ed25519_dalek::VerifyingKey, Failure> {
     use base64::Engine;
     let bad = || Failure::input(format!("not an ed25519 verifier key: {verifier}"));
-    let b64 = verifier.rsplit('+').next().ok_or_else(bad)?;
+    // The base64 part may itself hold '+': split off name and id only.
+    let b64 = verifier.splitn(3, '+').nth(2).ok_or_else(bad)?;
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|_| bad())?;

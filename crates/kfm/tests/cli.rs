@@ -387,7 +387,13 @@ fn up_ingests_the_samples_and_is_idempotent() {
         .success()
         .stdout(
             predicate::str::contains("ingested ks-counties")
-                .and(predicate::str::contains("ingested ks-places")),
+                .and(predicate::str::contains("ingested ks-places"))
+                .and(predicate::str::contains("PUBLISHED ks-counties@v1"))
+                .and(predicate::str::contains("PUBLISHED ks-places@v1"))
+                .and(predicate::str::contains("PUBLISHED ks-sites-synthetic@v1"))
+                .and(predicate::str::contains(
+                    "QUARANTINED: report quarantine/ks-markers-unlicensed/",
+                )),
         );
     kfm(dir.path())
         .args(["up", "--dir", "demo"])
@@ -396,6 +402,7 @@ fn up_ingests_the_samples_and_is_idempotent() {
         .stdout(
             predicate::str::contains("unchanged ks-counties")
                 .and(predicate::str::contains("unchanged ks-places"))
+                .and(predicate::str::contains("ks-places: already published"))
                 .and(predicate::str::contains("pinned for dev"))
                 .and(predicate::str::contains(" 0 failed")),
         );
