@@ -149,10 +149,15 @@ pub fn new_run_id(now: DateTime<Utc>) -> String {
 /// Processed bytes of one run, as a pure function of (raw bytes, spec).
 #[derive(Clone)]
 struct Processed {
-    normalized: Normalized,
-    geojson: Vec<u8>,
-    fgb: Vec<u8>,
-    generalized: Option<(Vec<u8>, Vec<u8>)>,
+    /// Feature count, extent and QA report: the features themselves are
+    /// dropped once the artifacts and the report exist (memory).
+    count: usize,
+    bbox: Option<[f64; 4]>,
+    qa: QaReport,
+    // `Bytes`: written to work/ and processed/ without copying.
+    geojson: Bytes,
+    fgb: Bytes,
+    generalized: Option<(Bytes, Bytes)>,
 }
 
 impl Processed {
@@ -167,22 +172,26 @@ impl Processed {
 }
 
 fn process(spec: &DatasetSpec, raw: &[u8]) -> Result<Processed, Vec<String>> {
-    let normalized = normalize(spec, raw).map_err(|NormalizeError { problems, .. }| problems)?;
-    let geojson = to_geojson(&normalized.features);
+    let normalized: Normalized =
+        normalize(spec, raw).map_err(|NormalizeError { problems, .. }| problems)?;
+    let geojson = Bytes::from(to_geojson(&normalized.features));
     let name = spec.id.as_str();
-    let fgb = to_flatgeobuf(name, &normalized.features).map_err(|e| vec![e.to_string()])?;
+    let fgb =
+        Bytes::from(to_flatgeobuf(name, &normalized.features).map_err(|e| vec![e.to_string()])?);
     let plan = plan_of(spec).and_then(Result::ok);
     let generalized = match plan {
         Some(plan) if spec.sensitivity.policy_label == PolicyLabel::RestrictedSensitiveLocation => {
             let g = generalize(&normalized.features, &plan);
-            let gj = to_geojson(&g);
-            let gf = to_flatgeobuf(name, &g).map_err(|e| vec![e.to_string()])?;
+            let gj = Bytes::from(to_geojson(&g));
+            let gf = Bytes::from(to_flatgeobuf(name, &g).map_err(|e| vec![e.to_string()])?);
             Some((gj, gf))
         }
         _ => None,
     };
     Ok(Processed {
-        normalized,
+        count: normalized.features.len(),
+        bbox: normalized.bbox,
+        qa: qa::evaluate(&spec.qa, &normalized.features),
         geojson,
         fgb,
         generalized,
@@ -245,11 +254,10 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
             } else {
                 // Process twice, concurrently, and compare: determinism is
                 // checked on every run, not assumed.
-                let (first, second) = std::thread::scope(|s| {
-                    let other = s.spawn(|| process(&spec, &raw).map(|p| p.digests()));
-                    let mine = process(&spec, &raw);
-                    (mine, other.join())
-                });
+                // One after the other, so that only one run's features are
+                // in memory at a time (each run drops them when done).
+                let first = process(&spec, &raw);
+                let second: Result<_, ()> = Ok(process(&spec, &raw).map(|p| p.digests()));
                 match (first, second) {
                     (Err(problems), _) => GateResult::fail(
                         Gate::A,
@@ -266,7 +274,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                             format!("raw digest re-verified: {}", acq.digest),
                             format!(
                                 "processing deterministic: two runs gave identical bytes ({} features)",
-                                p.normalized.features.len()
+                                p.count
                             ),
                         ];
                         processed = Some(p);
@@ -276,7 +284,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                         Gate::A,
                         vec!["processing is not deterministic: two runs over the same bytes gave different artifacts".into()],
                     ),
-                    (Ok(_), _) => GateResult::cannot(
+                    (Ok(_), Ok(Err(_)) | Err(())) => GateResult::cannot(
                         Gate::A,
                         "the determinism check's second run did not complete",
                     ),
@@ -289,7 +297,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
         let _ = work
             .put(
                 &format!("{ds}/{run_id}/features.geojson"),
-                Bytes::from(p.geojson.clone()),
+                p.geojson.clone(),
             )
             .await;
     }
@@ -328,7 +336,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                 tool: &format!("kfm-{}", env!("CARGO_PKG_VERSION")),
                 acquisition: (&acq.object, acq.digest, acq.size),
                 artifacts: &artifacts,
-                bbox: p.normalized.bbox,
+                bbox: p.bbox,
                 started_at: &ts(started),
                 finished_at: &finished_guess,
                 generalization: generalization.as_deref(),
@@ -357,9 +365,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
 
     // ---- Gate E: QA -----------------------------------------------------
     (req.on_gate)(Gate::E);
-    let qa_report: Option<QaReport> = processed
-        .as_ref()
-        .map(|p| qa::evaluate(&spec.qa, &p.normalized.features));
+    let qa_report: Option<QaReport> = processed.as_ref().map(|p| p.qa.clone());
     let gate_e = match &qa_report {
         None => GateResult::cannot(Gate::E, "no normalised data to measure (gate A)"),
         Some(r) if !r.cannot_evaluate.is_empty() => {
@@ -969,7 +975,7 @@ impl RunContext<'_, '_> {
         }
 
         // Write the version: data first, then catalog, receipt, manifest.
-        let mut writes: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut writes: Vec<(String, Bytes)> = Vec::new();
         if !artifacts.is_empty() {
             writes.push((artifacts[0].path.clone(), p.geojson.clone()));
             writes.push((artifacts[1].path.clone(), p.fgb.clone()));
@@ -979,17 +985,17 @@ impl RunContext<'_, '_> {
             }
         }
         for (k, _, _, b) in catalog_docs {
-            writes.push((k, b));
+            writes.push((k, Bytes::from(b)));
         }
-        writes.push((receipt_key, receipt_bytes));
+        writes.push((receipt_key, Bytes::from(receipt_bytes)));
         let mkey = records::manifest_key(ds, v);
-        writes.push((mkey.clone(), manifest_bytes.clone()));
+        writes.push((mkey.clone(), Bytes::from(manifest_bytes.clone())));
         let mut left = Vec::new();
         for (key, bytes) in writes {
             let (zone, rel) = key.split_once('/').unwrap_or(("", &key));
             let r = match zone {
-                "processed" => store.processed().create(rel, Bytes::from(bytes)).await,
-                _ => store.catalog().create(rel, Bytes::from(bytes)).await,
+                "processed" => store.processed().create(rel, bytes).await,
+                _ => store.catalog().create(rel, bytes).await,
             };
             match r {
                 Ok(()) => left.push(key),

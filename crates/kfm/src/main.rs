@@ -73,7 +73,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 /// carry secrets or restricted coordinates.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KFM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // geo's relate warns about invalid rings it is handed; gate E
+        // reports those geometries itself, by feature.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,geo=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
