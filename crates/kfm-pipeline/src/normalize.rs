@@ -301,10 +301,18 @@ fn check_position(p: &[f64], at: &str, problems: &mut Problems) -> bool {
         problems.push(format!("{at}: a position is not finite"));
         return false;
     }
+    // Only the offending number is quoted: a valid coordinate beside it may
+    // be a sensitive location, and reports travel into the ledger.
     let (lon, lat) = (p[0], p[1]);
-    if !(-180.0..=180.0).contains(&lon) || !(-90.0..=90.0).contains(&lat) {
+    if !(-180.0..=180.0).contains(&lon) {
         problems.push(format!(
-            "{at}: position [{lon}, {lat}] is out of range (longitude -180..180, latitude -90..90, WGS 84 as RFC 7946 requires)"
+            "{at}: longitude {lon} is out of range -180..180 (WGS 84, as RFC 7946 requires)"
+        ));
+        return false;
+    }
+    if !(-90.0..=90.0).contains(&lat) {
+        problems.push(format!(
+            "{at}: latitude {lat} is out of range -90..90 (WGS 84, as RFC 7946 requires)"
         ));
         return false;
     }
@@ -483,8 +491,12 @@ mod tests {
         let all = e.problems.join("\n");
         assert!(all.contains("feature 1: ring 0 is not closed"), "{all}");
         assert!(
-            all.contains("feature 2: position [200, 2] is out of range"),
+            all.contains("feature 2: longitude 200 is out of range"),
             "{all}"
+        );
+        assert!(
+            !all.contains("[200, 2]"),
+            "a valid coordinate beside a bad one is not quoted"
         );
         assert!(all.contains("feature 3:"), "{all}");
         assert!(all.contains("feature 4 (id a): duplicate id"), "{all}");
