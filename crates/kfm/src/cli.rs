@@ -84,6 +84,12 @@ policy, re-checks its catalog, appends a rollback receipt to the ledger, then mo
 by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such version.")]
     Rollback(RollbackArgs),
 
+    /// The catalog: re-verify a version's catalog triplet and artifacts.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+
     /// Runs that failed a gate, and their reports.
     Quarantine {
         #[command(subcommand)]
@@ -359,6 +365,24 @@ pub struct RollbackArgs {
     /// Who is rolling back, for the receipt (default: $KFM_ACTOR, then $USER).
     #[arg(long, env = "KFM_ACTOR")]
     pub actor: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Check a version (default: the published one) without changing anything.
+    #[command(
+        after_help = "Examples:\n  kfm catalog validate ks-places\n  kfm catalog validate ks-places --version v1 --format json\n\n\
+Checks the release manifest's signature, every artifact and catalog document against the\n\
+digests it records, the DCAT/STAC/PROV cross-links and the STAC 1.1.0 schemas (offline).\n\
+Exit 0 valid, 1 problems found (listed), 2 no such version or nothing published."
+    )]
+    Validate {
+        /// The dataset id.
+        dataset: String,
+        /// The version to check, for example v2 (default: the published one).
+        #[arg(long, value_name = "vN")]
+        version: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,7 +10,7 @@ use kfm_ledger::{Ledger, LedgerOptions};
 use kfm_pipeline::gates::table;
 use kfm_pipeline::{Gate, PolicyInfo, PromoteError, PromoteRequest, RollbackRequest};
 
-use crate::cli::{Format, PromoteArgs, QuarantineCommand, RollbackArgs};
+use crate::cli::{CatalogCommand, Format, PromoteArgs, QuarantineCommand, RollbackArgs};
 use crate::failure::{EXIT_INPUT, EXIT_RULE, Failure};
 use crate::ingest::default_actor;
 use crate::ledger::signer;
@@ -297,4 +297,64 @@ pub async fn quarantine(
             Ok(0)
         }
     }
+}
+
+fn parse_version(s: &str) -> Result<u64, Failure> {
+    s.strip_prefix('v')
+        .unwrap_or(s)
+        .parse::<u64>()
+        .map_err(|_| Failure::input(format!("{s}: expected a version such as v3")))
+}
+
+pub async fn catalog(ws: Option<&Path>, cmd: &CatalogCommand, fmt: Format) -> Result<u8, Failure> {
+    let CatalogCommand::Validate { dataset, version } = cmd;
+    let ws = Workspace::find(ws)?;
+    let store = ws.store()?;
+    let id: DatasetId = dataset
+        .parse()
+        .map_err(|e: kfm_core::DatasetIdError| Failure::input(e.to_string()))?;
+    let key = crate::ledger::dsse_key(&crate::ledger::verifier_key(&ws, None)?)?;
+    let v = match version {
+        Some(v) => parse_version(v)?,
+        None => {
+            let ptr = store
+                .published()
+                .read(&kfm_pipeline::records::pointer_key(dataset))
+                .await?
+                .ok_or_else(|| {
+                    Failure::input(format!("{dataset} has nothing published"))
+                        .hint("give --version vN, or promote it first")
+                })?;
+            serde_json::from_slice::<kfm_pipeline::records::ReleasePointer>(&ptr.bytes)
+                .map_err(|e| {
+                    Failure::input(format!(
+                        "published/{dataset}.json is not a release pointer: {e}"
+                    ))
+                    .hint("`kfm status` says more; `kfm rollback` restores a verified pointer")
+                })?
+                .version
+        }
+    };
+    let out = kfm_pipeline::release::check_version(&store, &id, v, &key).await?;
+    match fmt {
+        Format::Json => print_json(&out)?,
+        Format::Human => {
+            if out.problems.is_empty() {
+                println!(
+                    "{}: valid ({} artifacts and documents re-verified; DCAT, STAC and PROV agree; STAC 1.1.0 schema ok)",
+                    out.version_id, out.artifacts_checked
+                );
+            } else {
+                println!("{}: {} problems", out.version_id, out.problems.len());
+                for p in &out.problems {
+                    println!("  - {p}");
+                }
+            }
+        }
+    }
+    Ok(if out.problems.is_empty() {
+        0
+    } else {
+        EXIT_RULE
+    })
 }

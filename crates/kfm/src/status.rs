@@ -48,6 +48,9 @@ pub struct ReleaseStatus {
     pub manifest_digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_index: Option<u64>,
+    /// What moved the pointer last: `promote` or `rollback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -109,6 +112,7 @@ async fn release_status(
             problem: None,
             manifest_digest: Some(r.pointer.manifest_digest),
             ledger_index: Some(r.pointer.ledger_index),
+            operation: Some(r.pointer.operation),
         },
         Ok(None) => return Ok(None),
         Err(problem) => ReleaseStatus {
@@ -116,7 +120,8 @@ async fn release_status(
             verified: false,
             problem: Some(problem),
             manifest_digest: claimed.as_ref().map(|p| p.manifest_digest.clone()),
-            ledger_index: claimed.map(|p| p.ledger_index),
+            ledger_index: claimed.as_ref().map(|p| p.ledger_index),
+            operation: claimed.map(|p| p.operation),
         },
     }))
 }
@@ -165,6 +170,27 @@ async fn last_run(store: &kfm_store::Store, ds: &DatasetId) -> Result<Option<Run
         break;
     }
     Ok(best)
+}
+
+/// A verified pointer last moved by a rollback: that run, from its receipt
+/// in the ledger.
+async fn rollback_run(v: &Verifier, release: Option<&ReleaseStatus>) -> Option<RunStatus> {
+    let r = release.filter(|r| r.verified && r.operation.as_deref() == Some("rollback"))?;
+    let (view, key) = v.as_ref().ok()?;
+    let entry = view.entry(r.ledger_index?).await.ok()?;
+    let env = kfm_core::Envelope::parse(&entry).ok()?;
+    let s = kfm_pipeline::records::statement_of(&env, key).ok()?;
+    Some(RunStatus {
+        run_id: s.predicate.run_id,
+        outcome: "rolled back",
+        gates: s
+            .predicate
+            .gates
+            .iter()
+            .map(|g| format!("{:?} {}", g.gate, g.status.as_str()))
+            .collect(),
+        report: Some(format!("ledger entry {}", r.ledger_index?)),
+    })
 }
 
 pub async fn collect(ws: &Workspace) -> Result<StatusReport, Failure> {
@@ -217,7 +243,12 @@ pub async fn collect(ws: &Workspace) -> Result<StatusReport, Failure> {
             })
             .collect();
         let release = release_status(&store, &verifier, dsid.as_str()).await?;
-        let last_run = last_run(&store, &dsid).await?;
+        let mut last_run = last_run(&store, &dsid).await?;
+        if let Some(r) = rollback_run(&verifier, release.as_ref()).await
+            && last_run.as_ref().is_none_or(|l| r.run_id > l.run_id)
+        {
+            last_run = Some(r);
+        }
         let stage = match (&release, &last_run) {
             (Some(_), _) => "published",
             (None, Some(r)) if r.outcome == "quarantined" => "quarantined",

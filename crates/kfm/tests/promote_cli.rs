@@ -158,6 +158,31 @@ fn promote_publishes_quarantines_and_reports_with_documented_exit_codes() {
         run_id.as_str()
     );
     kfm(&ws).args(["ledger", "verify"]).assert().success();
+
+    // `catalog validate` re-verifies a version without changing anything.
+    kfm(&ws)
+        .args(["catalog", "validate", "ks-places"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ks-places@v1: valid"));
+    let stac = ws.join("store/catalog/ks-places/v1/stac/collection.json");
+    let mut perms = std::fs::metadata(&stac).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&stac, perms).unwrap();
+    let text = std::fs::read_to_string(&stac).unwrap();
+    std::fs::write(&stac, text.replace("\"stac_version\"", "\"stac_versio\"")).unwrap();
+    kfm(&ws)
+        .args(["catalog", "validate", "ks-places", "--version", "v1"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains(
+            "catalog/ks-places/v1/stac/collection.json has digest",
+        ));
+    kfm(&ws)
+        .args(["catalog", "validate", "ks-markers-unlicensed"])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -221,6 +246,11 @@ fn a_hand_edited_release_pointer_is_detected_and_rollback_restores_a_verified_on
     assert_eq!(
         dataset(&s, "ks-places")["release"]["version_id"],
         "ks-places@v1"
+    );
+    assert_eq!(dataset(&s, "ks-places")["release"]["operation"], "rollback");
+    assert_eq!(
+        dataset(&s, "ks-places")["last_run"]["outcome"],
+        "rolled back"
     );
     kfm(&ws)
         .args(["rollback", "ks-places", "--to", "v9"])
