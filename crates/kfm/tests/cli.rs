@@ -474,6 +474,32 @@ fn ingest_into_an_s3_store_configured_from_the_environment() {
             .len(),
         1
     );
+    // The whole truth path on the bucket: promotion (write-once creates,
+    // ledger tiles and checkpoint, pointer CAS by If-Match), then status
+    // verifies the release end to end and the ledger verifies.
+    let mut c = kfm(&ws);
+    s3(&mut c);
+    c.args(["promote", "ks-places"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("PUBLISHED ks-places@v1"));
+    let mut c = kfm(&ws);
+    s3(&mut c);
+    let out = c
+        .args(["status", "--format", "json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let status: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        status["datasets"][0]["release"]["verified"], true,
+        "{status}"
+    );
+    let mut c = kfm(&ws);
+    s3(&mut c);
+    c.args(["ledger", "verify"]).assert().success();
     // Nothing went to the local directory store.
     assert!(files_under(&ws.join("store")).is_empty());
 
