@@ -683,3 +683,43 @@ async fn rollback_passes_the_gates_and_refuses_a_tampered_version() {
     assert_eq!(snapshot(&e), before);
     assert!(rollback(back(9)).await.is_err(), "no such version");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_publishes_the_catalog_and_no_data() {
+    let e = env(
+        &spec(
+            "ds-meta",
+            "license: {spdx: CC-BY-4.0, rights_holder: GeoNames, attribution: Contains data from GeoNames, distribution: metadata-only}\n",
+        ),
+        "src.csv",
+        CSV.as_bytes(),
+    )
+    .await;
+    let out = run(&e).await;
+    assert!(out.published, "{:#?}", out.gates);
+    assert!(out.artifacts.is_empty());
+    let snap = snapshot(&e);
+    assert!(
+        !snap.keys().any(|k| k.starts_with("processed/")),
+        "no data artifact: {snap:?}"
+    );
+    for doc in [
+        "dcat.jsonld",
+        "stac/collection.json",
+        "prov.json",
+        "release.dsse.json",
+    ] {
+        assert!(
+            snap.contains_key(&format!("catalog/ds-meta/v1/{doc}")),
+            "{doc}"
+        );
+    }
+    let view = LedgerView::open(&e.store.audit(), &e.verifier, "kfm.test/ledger")
+        .await
+        .unwrap();
+    let r = verify_release(&e.store, &view, "ds-meta", &e.signer.verifying_key())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.manifest.artifacts.is_empty());
+}
