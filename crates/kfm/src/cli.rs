@@ -90,6 +90,12 @@ by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such vers
         command: CatalogCommand,
     },
 
+    /// The infrastructure gate (today: secrets, including Kubernetes Secret data/stringData).
+    Infra {
+        #[command(subcommand)]
+        command: InfraCommand,
+    },
+
     /// Runs that failed a gate, and their reports.
     Quarantine {
         #[command(subcommand)]
@@ -383,6 +389,34 @@ Exit 0 valid, 1 problems found (listed), 2 no such version or nothing published.
         #[arg(long, value_name = "vN")]
         version: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InfraCommand {
+    /// Check whole trees, hermetically and deterministically.
+    #[command(
+        after_help = "Examples:\n  kfm infra check infra/ .github/\n  kfm infra check . --rules gitleaks.toml --output sarif=infra.sarif --output junit=infra.xml\n\n\
+Built today: secrets in any text file (private keys, AWS/GitHub/Slack/Google keys, passwords in\n\
+URLs, high-entropy assignments; gitleaks-format rule files with --rules) and Kubernetes Secrets\n\
+with data or stringData. Kubernetes workload rules, NetworkPolicy, Terraform, CI workflows and\n\
+waivers are not built yet. Secrets are masked in every output.\n\
+Exit 0 clean, 1 findings, 2 cannot evaluate (unreadable file, YAML that does not parse, an\n\
+unrendered template, a bad rule file)."
+    )]
+    Check(InfraCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InfraCheckArgs {
+    /// Directories or files to check.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Extra secret rules in gitleaks TOML format.
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+    /// Also write FORMAT (human, json, sarif, junit) to PATH; repeatable.
+    #[arg(long = "output", value_name = "FORMAT=PATH")]
+    pub outputs: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
