@@ -12,6 +12,10 @@ pub struct Rule {
     pub title: String,
     /// One line: what to do about a finding.
     pub hint: String,
+    /// The regex, for rules that are one (so other tools can be given the
+    /// same pattern set, as `bench/infra-secrets.sh` does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
 }
 
 /// One problem found, located.

@@ -62,47 +62,99 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
                 id: K8S_SECRET.into(),
                 title: "Kubernetes Secret with data or stringData in the repository".into(),
                 hint: "commit a SealedSecret, an ExternalSecret or a SOPS-encrypted file instead; rotate what was committed".into(),
+                pattern: None,
             }))
             .collect(),
         ..Report::default()
     };
-    for path in files {
-        let bytes = std::fs::read(&path).map_err(|e| ScanError::Read {
-            path: display(&path),
-            reason: e.to_string(),
-        })?;
-        if bytes[..bytes.len().min(8192)].contains(&0) {
-            report.binary_files_skipped += 1;
-            continue;
-        }
-        report.files_scanned += 1;
-        let text = String::from_utf8_lossy(&bytes);
-        let name = display(&path);
-        // Encrypted secrets (SealedSecret, SOPS) are the approved form: the
-        // generic "secret assigned" rule would only see ciphertext there.
-        let encrypted =
-            is_yaml(&path) && (text.contains("kind: SealedSecret") || text.contains("\nsops:"));
-        for h in scanner.scan(&text) {
-            let r = &scanner.rules()[h.rule].rule;
-            if encrypted && r.id == GENERIC_ASSIGNMENT {
-                continue;
+    // Files are independent: two workers (the machine's cores) take every
+    // other file; results are merged and sorted, so output does not depend
+    // on scheduling. The first error in file order wins, as in one pass.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let parts: Vec<Vec<Result<FileResult, (usize, ScanError)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (files, scanner) = (&files, &scanner);
+                s.spawn(move || {
+                    files
+                        .iter()
+                        .enumerate()
+                        .skip(w)
+                        .step_by(workers)
+                        .map(|(i, p)| check_file(p, scanner).map_err(|e| (i, e)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut first_error: Option<(usize, ScanError)> = None;
+    for r in parts.into_iter().flatten() {
+        match r {
+            Ok(FileResult::Binary) => report.binary_files_skipped += 1,
+            Ok(FileResult::Text(f)) => {
+                report.files_scanned += 1;
+                report.findings.extend(f);
             }
-            report.findings.push(Finding {
-                file: name.clone(),
-                line: h.line,
-                column: h.column,
-                rule: r.id.clone(),
-                message: format!("{} found", r.title),
-                snippet: h.masked_line,
-            });
+            Err((i, e)) => {
+                if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                    first_error = Some((i, e));
+                }
+            }
         }
-        if is_yaml(&path) {
-            report.findings.extend(kubernetes_secrets(&name, &text)?);
-        }
+    }
+    if let Some((_, e)) = first_error {
+        return Err(e);
     }
     report.findings.sort();
     report.findings.dedup();
     Ok(report)
+}
+
+enum FileResult {
+    Binary,
+    Text(Vec<Finding>),
+}
+
+fn check_file(path: &Path, scanner: &Scanner) -> Result<FileResult, ScanError> {
+    let bytes = std::fs::read(path).map_err(|e| ScanError::Read {
+        path: display(path),
+        reason: e.to_string(),
+    })?;
+    if bytes[..bytes.len().min(8192)].contains(&0) {
+        return Ok(FileResult::Binary);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let name = display(path);
+    let yaml = is_yaml(path);
+    // Encrypted secrets (SealedSecret, SOPS) are the approved form: the
+    // generic "secret assigned" rule would only see ciphertext there.
+    let encrypted = yaml && (text.contains("kind: SealedSecret") || text.contains("\nsops:"));
+    let mut out = Vec::new();
+    for h in scanner.scan(&text) {
+        let r = &scanner.rules()[h.rule].rule;
+        if encrypted && r.id == GENERIC_ASSIGNMENT {
+            continue;
+        }
+        out.push(Finding {
+            file: name.clone(),
+            line: h.line,
+            column: h.column,
+            rule: r.id.clone(),
+            message: format!("{} found", r.title),
+            snippet: h.masked_line,
+        });
+    }
+    // Every YAML file must parse (a parse error or an unrendered template
+    // stops the run); documents with a `kind` are read for the Kubernetes
+    // rules.
+    if yaml {
+        out.extend(kubernetes_secrets(&name, &text)?);
+    }
+    Ok(FileResult::Text(out))
 }
 
 fn display(p: &Path) -> String {
@@ -180,8 +232,16 @@ fn kubernetes_secrets(name: &str, text: &str) -> Result<Vec<Finding>, ScanError>
                 line: start + i,
             });
         }
-        let value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(&doc) {
-            Ok(v) => v,
+        // Documents that cannot be Kubernetes objects are only validated
+        // (no value tree is built: much cheaper on large YAML).
+        let parsed: Result<Option<serde_yaml_ng::Value>, _> = if doc.contains("kind:") {
+            serde_yaml_ng::from_str(&doc).map(Some)
+        } else {
+            serde_yaml_ng::from_str::<serde::de::IgnoredAny>(&doc).map(|_| None)
+        };
+        let value = match parsed {
+            Ok(Some(v)) => v,
+            Ok(None) => continue,
             Err(e) => {
                 let (line, column) = e
                     .location()

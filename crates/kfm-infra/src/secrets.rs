@@ -39,11 +39,12 @@ pub enum RulesError {
     },
 }
 
-fn rule(id: &str, title: &str, hint: &str) -> Rule {
+fn rule(id: &str, title: &str, hint: &str, pattern: &str) -> Rule {
     Rule {
         id: id.into(),
         title: title.into(),
         hint: hint.into(),
+        pattern: Some(pattern.into()),
     }
 }
 
@@ -57,7 +58,7 @@ fn built_in(
     entropy: Option<f64>,
 ) -> SecretRule {
     SecretRule {
-        rule: rule(id, title, hint),
+        rule: rule(id, title, hint, re),
         // The patterns are constants, tested below: a bad one is a bug
         // caught by `cargo test`, never a user's input.
         regex: Regex::new(re).unwrap_or_else(|e| panic!("built-in rule {id}: {e}")),
@@ -219,6 +220,7 @@ pub fn gitleaks_rules(text: &str, file: &str) -> Result<Vec<SecretRule>, RulesEr
                 &format!("GITLEAKS-{}", r.id),
                 r.description.as_deref().unwrap_or(&r.id),
                 "remove the secret, rotate it, and load it at run time by reference",
+                &re,
             ),
             regex,
             keywords: r.keywords.iter().map(|k| k.to_lowercase()).collect(),
@@ -308,6 +310,8 @@ impl Scanner {
         }
         wanted.sort_unstable();
         wanted.dedup();
+        // Line numbers counted incrementally: `wanted` is in text order.
+        let mut counted = (0usize, 1u32);
         for (start, r) in wanted {
             let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
             let line = &text[start..end];
@@ -322,7 +326,7 @@ impl Scanner {
                 {
                     continue;
                 }
-                let line_no = text[..start].bytes().filter(|&b| b == b'\n').count() as u32 + 1;
+                let line_no = line_number(text, start, &mut counted);
                 let column = line[..secret.start()].chars().count() as u32 + 1;
                 hits.push(Hit {
                     rule: r,
@@ -335,6 +339,18 @@ impl Scanner {
         hits.sort_by_key(|h| (h.line, h.column, h.rule));
         hits
     }
+}
+
+/// The 1-based line of byte `pos`, counting on from the last position
+/// asked (`pos` never decreases between calls).
+fn line_number(text: &str, pos: usize, counted: &mut (usize, u32)) -> u32 {
+    let (from, line) = *counted;
+    let more = text.as_bytes()[from..pos]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count() as u32;
+    *counted = (pos, line + more);
+    line + more
 }
 
 /// The line with `start..end` replaced by a marker keeping only the first
