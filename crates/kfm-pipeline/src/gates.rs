@@ -82,6 +82,10 @@ impl GateResult {
     pub fn cannot(gate: Gate, reason: impl Into<String>) -> Self {
         Self::new(gate, Status::CannotEvaluate, vec![reason.into()])
     }
+    /// Cannot evaluate, for several reasons at once.
+    pub fn cannot_all(gate: Gate, reasons: Vec<String>) -> Self {
+        Self::new(gate, Status::CannotEvaluate, reasons)
+    }
     pub fn not_run(gate: Gate) -> Self {
         Self::new(
             gate,

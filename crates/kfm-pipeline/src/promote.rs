@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, Artifact, CatalogInput};
 use crate::fgb::to_flatgeobuf;
-use crate::gates::{Gate, GateResult, Status};
+use crate::gates::{Gate, GateResult};
 use crate::generalize::{Plan, generalize};
 use crate::ingest::{AcquisitionEntry, IngestError, acquisitions, load_spec};
 use crate::normalize::{NormalizeError, Normalized, normalize, to_geojson};
@@ -33,7 +33,7 @@ use crate::records::{
     PolicyRef, RECEIPT_PREDICATE, ReleasePointer, ResourceDescriptor, RunPredicate, STATEMENT_TYPE,
     Statement, ToolVersion,
 };
-use crate::release::{next_version, verify_pointer_in_store};
+use crate::release::next_version;
 
 /// Ledger entries are at most this long (the ledger refuses longer ones).
 const MAX_ENTRY: usize = 65_535;
@@ -257,7 +257,11 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                 // One after the other, so that only one run's features are
                 // in memory at a time (each run drops them when done).
                 let first = process(&spec, &raw);
-                let second: Result<_, ()> = Ok(process(&spec, &raw).map(|p| p.digests()));
+                // (No second run when the first cannot normalise the input.)
+                let second = first
+                    .as_ref()
+                    .ok()
+                    .map(|_| process(&spec, &raw).map(|p| p.digests()));
                 match (first, second) {
                     (Err(problems), _) => GateResult::fail(
                         Gate::A,
@@ -268,7 +272,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                         .chain(problems)
                         .collect(),
                     ),
-                    (Ok(p), Ok(Ok(d2))) if p.digests() == d2 => {
+                    (Ok(p), Some(Ok(d2))) if p.digests() == d2 => {
                         let notes = vec![
                             format!("dataset id {ds}, version {version_id}, run {run_id}"),
                             format!("raw digest re-verified: {}", acq.digest),
@@ -280,11 +284,11 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                         processed = Some(p);
                         GateResult::pass(Gate::A, notes)
                     }
-                    (Ok(_), Ok(Ok(_))) => GateResult::fail(
+                    (Ok(_), Some(Ok(_))) => GateResult::fail(
                         Gate::A,
                         vec!["processing is not deterministic: two runs over the same bytes gave different artifacts".into()],
                     ),
-                    (Ok(_), Ok(Err(_)) | Err(())) => GateResult::cannot(
+                    (Ok(_), Some(Err(_)) | None) => GateResult::cannot(
                         Gate::A,
                         "the determinism check's second run did not complete",
                     ),
@@ -369,7 +373,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
     let gate_e = match &qa_report {
         None => GateResult::cannot(Gate::E, "no normalised data to measure (gate A)"),
         Some(r) if !r.cannot_evaluate.is_empty() => {
-            GateResult::new_cannot(Gate::E, r.cannot_evaluate.clone())
+            GateResult::cannot_all(Gate::E, r.cannot_evaluate.clone())
         }
         Some(r) if r.passed() => {
             GateResult::pass(Gate::E, vec![format!("{} thresholds met", r.checks.len())])
@@ -910,7 +914,7 @@ impl RunContext<'_, '_> {
                 Vec::new(),
             ));
         }
-        if let Some(ptr) = &now_ptr {
+        if now_ptr.is_some() {
             // The version this run supersedes must check out end to end
             // (manifest, signature, ledger entries): a hand-edited pointer
             // is never built upon.
@@ -919,9 +923,6 @@ impl RunContext<'_, '_> {
                     "the current release pointer published/{ds}.json does not verify ({e}); restore it with `kfm rollback {ds} --to v<N>`"
                 ))
             };
-            verify_pointer_in_store(store, ds, &ptr.bytes, &signer.verifying_key())
-                .await
-                .map_err(broken)?;
             let ledger = self
                 .req
                 .ledger
@@ -1084,13 +1085,4 @@ fn trim_reasons(gates: &[GateResult]) -> Vec<GateResult> {
             g
         })
         .collect()
-}
-
-impl GateResult {
-    fn new_cannot(gate: Gate, reasons: Vec<String>) -> Self {
-        let mut r = GateResult::cannot(gate, String::new());
-        r.reasons = reasons;
-        r.status = Status::CannotEvaluate;
-        r
-    }
 }

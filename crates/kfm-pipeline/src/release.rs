@@ -241,6 +241,69 @@ async fn read_checked(store: &Store, a: &catalog::Artifact) -> Result<Vec<u8>, S
     Ok(got.to_vec())
 }
 
+/// A version's signed manifest, as stored (`UnknownVersion` if absent).
+async fn manifest_bytes(store: &Store, ds: &str, v: u64) -> Result<(String, Bytes), PromoteError> {
+    let mkey = records::manifest_key(ds, v);
+    match store
+        .catalog()
+        .get_opt(mkey.strip_prefix("catalog/").unwrap_or(&mkey))
+        .await?
+    {
+        Some(b) => Ok((mkey, b)),
+        None => Err(PromoteError::UnknownVersion {
+            dataset: ds.to_owned(),
+            version: v,
+        }),
+    }
+}
+
+/// Every file a manifest lists, re-read and checked against its digest;
+/// the catalog documents are kept for the triplet check.
+struct Reverified {
+    docs: Vec<(String, Vec<u8>)>,
+    checked: usize,
+    problems: Vec<String>,
+}
+
+impl Reverified {
+    async fn of(store: &Store, m: &Manifest) -> Self {
+        let mut out = Reverified {
+            docs: Vec::new(),
+            checked: 0,
+            problems: Vec::new(),
+        };
+        for a in m.artifacts.iter().chain(&m.catalog) {
+            match read_checked(store, a).await {
+                Ok(b) => {
+                    out.checked += 1;
+                    if a.path.starts_with("catalog/") {
+                        out.docs.push((a.path.clone(), b));
+                    }
+                }
+                Err(e) => out.problems.push(e),
+            }
+        }
+        out
+    }
+
+    fn doc(&self, suffix: &str) -> Option<Vec<u8>> {
+        self.docs
+            .iter()
+            .find(|(k, _)| k.ends_with(suffix))
+            .map(|(_, b)| b.clone())
+    }
+
+    /// The triplet's problems; `None` when a document is missing.
+    fn triplet_problems(&self, ds: &str, v: u64, m: &Manifest) -> Option<Vec<String>> {
+        let t = Triplet {
+            dcat: self.doc("dcat.jsonld")?,
+            stac: self.doc("stac/collection.json")?,
+            prov: self.doc("prov.json")?,
+        };
+        Some(catalog::check(ds, v, &t, &m.artifacts))
+    }
+}
+
 /// Moves the pointer back to an earlier version, through the same gates:
 /// every artifact re-verified (A), license and label re-judged under the
 /// current policy and date (B, C), the catalog triplet re-checked (D), the
@@ -251,18 +314,7 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
     let v = req.to;
     let run_id = new_run_id(req.now);
     let version_id = format!("{ds}@v{v}");
-    let mkey = records::manifest_key(ds, v);
-    let Some(mbytes) = req
-        .store
-        .catalog()
-        .get_opt(mkey.strip_prefix("catalog/").unwrap_or(&mkey))
-        .await?
-    else {
-        return Err(PromoteError::UnknownVersion {
-            dataset: ds.to_owned(),
-            version: v,
-        });
-    };
+    let (mkey, mbytes) = manifest_bytes(req.store, ds, v).await?;
     let pointer_before = req
         .store
         .published()
@@ -280,24 +332,15 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
         (Ok(s), Ok(env)) => manifest_of(&env, &s.verifying_key())
             .map_err(|e| GateResult::fail(Gate::A, vec![format!("{mkey}: {e}")])),
     };
-    let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut files = None;
     let m = match manifest {
         Err(r) => {
             gates.push(r);
             None
         }
         Ok(m) => {
-            let mut problems = Vec::new();
-            for a in m.artifacts.iter().chain(&m.catalog) {
-                match read_checked(req.store, a).await {
-                    Ok(b) => {
-                        if a.path.starts_with("catalog/") {
-                            docs.push((a.path.clone(), b));
-                        }
-                    }
-                    Err(e) => problems.push(e),
-                }
-            }
+            let f = Reverified::of(req.store, &m).await;
+            let mut problems = f.problems.clone();
             if m.dataset != ds || m.version != v {
                 problems.push(format!(
                     "{mkey} describes {}, not {version_id}",
@@ -315,14 +358,11 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
             } else {
                 GateResult::fail(Gate::A, problems)
             });
+            files = Some(f);
             Some(m)
         }
     };
-    let doc = |suffix: &str| {
-        docs.iter()
-            .find(|(k, _)| k.ends_with(suffix))
-            .map(|(_, b)| b.clone())
-    };
+    let doc = |suffix: &str| files.as_ref().and_then(|f| f.doc(suffix));
 
     (req.on_gate)(Gate::B);
     gates.push(match (&m, &req.policy) {
@@ -391,20 +431,12 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
     (req.on_gate)(Gate::D);
     gates.push(match &m {
         None => GateResult::cannot(Gate::D, "no verified manifest (gate A)"),
-        Some(m) => match (
-            doc("dcat.jsonld"),
-            doc("stac/collection.json"),
-            doc("prov.json"),
-        ) {
-            (Some(dcat), Some(stac), Some(prov)) => {
-                let problems = catalog::check(ds, v, &Triplet { dcat, stac, prov }, &m.artifacts);
-                if problems.is_empty() {
-                    GateResult::pass(Gate::D, vec!["catalog triplet re-checked".into()])
-                } else {
-                    GateResult::fail(Gate::D, problems)
-                }
+        Some(m) => match files.as_ref().and_then(|f| f.triplet_problems(ds, v, m)) {
+            Some(problems) if problems.is_empty() => {
+                GateResult::pass(Gate::D, vec!["catalog triplet re-checked".into()])
             }
-            _ => GateResult::cannot(Gate::D, "the version's catalog triplet is incomplete"),
+            Some(problems) => GateResult::fail(Gate::D, problems),
+            None => GateResult::cannot(Gate::D, "the version's catalog triplet is incomplete"),
         },
     });
 
@@ -626,17 +658,7 @@ pub async fn check_version(
     key: &VerifyingKey,
 ) -> Result<VersionCheck, PromoteError> {
     let dsn = ds.as_str();
-    let mkey = records::manifest_key(dsn, v);
-    let Some(mbytes) = store
-        .catalog()
-        .get_opt(mkey.strip_prefix("catalog/").unwrap_or(&mkey))
-        .await?
-    else {
-        return Err(PromoteError::UnknownVersion {
-            dataset: dsn.to_owned(),
-            version: v,
-        });
-    };
+    let (mkey, mbytes) = manifest_bytes(store, dsn, v).await?;
     let mut out = VersionCheck {
         dataset: dsn.to_owned(),
         version_id: format!("{dsn}@v{v}"),
@@ -654,35 +676,12 @@ pub async fn check_version(
             return Ok(out);
         }
     };
-    let mut docs: Vec<(String, Vec<u8>)> = Vec::new();
-    for a in m.artifacts.iter().chain(&m.catalog) {
-        match read_checked(store, a).await {
-            Ok(b) => {
-                out.artifacts_checked += 1;
-                if a.path.starts_with("catalog/") {
-                    docs.push((a.path.clone(), b));
-                }
-            }
-            Err(e) => out.problems.push(e),
-        }
-    }
-    let doc = |suffix: &str| {
-        docs.iter()
-            .find(|(k, _)| k.ends_with(suffix))
-            .map(|(_, b)| b.clone())
-    };
-    match (
-        doc("dcat.jsonld"),
-        doc("stac/collection.json"),
-        doc("prov.json"),
-    ) {
-        (Some(dcat), Some(stac), Some(prov)) => out.problems.extend(catalog::check(
-            dsn,
-            v,
-            &Triplet { dcat, stac, prov },
-            &m.artifacts,
-        )),
-        _ => out.problems.push(
+    let files = Reverified::of(store, &m).await;
+    out.artifacts_checked = files.checked;
+    out.problems.extend(files.problems.iter().cloned());
+    match files.triplet_problems(dsn, v, &m) {
+        Some(p) => out.problems.extend(p),
+        None => out.problems.push(
             "the catalog triplet is incomplete (dcat.jsonld, stac/collection.json, prov.json)"
                 .into(),
         ),
