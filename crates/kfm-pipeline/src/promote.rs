@@ -140,10 +140,12 @@ pub fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// A sortable, unique run id: UTC time then 8 random hex digits.
+/// A sortable, unique run id: UTC time to the millisecond (runs of one
+/// dataset are ordered by it, and several fit in a second), then 8 random
+/// hex digits.
 pub fn new_run_id(now: DateTime<Utc>) -> String {
     let r = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &r[..8])
+    format!("{}-{}", now.format("%Y%m%dT%H%M%S%3fZ"), &r[..8])
 }
 
 /// Processed bytes of one run, as a pure function of (raw bytes, spec).

@@ -430,7 +430,7 @@ pub enum QuarantineCommand {
         dataset: Option<String>,
     },
     /// Show one run's report: every gate with its reasons.
-    #[command(after_help = "Example:\n  kfm quarantine show 20261122T170102Z-1a2b3c4d")]
+    #[command(after_help = "Example:\n  kfm quarantine show 20261122T170102417Z-1a2b3c4d")]
     Show {
         /// The run id (`kfm quarantine list` shows them).
         run_id: String,
