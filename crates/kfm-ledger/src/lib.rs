@@ -20,8 +20,8 @@ pub use checkpoint::{
     CheckpointError, LedgerSigner, VerifiedCheckpoint, generate_key, verify_checkpoint,
 };
 pub use log::{
-    Appended, CHECKPOINT, InclusionProof, Ledger, LedgerError, LedgerOptions, LedgerView,
-    VerifyReport, verify,
+    Appended, CHECKPOINT, EntrySource, InclusionProof, Ledger, LedgerError, LedgerOptions,
+    LedgerView, VerifyReport, verify,
 };
 pub use merkle::{
     Hash, MerkleTree, ProofError, leaf_hash, node_hash, verify_consistency, verify_inclusion,

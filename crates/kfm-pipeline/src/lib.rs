@@ -27,4 +27,6 @@ pub use ingest::{
     AcquisitionEntry, IngestError, IngestOutcome, IngestRequest, acquisitions, ingest, load_spec,
 };
 pub use promote::{PolicyInfo, PromoteError, PromoteOutcome, PromoteRequest, promote};
-pub use release::{RollbackOutcome, RollbackRequest, VerifiedRelease, rollback, verify_release};
+pub use release::{
+    RollbackOutcome, RollbackRequest, VerifiedRelease, rollback, verify_pointer, verify_release,
+};

@@ -958,6 +958,31 @@ impl RunContext<'_, '_> {
             policy_label: spec.sensitivity.policy_label.as_str().to_owned(),
             embargo_until: spec.sensitivity.embargo_until,
             license: spec.license.spdx.as_str().to_owned(),
+            attribution: spec
+                .license
+                .attribution
+                .as_ref()
+                .map(|a| a.as_str().to_owned()),
+            distribution: Some(
+                match spec.license.distribution {
+                    kfm_core::spec::Distribution::MetadataOnly => "metadata-only",
+                    kfm_core::spec::Distribution::Mirror => "mirror",
+                }
+                .to_owned(),
+            ),
+            generalization: spec.sensitivity.generalization.as_ref().map(|g| {
+                let mut v = serde_json::json!({"method": match g.method {
+                    kfm_core::spec::GeneralizationMethod::Grid => "grid",
+                    kfm_core::spec::GeneralizationMethod::H3 => "h3",
+                }});
+                if let Some(d) = g.degrees {
+                    v["degrees"] = serde_json::json!(d);
+                }
+                if let Some(r) = g.resolution {
+                    v["resolution"] = serde_json::json!(r);
+                }
+                v
+            }),
             artifacts: artifacts.to_vec(),
             catalog,
             policy: PolicyRef {

@@ -108,6 +108,18 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embargo_until: Option<chrono::NaiveDate>,
     pub license: String,
+    /// Attribution text the license requires, as the spec gave it: the
+    /// governed API attaches it to every answer that carries the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<String>,
+    /// `mirror` or `metadata-only`: a metadata-only release is never exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<String>,
+    /// The spec's generalisation plan (`{"method": "grid", "degrees": 0.1}`
+    /// or `{"method": "h3", "resolution": 6}`): the policy input the API
+    /// builds for this version carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generalization: Option<serde_json::Value>,
     pub artifacts: Vec<Artifact>,
     pub catalog: Vec<Artifact>,
     pub policy: PolicyRef,

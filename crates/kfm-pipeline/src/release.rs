@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use kfm_core::dsse::IN_TOTO_PAYLOAD_TYPE;
 use kfm_core::{DatasetId, Digest, Envelope, LicenseId, PolicyLabel, Signer};
-use kfm_ledger::{Ledger, LedgerView};
-use kfm_store::{Pointer, Store, StoreError};
+use kfm_ledger::{EntrySource, Ledger};
+use kfm_store::{Pointer, ReadOnly, Store, StoreError, zones};
 use serde::Serialize;
 
 use crate::catalog::{self, Triplet};
@@ -72,7 +72,7 @@ pub async fn next_version(
 /// dataset's manifest, and the manifest has the claimed digest and a valid
 /// signature by `key`.
 pub async fn verify_pointer_in_store(
-    store: &Store,
+    catalog: &ReadOnly<zones::Catalog>,
     ds: &str,
     bytes: &[u8],
     key: &VerifyingKey,
@@ -94,8 +94,7 @@ pub async fn verify_pointer_in_store(
         ));
     }
     let rel = p.manifest.strip_prefix("catalog/").unwrap_or(&p.manifest);
-    let mbytes = store
-        .catalog()
+    let mbytes = catalog
         .get_opt(rel)
         .await
         .map_err(|e| format!("cannot read {}: {e}", p.manifest))?
@@ -128,11 +127,11 @@ pub struct VerifiedRelease {
     pub manifest: Manifest,
 }
 
-/// Full verification of `published/<ds>.json`: [`verify_pointer_in_store`]
-/// plus the ledger entries it relies on. `Ok(None)`: nothing published.
+/// Full verification of `published/<ds>.json`: [`verify_pointer`] on the
+/// pointer as stored. `Ok(None)`: nothing published.
 pub async fn verify_release(
     store: &Store,
-    ledger: &LedgerView,
+    ledger: &impl EntrySource,
     ds: &str,
     key: &VerifyingKey,
 ) -> Result<Option<VerifiedRelease>, String> {
@@ -144,7 +143,22 @@ pub async fn verify_release(
     else {
         return Ok(None);
     };
-    let (p, m) = verify_pointer_in_store(store, ds, &ptr.bytes, key).await?;
+    verify_pointer(&store.reader(), ledger, ds, &ptr.bytes, key)
+        .await
+        .map(Some)
+}
+
+/// Verifies pointer bytes end to end with read access only (what a serving
+/// process holds): [`verify_pointer_in_store`] plus the ledger entries the
+/// pointer and its manifest rely on.
+pub async fn verify_pointer(
+    catalog: &ReadOnly<zones::Catalog>,
+    ledger: &impl EntrySource,
+    ds: &str,
+    bytes: &[u8],
+    key: &VerifyingKey,
+) -> Result<VerifiedRelease, String> {
+    let (p, m) = verify_pointer_in_store(catalog, ds, bytes, key).await?;
     let entry = ledger.entry(p.ledger_index).await.map_err(|e| {
         format!(
             "ledger entry {} (named by the pointer): {e}",
@@ -185,10 +199,10 @@ pub async fn verify_release(
             m.receipt.ledger_index
         ));
     }
-    Ok(Some(VerifiedRelease {
+    Ok(VerifiedRelease {
         pointer: p,
         manifest: m,
-    }))
+    })
 }
 
 /// A rollback request: like a promotion, every dependency may be missing.

@@ -39,12 +39,23 @@ impl DecisionRecord {
         decision: &Decision,
         time: chrono::DateTime<chrono::Utc>,
     ) -> Self {
+        Self::for_input_digest(point, input_digest(input), decision, time)
+    }
+
+    /// Records a decision whose input digest the caller already holds (an
+    /// enforcement point that reuses a decision for an identical input).
+    pub fn for_input_digest(
+        point: &DecisionPoint,
+        input_digest: Digest,
+        decision: &Decision,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
         Self {
             kind: DECISION_KIND.to_owned(),
             decision_id: uuid::Uuid::new_v4().to_string(),
             bundle_digest: *point.digest(),
             bundle_revision: point.revision().to_owned(),
-            input_digest: input_digest(input),
+            input_digest,
             allow: decision.allow,
             reason: decision.reason.clone(),
             obligations: decision.obligations.clone(),

@@ -42,17 +42,38 @@ pub enum Command {
     )]
     Init(InitArgs),
 
-    /// Quickstart: a local workspace with the bundled samples taken through the truth path.
+    /// Quickstart: a local workspace, the bundled samples through the truth path, then serve.
     #[command(
-        after_help = "Example:\n  kfm up            # workspace in ./kfm-up\n  kfm up --dir /tmp/demo\n\n\
+        after_help = "Examples:\n  kfm up                 # workspace in ./kfm-demo, serves on 127.0.0.1:8080\n  kfm up --dir /tmp/demo --listen 127.0.0.1:9090\n  kfm up --no-serve      # everything but the server\n\n\
 `up` creates the workspace, installs the bundled samples (ks-counties, ks-places, the\n\
 SYNTHETIC ks-sites-synthetic and ks-markers-unlicensed) and ingests them into RAW, loads the\n\
 policy bundle for the workspace's environment (exit 2 if its digest is not the pinned one),\n\
-promotes every sample not yet published through gates A-G, and runs the policy tests.\n\
-Exit 1 if a policy test fails or a sample does not end as expected (only\n\
-ks-markers-unlicensed belongs in quarantine). Serving joins it when the API lands."
+promotes every sample not yet published through gates A-G, runs the policy tests, creates\n\
+demo tokens (public, researcher, auditor), prints a tour and serves the governed API until\n\
+Ctrl-C. Exit 1 if a policy test fails or a sample does not end as expected (only\n\
+ks-markers-unlicensed belongs in quarantine)."
     )]
     Up(UpArgs),
+
+    /// Serve the governed API (OGC API - Features, catalog, exports, evidence, audit).
+    #[command(
+        after_help = "Example:\n  kfm serve\n  kfm serve --listen 127.0.0.1:9090\n\n\
+Every request is authenticated (Bearer token, else role public), decided by the pinned policy,\n\
+its obligations applied, and recorded in the ledger (Kfm-Audit-Ref header). /readyz stays 503\n\
+until the policy digest matches the environment's pin; in stage and prod a mismatch stops the\n\
+start (exit 2). The ledger is held while serving: promotions wait until the server stops."
+    )]
+    Serve(ServeArgs),
+
+    /// API tokens: create (shown once, stored as a hash), list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+
+    /// Print the API's OpenAPI document (generated from the code).
+    #[command(after_help = "Example:\n  kfm openapi > contracts/openapi.json")]
+    Openapi,
 
     /// Dataset specs.
     Spec {
@@ -327,8 +348,48 @@ pub struct InitArgs {
 #[derive(Args, Debug)]
 pub struct UpArgs {
     /// Workspace directory for the quickstart.
-    #[arg(long, default_value = "kfm-up")]
+    #[arg(long, default_value = "kfm-demo")]
     pub dir: PathBuf,
+    /// Stop after the truth path and the demo tokens; do not serve.
+    #[arg(long)]
+    pub no_serve: bool,
+    /// Address to serve on (default: server.listen, 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (default: server.listen in kfm.toml, 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Absolute base URL for links, when behind a proxy (default: http://ADDR).
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token and print it once.
+    #[command(
+        after_help = "Examples:\n  kfm token create --role auditor --name alice\n  kfm token create --role researcher --approve ks-sites-synthetic\n\n\
+Roles: public, researcher, steward, auditor, engineer, admin. --approve grants approved access\n\
+to a dataset (repeatable): what the policy asks before precise sensitive coordinates."
+    )]
+    Create {
+        #[arg(long)]
+        role: String,
+        /// A name for the token's holder (default: the role).
+        #[arg(long)]
+        name: Option<String>,
+        /// Dataset this token holds approved access to (repeatable).
+        #[arg(long, value_name = "DATASET")]
+        approve: Vec<String>,
+    },
+    /// List tokens (ids, names, roles; never the tokens).
+    List,
+    /// Revoke a token by id; takes effect on the server's next request.
+    Revoke { id: String },
 }
 
 #[derive(Args, Debug)]

@@ -13,12 +13,19 @@ mod output;
 mod policy;
 mod promote;
 mod samples;
+mod serve;
 mod spec;
 mod status;
 mod up;
 mod workspace;
 
 use std::process::ExitCode;
+
+/// The server allocates per request (records, JSON, decisions): glibc's
+/// malloc took ~20% of its CPU under load (perf, bench/api.sh); mimalloc's
+/// thread-local free lists cost a fraction of that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 
@@ -69,6 +76,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Quarantine { command } => promote::quarantine(ws, &command, fmt).await,
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
         Command::Policy { command } => policy::run(ws, &command, fmt),
+        Command::Serve(a) => serve::serve(ws, &a).await,
+        Command::Token { command } => serve::token(ws, &command, fmt),
+        Command::Openapi => {
+            print!("{}", kfm_api::openapi::document());
+            Ok(0)
+        }
     }
 }
 

@@ -119,6 +119,11 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
         tests_passed: tests.passed,
         tests_failed: tests.failed,
     };
+    let tokens = if code_ok(&tests, &unexpected) {
+        Some(demo_tokens(&ws)?)
+    } else {
+        None
+    };
     let code = if tests.ok() && unexpected.is_empty() {
         0
     } else {
@@ -151,11 +156,99 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
             }
             println!(
                 "\nKFM is up in {}: the samples went through gates A-G ({EXPECTED_QUARANTINE} is quarantined:\n\
-                 its license is unknown) and the policy is pinned. The governed API is not built yet.\n\
-                 Try `kfm status`, `kfm quarantine list`, `kfm ledger verify` (see README).",
+                 its license is unknown) and the policy is pinned.",
                 args.dir.display()
             );
         }
     }
-    Ok(code)
+    if code != 0 {
+        return Ok(code);
+    }
+    let Some(tokens) = tokens else {
+        return Ok(code);
+    };
+    if args.no_serve {
+        if fmt == Format::Human {
+            println!(
+                "demo tokens are in {} (--no-serve: not serving)",
+                tokens.display()
+            );
+        }
+        return Ok(code);
+    }
+    let prepared = crate::serve::prepare(&ws, args.listen, None).await?;
+    if fmt == Format::Human {
+        print_tour(&prepared.listen.to_string(), &tokens);
+    }
+    crate::serve::run_prepared(prepared, fmt == Format::Human).await
+}
+
+fn code_ok(tests: &kfm_policy::runner::TestReport, unexpected: &[String]) -> bool {
+    tests.ok() && unexpected.is_empty()
+}
+
+/// The roles the tour shows, with what each may see.
+const DEMO: [(&str, &str, &[&str]); 3] = [
+    ("demo-public", "public", &[]),
+    ("demo-researcher", "researcher", &["ks-sites-synthetic"]),
+    ("demo-auditor", "auditor", &[]),
+];
+
+/// Revokes the previous demo tokens (their secrets were shown once and are
+/// not kept) and creates fresh ones, written to `demo-tokens.env` (0600)
+/// so the tour's curl lines can `source` them.
+fn demo_tokens(ws: &Workspace) -> Result<std::path::PathBuf, Failure> {
+    let path = crate::serve::tokens_path(ws);
+    let err = |e: kfm_api::auth::TokenError| Failure::input(e.to_string());
+    for t in kfm_api::auth::list(&path).map_err(err)? {
+        if t.revoked_at.is_none() && DEMO.iter().any(|(n, ..)| *n == t.name) {
+            kfm_api::auth::revoke(&path, &t.id).map_err(err)?;
+        }
+    }
+    let mut env = String::from(
+        "# Demo API tokens made by `kfm up` (shown once; hashes in auth/tokens.json)\n",
+    );
+    for (name, role, approve) in DEMO {
+        let approve: Vec<String> = approve.iter().map(|s| (*s).to_owned()).collect();
+        let (tok, _) = kfm_api::auth::create(&path, name, role, &approve).map_err(err)?;
+        env.push_str(&format!("{}={tok}\n", role.to_uppercase()));
+    }
+    let out = ws.dir.join("demo-tokens.env");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(&out)
+        .and_then(|mut f| f.write_all(env.as_bytes()))
+        .map_err(|e| Failure::input(format!("cannot write {}: {e}", out.display())))?;
+    Ok(out)
+}
+
+fn print_tour(addr: &str, tokens: &std::path::Path) {
+    let t = tokens.display();
+    let tokens_text = std::fs::read_to_string(tokens).unwrap_or_default();
+    println!("\nDemo tokens (also in {t}):");
+    for l in tokens_text.lines().filter(|l| !l.starts_with('#')) {
+        println!("  {l}");
+    }
+    println!(
+        "\nA short tour (in another terminal):\n\
+  source {t}\n\
+  # 1. Sensitive sites, anonymously: coordinates generalized to the 0.1-degree grid\n\
+  curl -s 'http://{addr}/collections/ks-sites-synthetic/items?limit=1'\n\
+  # 2. The same with an approved researcher's token: precise coordinates\n\
+  curl -s -H \"Authorization: Bearer $RESEARCHER\" 'http://{addr}/collections/ks-sites-synthetic/items?limit=1'\n\
+  # 3. Denied looks exactly like nonexistent: the audit trail is for auditors only\n\
+  curl -si 'http://{addr}/audit/0000000000000000000000000000000000000000000000000000000000000000' | head -1\n\
+  curl -si -H \"Authorization: Bearer $PUBLIC\" 'http://{addr}/collections/ks-markers-unlicensed' | head -1\n\
+  # 4. An export carries its license and attribution\n\
+  curl -s 'http://{addr}/collections/ks-places/export?format=csv' | head -4\n\
+  # 5. Every answer has an audit reference; an auditor gets its entry and inclusion proof\n\
+  REF=$(curl -sI 'http://{addr}/collections' | tr -d '\\r' | awk 'tolower($1)==\"kfm-audit-ref:\" {{print $2}}')\n\
+  curl -s -H \"Authorization: Bearer $AUDITOR\" \"http://{addr}/audit/$REF\"\n\
+  # Browsers: http://{addr}/collections?f=html   OpenAPI: http://{addr}/openapi.json\n"
+    );
 }

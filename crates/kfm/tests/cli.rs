@@ -382,7 +382,7 @@ fn an_ingest_killed_mid_way_leaves_nothing_under_raw() {
 fn up_ingests_the_samples_and_is_idempotent() {
     let dir = tempfile::tempdir().unwrap();
     kfm(dir.path())
-        .args(["up", "--dir", "demo"])
+        .args(["up", "--dir", "demo", "--no-serve"])
         .assert()
         .success()
         .stdout(
@@ -396,7 +396,7 @@ fn up_ingests_the_samples_and_is_idempotent() {
                 )),
         );
     kfm(dir.path())
-        .args(["up", "--dir", "demo"])
+        .args(["up", "--dir", "demo", "--no-serve"])
         .assert()
         .success()
         .stdout(
@@ -412,7 +412,7 @@ fn up_ingests_the_samples_and_is_idempotent() {
     text.push('\n');
     std::fs::write(&rego, text).unwrap();
     kfm(dir.path())
-        .args(["up", "--dir", "demo"])
+        .args(["up", "--dir", "demo", "--no-serve"])
         .assert()
         .code(2)
         .stderr(predicate::str::contains(

@@ -1,0 +1,217 @@
+//! The enforcement point: builds the policy input for a request, asks the
+//! decision point, and turns the obligations into what the handlers must
+//! do. An obligation this code cannot carry out is a deny.
+
+use kfm_pipeline::generalize::Plan;
+use kfm_policy::{Decision, DecisionRecord, Generalization, Obligation};
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::audit::AuditNote;
+use crate::auth::Principal;
+use crate::releases::{Release, Shape};
+
+/// What a granted request must honour.
+pub struct Grant {
+    pub shape: Shape,
+    /// (license, attribution text) to attach.
+    pub attribution: Option<(String, String)>,
+    pub reason: String,
+    pub obligations: Vec<&'static str>,
+    pub note: AuditNote,
+}
+
+/// The outcome of asking the policy about one release.
+pub enum Verdict {
+    Allow(Grant),
+    /// Denied: the note carries the decision for the ledger.
+    Deny(AuditNote),
+}
+
+fn subject(who: &Principal) -> Value {
+    json!({
+        "id": who.id,
+        "roles": who.roles,
+        "attributes": {"approved_access": who.approved_access},
+    })
+}
+
+fn context(st: &AppState) -> Value {
+    json!({
+        "environment": st.config.environment.as_str(),
+        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    })
+}
+
+/// The policy input for `action` on a release (SPEC §4).
+pub fn input(st: &AppState, who: &Principal, action: &str, rel: &Release) -> Value {
+    let m = &rel.manifest;
+    let mut license = json!({"id": m.license});
+    if let Some(a) = &m.attribution {
+        license["attribution"] = json!(a);
+    }
+    let mut resource = json!({
+        "kind": "features",
+        "dataset": m.dataset,
+        "version_id": m.version_id,
+        "policy_label": m.policy_label,
+        "zone": "published",
+        "license": license,
+    });
+    if let Some(d) = &m.distribution {
+        resource["distribution"] = json!(d);
+    }
+    if let Some(e) = m.embargo_until {
+        resource["embargo_until"] = json!(format!("{e}T00:00:00Z"));
+    }
+    if let Some(g) = rel.generalization() {
+        resource["generalization"] = g.clone();
+    }
+    json!({
+        "subject": subject(who),
+        "action": action,
+        "resource": resource,
+        "context": context(st),
+    })
+}
+
+/// Decisions for identical inputs within one second. The input carries the
+/// time to the second and the policy is a pure function of its input and
+/// the pinned bundle, so a cached answer is exactly the one the policy
+/// would give again; the cache empties when the second changes.
+#[derive(Default)]
+pub struct DecisionCache {
+    inner: std::sync::Mutex<CacheSecond>,
+}
+
+/// The second the cached decisions were taken in, and the decisions by
+/// input (compact JSON: the input is built with sorted keys).
+type CacheSecond = (
+    String,
+    std::collections::HashMap<String, (Decision, kfm_core::Digest)>,
+);
+
+fn decide(st: &AppState, input: &Value, action: &'static str) -> (Decision, DecisionRecord) {
+    let key = input.to_string();
+    let second = input["context"]["time"].as_str().unwrap_or("").to_owned();
+    let hit = st.decisions.inner.lock().ok().and_then(|c| {
+        if c.0 == second {
+            c.1.get(&key).cloned()
+        } else {
+            None
+        }
+    });
+    let (decision, digest) = match hit {
+        Some(h) => h,
+        None => {
+            let d = st.policy.decide(input);
+            let digest = kfm_policy::input_digest(input);
+            if let Ok(mut c) = st.decisions.inner.lock() {
+                if c.0 != second || c.1.len() > 4096 {
+                    c.1.clear();
+                    c.0 = second;
+                }
+                c.1.insert(key, (d.clone(), digest));
+            }
+            (d, digest)
+        }
+    };
+    st.metrics.decision(decision.allow, action);
+    let record =
+        DecisionRecord::for_input_digest(&st.policy, digest, &decision, chrono::Utc::now());
+    (decision, record)
+}
+
+fn plan_of(g: &Generalization) -> Option<Plan> {
+    match *g {
+        Generalization::Grid { degrees }
+            if degrees.is_finite() && degrees > 0.0 && degrees <= 10.0 =>
+        {
+            Some(Plan::Grid { degrees })
+        }
+        Generalization::H3 { resolution } => h3o::Resolution::try_from(resolution)
+            .ok()
+            .map(|resolution| Plan::H3 { resolution }),
+        Generalization::Grid { .. } => None,
+    }
+}
+
+/// Asks the policy whether `who` may `action` this release.
+pub fn release(st: &AppState, who: &Principal, action: &'static str, rel: &Release) -> Verdict {
+    let input = input(st, who, action, rel);
+    let (decision, record) = decide(st, &input, action);
+    let mut note = AuditNote {
+        action,
+        dataset: Some(rel.dataset.clone()),
+        version_id: Some(rel.version_id.clone()),
+        decision: Some(record),
+        durable: false,
+    };
+    if !decision.allow {
+        return Verdict::Deny(note);
+    }
+    let mut shape = Shape {
+        generalize: None,
+        redact: Vec::new(),
+    };
+    let mut attribution = None;
+    let mut kinds = Vec::new();
+    for o in &decision.obligations {
+        kinds.push(o.kind());
+        match o {
+            Obligation::Generalize { how } => match plan_of(how) {
+                // Two generalisations: the coarser one is not knowable in
+                // general (grid vs H3), so apply both in order.
+                Some(p) if shape.generalize.is_none() => shape.generalize = Some(p),
+                Some(_) => {}
+                // Cannot carry it out: refuse (the access record's status
+                // shows the enforcement point overrode the allow).
+                None => return Verdict::Deny(note),
+            },
+            Obligation::Attribution { license, text } => {
+                attribution = Some((license.clone(), text.clone()));
+            }
+            Obligation::RedactFields { fields } => shape.redact.extend(fields.iter().cloned()),
+            Obligation::AuditDurable {} => note.durable = true,
+        }
+    }
+    // Attribution the license does not require still travels with the data
+    // when the source gave one: credit is never stripped.
+    if attribution.is_none()
+        && let Some(text) = &rel.manifest.attribution
+    {
+        attribution = Some((rel.manifest.license.clone(), text.clone()));
+    }
+    Verdict::Allow(Grant {
+        shape,
+        attribution,
+        reason: decision.reason,
+        obligations: kinds,
+        note,
+    })
+}
+
+/// Asks the policy whether `who` may read the audit trail.
+pub fn audit_read(st: &AppState, who: &Principal) -> (bool, AuditNote) {
+    let input = json!({
+        "subject": subject(who),
+        "action": "audit",
+        "resource": {"kind": "audit", "zone": "published"},
+        "context": context(st),
+    });
+    let (decision, record) = decide(st, &input, "audit");
+    let durable = decision
+        .obligations
+        .iter()
+        .any(|o| matches!(o, Obligation::AuditDurable {}));
+    (
+        decision.allow,
+        AuditNote {
+            action: "audit",
+            dataset: None,
+            version_id: None,
+            decision: Some(record),
+            durable: durable || !decision.allow,
+        },
+    )
+}

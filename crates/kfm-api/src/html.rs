@@ -1,0 +1,185 @@
+//! HTML views for browsers (as pygeoapi offers): landing page, collections
+//! and items, each with policy badges — label, license, attribution and a
+//! "coordinates generalized" notice. maud escapes every interpolation.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use geojson::Feature;
+use maud::{DOCTYPE, Markup, html};
+
+use crate::bytes_response;
+use crate::enforce::Grant;
+use crate::releases::{Release, View};
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
+table{border-collapse:collapse;font-size:.9rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}\
+.badge{display:inline-block;border-radius:.3rem;padding:.1rem .45rem;margin-right:.3rem;font-size:.8rem;background:#eee}\
+.label{background:#dbeafe}.gen{background:#fde68a}.lic{background:#dcfce7}nav a{margin-right:1rem}";
+
+fn page(title: &str, base: &str, body: Markup) -> Response {
+    let m = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " — KFM" }
+                style { (STYLE) }
+            }
+            body {
+                nav { a href={(base) "/?f=html"} { "Home" } a href={(base) "/collections?f=html"} { "Collections" } a href={(base) "/openapi.json"} { "OpenAPI" } }
+                h1 { (title) }
+                (body)
+            }
+        }
+    };
+    bytes_response(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        m.into_string().into_bytes(),
+    )
+}
+
+fn badges(
+    label: &str,
+    license: &str,
+    attribution: Option<&(String, String)>,
+    generalized: bool,
+) -> Markup {
+    html! {
+        p {
+            span class="badge label" title="policy label" { "label: " (label) }
+            span class="badge lic" title="license" { "license: " (license) }
+            @if generalized {
+                span class="badge gen" { "coordinates generalized" }
+            }
+        }
+        @if let Some((_, text)) = attribution {
+            p { "Attribution: " em { (text) } }
+        }
+        @if generalized {
+            p class="gen" { "Coordinates on this page were generalized by policy: each feature is shown at the centre of its cell; see dataGeneralizations and coordinateUncertaintyInMeters." }
+        }
+    }
+}
+
+pub fn landing(base: &str, collections: &usize) -> Response {
+    page(
+        "KFM governed API",
+        base,
+        html! {
+            p { "Every answer here is decided by the pinned policy and recorded in the audit ledger (see the Kfm-Audit-Ref response header)." }
+            ul {
+                li { a href={(base) "/collections?f=html"} { "Collections" } " (" (collections) " published)" }
+                li { a href={(base) "/catalog"} { "DCAT catalog (JSON-LD)" } }
+                li { a href={(base) "/conformance"} { "Conformance" } }
+                li { a href={(base) "/openapi.json"} { "OpenAPI document" } }
+            }
+        },
+    )
+}
+
+/// A collection as listed: the release, its attribution, generalised or not.
+pub type Shown = (Arc<Release>, Option<(String, String)>, bool);
+
+pub fn collections(base: &str, shown: &[Shown]) -> Response {
+    page(
+        "Collections",
+        base,
+        html! {
+            @if shown.is_empty() { p { "No collection is available to you." } }
+            @for (rel, attribution, generalized) in shown {
+                section {
+                    h2 { a href={(base) "/collections/" (rel.dataset) "?f=html"} { (rel.title) } }
+                    (badges(&rel.manifest.policy_label, &rel.manifest.license, attribution.as_ref(), *generalized))
+                    p { (rel.description) }
+                }
+            }
+        },
+    )
+}
+
+pub fn collection(
+    base: &str,
+    rel: &Release,
+    g: &Grant,
+    view: &View,
+    extent: Option<[f64; 4]>,
+) -> Response {
+    let id = &rel.dataset;
+    page(
+        &rel.title,
+        base,
+        html! {
+            (badges(&rel.manifest.policy_label, &rel.manifest.license, g.attribution.as_ref(), view.generalized))
+            p { (rel.description) }
+            p { "Version " code { (rel.version_id) } ", " (view.features.len()) " features." }
+            @if let Some(e) = extent { p { "Extent (as served to you): " (format!("{:.4}, {:.4}, {:.4}, {:.4}", e[0], e[1], e[2], e[3])) } }
+            ul {
+                li { a href={(base) "/collections/" (id) "/items?f=html"} { "Items" } }
+                li { a href={(base) "/collections/" (id) "/items"} { "Items (GeoJSON)" } }
+                li { a href={(base) "/collections/" (id) "/stac"} { "STAC Collection" } }
+                li { a href={(base) "/collections/" (id) "/prov"} { "Provenance (PROV-JSON)" } }
+                li { a href={(base) "/collections/" (id) "/export?format=geojson"} { "Export GeoJSON" } " · " a href={(base) "/collections/" (id) "/export?format=csv"} { "Export CSV" } }
+            }
+        },
+    )
+}
+
+fn coords(f: &Feature) -> String {
+    match f.geometry.as_ref().map(|g| &g.value) {
+        Some(geojson::GeometryValue::Point { coordinates: c }) if c.len() >= 2 => {
+            format!("{:.5}, {:.5}", c[0], c[1])
+        }
+        Some(v) => v.type_name().to_owned(),
+        None => "(none)".into(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn items(
+    base: &str,
+    rel: &Release,
+    g: &Grant,
+    view: &View,
+    feats: &[&Feature],
+    matched: usize,
+    offset: usize,
+    limit: usize,
+) -> Response {
+    let id = &rel.dataset;
+    let mut keys: Vec<&String> = Vec::new();
+    for f in feats {
+        for k in f.properties.iter().flat_map(|p| p.keys()) {
+            if !keys.contains(&k) && keys.len() < 12 {
+                keys.push(k);
+            }
+        }
+    }
+    page(
+        &format!("{} — items", rel.title),
+        base,
+        html! {
+            (badges(&rel.manifest.policy_label, &rel.manifest.license, g.attribution.as_ref(), view.generalized))
+            p { (matched) " features match; showing " (feats.len()) " from " (offset) "." }
+            @if offset + feats.len() < matched {
+                p { a href={(base) "/collections/" (id) "/items?f=html&limit=" (limit) "&offset=" (offset + feats.len())} { "Next page" } }
+            }
+            table {
+                tr { th { "id" } th { "coordinates" } @for k in &keys { th { (k) } } }
+                @for f in feats {
+                    @let fid = match &f.id { Some(geojson::feature::Id::String(s)) => s.clone(), Some(geojson::feature::Id::Number(n)) => n.to_string(), None => String::new() };
+                    tr {
+                        td { a href={(base) "/collections/" (id) "/items/" (fid) "?f=html"} { (fid) } }
+                        td { (coords(f)) }
+                        @for k in &keys {
+                            td { @match f.property(k.as_str()) { Some(serde_json::Value::String(s)) => (s), Some(serde_json::Value::Null) | None => "", Some(v) => (v.to_string()) } }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,301 @@
+//! The governed API: KFM's trust membrane (SPEC §1.1, §6).
+//!
+//! Every request passes one tower layer ([`govern`]) that authenticates the
+//! caller, lets the handler ask the policy decision point and apply its
+//! obligations, then appends an audit record to the ledger (waiting for it
+//! when the decision says `audit_durable`) and stamps `Kfm-Audit-Ref` on the
+//! answer. Handlers hold read handles on `published`, `processed` and
+//! `catalog` only ([`releases::Zones`]); they cannot name `raw` or `work`.
+//!
+//! A denied resource and a nonexistent one answer with the same status and
+//! the same bytes ([`not_found`]); only the audit reference differs.
+
+pub mod audit;
+pub mod auth;
+mod enforce;
+mod html;
+pub mod metrics;
+pub mod openapi;
+pub mod releases;
+mod routes;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use kfm_core::Environment;
+use kfm_ledger::Ledger;
+use kfm_policy::DecisionPoint;
+
+pub use audit::{AuditNote, AuditSink};
+pub use auth::{Principal, Tokens};
+pub use metrics::Metrics;
+pub use releases::{Releases, Zones};
+
+/// The response header that carries the audit reference.
+pub const AUDIT_HEADER: &str = "kfm-audit-ref";
+
+/// How the server was configured (from the workspace, by the CLI).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub environment: Environment,
+    /// Why the loaded policy is not the pinned one (None: it is). In dev the
+    /// server runs but is not ready; stage and prod refuse to start.
+    pub policy_problem: Option<String>,
+    /// Absolute base for links (`http://127.0.0.1:8080`).
+    pub base_url: String,
+    pub request_timeout: Duration,
+    /// How often published pointers are re-read.
+    pub refresh_every: Duration,
+    /// The ledger's group-commit wait: the loss window of batched records.
+    pub batch_interval: Duration,
+    pub ledger_origin: String,
+    pub verifier_key: String,
+}
+
+/// Everything a handler may use.
+pub struct AppState {
+    pub config: ApiConfig,
+    pub policy: DecisionPoint,
+    pub releases: Releases,
+    pub audit: Arc<AuditSink>,
+    pub tokens: Tokens,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    decisions: enforce::DecisionCache,
+}
+
+impl AppState {
+    pub fn new(
+        config: ApiConfig,
+        policy: DecisionPoint,
+        releases: Releases,
+        ledger: Arc<Ledger>,
+        tokens: Tokens,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        metrics
+            .loss_window_us
+            .set(config.batch_interval.as_micros() as i64);
+        Arc::new(Self {
+            audit: Arc::new(AuditSink::new(ledger, metrics.clone())),
+            config,
+            policy,
+            releases,
+            tokens,
+            metrics,
+            started: Instant::now(),
+            decisions: enforce::DecisionCache::default(),
+        })
+    }
+
+    /// Why the server is not ready, if it is not.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if let Some(p) = &self.config.policy_problem {
+            why.push(format!("policy: {p}"));
+        }
+        if !self.audit.healthy() {
+            why.push(
+                "ledger: an audit append failed; the server can no longer account for answers"
+                    .into(),
+            );
+        }
+        why
+    }
+
+    pub fn ready(&self) -> bool {
+        self.config.policy_problem.is_none() && self.audit.healthy()
+    }
+}
+
+/// An error answer in the OGC API exception shape. Messages are written for
+/// the client and never carry restricted metadata.
+pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
+    let body = serde_json::json!({"code": code, "description": description});
+    let mut r = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The one answer for "no such thing" and "not for you": same status, same
+/// bytes. Recorded durably either way, so timing does not tell them apart.
+pub(crate) fn not_found(note: AuditNote) -> Response {
+    let mut r = error(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "no such resource, or it is not available to you",
+    );
+    r.extensions_mut().insert(AuditNote {
+        durable: true,
+        ..note
+    });
+    r
+}
+
+/// The audit and authentication layer around every route.
+pub async fn govern(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "(unmatched)".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let path: String = req.uri().path().chars().take(512).collect();
+    let query: Option<String> = req.uri().query().map(|q| q.chars().take(1024).collect());
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    let who = match auth.as_deref() {
+        None => Ok(Principal::anonymous()),
+        Some(v) => match v.strip_prefix("Bearer ") {
+            Some(t) => st.tokens.authenticate(t.trim()),
+            None => Err(auth::AuthError("use `Authorization: Bearer <token>`")),
+        },
+    };
+    let (who, mut resp) = match who {
+        Ok(p) => {
+            req.extensions_mut().insert(p.clone());
+            (p, next.run(req).await)
+        }
+        Err(e) => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "Unauthorized", e.0);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kfm\""),
+            );
+            let mut anon = Principal::anonymous();
+            anon.id = "unauthenticated".into();
+            (anon, r)
+        }
+    };
+    let note = resp
+        .extensions_mut()
+        .remove::<AuditNote>()
+        .unwrap_or(AuditNote {
+            action: "none",
+            ..AuditNote::default()
+        });
+    let status = resp.status().as_u16();
+    let record = audit::AccessRecord {
+        kind: audit::ACCESS_KIND,
+        request_id: uuid::Uuid::new_v4().to_string(),
+        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        subject: &who.id,
+        roles: &who.roles,
+        auth: who.method,
+        method: &method,
+        route: &route,
+        path: &path,
+        query: query.as_deref(),
+        status,
+        action: note.action,
+        dataset: note.dataset.as_deref(),
+        version_id: note.version_id.as_deref(),
+        decision: note.decision.as_ref(),
+    };
+    let entry = kfm_core::to_canonical_json(&record).unwrap_or_default();
+    let (leaf, reference) = audit::reference(&entry);
+    if note.durable {
+        if st.audit.append_durable(entry).await.is_err() {
+            resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AuditUnavailable",
+                "the audit ledger could not record this request, so the answer is withheld",
+            );
+        }
+    } else {
+        st.audit.append_batched(entry, leaf).await;
+    }
+    if let Ok(v) = HeaderValue::from_str(&reference) {
+        resp.headers_mut().insert(AUDIT_HEADER, v);
+    }
+    let status = resp.status().as_u16();
+    st.metrics
+        .requests
+        .get_or_create(&metrics::RouteLabels {
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    st.metrics
+        .latency
+        .get_or_create(&metrics::DurationLabels {
+            route: route.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    tracing::debug!(%route, status, us = start.elapsed().as_micros() as u64, audit_ref = %reference, "answered");
+    resp
+}
+
+/// The full router with its layers.
+pub fn router(st: Arc<AppState>) -> Router {
+    use tower_http::timeout::TimeoutLayer;
+    let timeout = st.config.request_timeout;
+    routes::routes()
+        .layer(axum::middleware::from_fn_with_state(st.clone(), govern))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        // GET-only API: a request body is never needed.
+        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
+        .with_state(st)
+}
+
+/// Keeps releases in step with the published zone.
+pub fn spawn_refresh(st: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(st.config.refresh_every).await;
+            refresh_once(&st).await;
+        }
+    })
+}
+
+/// Re-reads every release pointer once.
+pub async fn refresh_once(st: &AppState) -> Vec<String> {
+    let problems = st.releases.refresh(st.audit.ledger()).await;
+    for p in &problems {
+        // Problems name datasets and store keys, never data.
+        tracing::warn!(problem = %p, "release not served");
+    }
+    st.metrics.releases.set(st.releases.all().len() as i64);
+    st.metrics.ready.set(i64::from(st.ready()));
+    problems
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests and
+/// waits for every batched audit record to be durable.
+pub async fn serve(
+    st: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let refresher = spawn_refresh(st.clone());
+    let app = router(st.clone());
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    refresher.abort();
+    st.audit.drain().await;
+    r
+}
+
+/// A body from bytes with a content type.
+pub(crate) fn bytes_response(status: StatusCode, ctype: &'static str, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
+}

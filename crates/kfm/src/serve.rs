@@ -1,0 +1,266 @@
+//! `kfm serve`, `kfm token`, `kfm openapi`: wiring the workspace into the
+//! governed API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kfm_api::{ApiConfig, AppState, Releases, Tokens, Zones};
+use kfm_core::Environment;
+use kfm_ledger::{Ledger, LedgerOptions};
+use kfm_policy::{Bundle, DecisionPoint, Options};
+use serde::Serialize;
+
+use crate::cli::{Format, ServeArgs, TokenCommand};
+use crate::failure::Failure;
+use crate::output::print_json;
+use crate::workspace::Workspace;
+
+/// Where a workspace keeps its API token hashes.
+pub(crate) fn tokens_path(ws: &Workspace) -> PathBuf {
+    ws.dir.join("auth").join("tokens.json")
+}
+
+/// A prepared server: state, its ledger (to close after shutdown) and the
+/// address to bind.
+pub(crate) struct Prepared {
+    pub state: Arc<AppState>,
+    pub ledger: Arc<Ledger>,
+    pub listen: SocketAddr,
+}
+
+/// Loads policy (with the parity check), key, ledger, releases and tokens.
+/// In stage and prod a policy that is not the pinned one stops the start;
+/// in dev the server starts but stays unready.
+pub(crate) async fn prepare(
+    ws: &Workspace,
+    listen: Option<SocketAddr>,
+    base_url: Option<&str>,
+) -> Result<Prepared, Failure> {
+    let env = ws.config.environment;
+    let bundle_dir = ws.dir.join(&ws.config.policy_bundle);
+    let bundle = Bundle::load(&bundle_dir).map_err(|e| {
+        let hint = e.hint().to_owned();
+        Failure::input(format!("policy bundle {}: {e}", bundle_dir.display())).hint(hint)
+    })?;
+    let pins = crate::policy::read_pins(ws, env)?;
+    let policy_problem = match kfm_policy::check_pin(&bundle, env, &pins) {
+        Ok(()) => None,
+        Err(e) if env == Environment::Dev => {
+            eprintln!(
+                "warning: {e}\n  the server will start but stay NOT READY (503) until: {}",
+                e.hint()
+            );
+            Some(e.to_string())
+        }
+        Err(e) => {
+            let hint = e.hint();
+            return Err(Failure::input(format!("refusing to start in {env}: {e}")).hint(hint));
+        }
+    };
+    let policy = DecisionPoint::new(
+        &bundle,
+        Options {
+            budget: ws.config.policy_budget,
+            ..Options::default()
+        },
+    )
+    .map_err(|e| Failure::input(e.to_string()))?;
+    let signer = crate::ledger::signer(ws)?;
+    let verifier = signer.verifier_key().to_owned();
+    let key = crate::ledger::dsse_key(&verifier)?;
+    let store = ws.store()?;
+    let mut opts = LedgerOptions::new(&ws.config.ledger_origin);
+    opts.batch_max = ws.config.ledger_batch_max.max(1);
+    opts.max_wait = ws.config.ledger_max_wait;
+    let ledger = Ledger::open(store.audit(), signer, opts)
+        .await
+        .map_err(|e| match e {
+            kfm_ledger::LedgerError::Locked => Failure::input(
+                "the ledger is held by another writer (another `kfm serve`, or a promotion in progress)",
+            )
+            .hint("stop the other process, or serve a different workspace"),
+            other => Failure::input(format!("cannot open the ledger: {other}")),
+        })?;
+    let ledger = Arc::new(ledger);
+    let zones = Zones {
+        published: store.reader(),
+        processed: store.reader(),
+        catalog: store.reader(),
+    };
+    let listen = listen.unwrap_or(ws.config.listen);
+    let base_url = base_url
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("http://{listen}"));
+    let config = ApiConfig {
+        environment: env,
+        policy_problem,
+        base_url,
+        request_timeout: Duration::from_secs(30),
+        refresh_every: Duration::from_secs(5),
+        batch_interval: ws.config.ledger_max_wait,
+        ledger_origin: ws.config.ledger_origin.clone(),
+        verifier_key: verifier,
+    };
+    let state = AppState::new(
+        config,
+        policy,
+        Releases::new(zones, key),
+        ledger.clone(),
+        Tokens::new(tokens_path(ws)),
+    );
+    for p in kfm_api::refresh_once(&state).await {
+        eprintln!("warning: not serving {p}");
+    }
+    Ok(Prepared {
+        state,
+        ledger,
+        listen,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Binds, serves until SIGINT/SIGTERM, drains, and closes the ledger.
+pub(crate) async fn run_prepared(p: Prepared, announce: bool) -> Result<u8, Failure> {
+    let listener = tokio::net::TcpListener::bind(p.listen).await.map_err(|e| {
+        Failure::input(format!("cannot listen on {}: {e}", p.listen))
+            .hint("pass --listen 127.0.0.1:PORT (or set server.listen in kfm.toml)")
+    })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::input(e.to_string()))?;
+    if announce {
+        let ready = if p.state.ready() {
+            "ready"
+        } else {
+            "NOT READY (see /readyz)"
+        };
+        println!(
+            "serving the governed API on http://{addr} ({ready}, {} release(s)); Ctrl-C stops it",
+            p.state.releases.all().len()
+        );
+    }
+    let served = kfm_api::serve(p.state.clone(), listener, shutdown_signal()).await;
+    drop(p.state);
+    // Every batched audit record is durable (serve drained them); release
+    // the writer lock cleanly.
+    let mut ledger = p.ledger;
+    for _ in 0..100 {
+        match Arc::try_unwrap(ledger) {
+            Ok(l) => {
+                l.close().await;
+                break;
+            }
+            Err(l) => {
+                ledger = l;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    served.map_err(|e| Failure::input(format!("server error: {e}")))?;
+    if announce {
+        println!("stopped; every audit record is in the ledger");
+    }
+    Ok(0)
+}
+
+pub async fn serve(ws: Option<&Path>, a: &ServeArgs) -> Result<u8, Failure> {
+    let ws = Workspace::find(ws)?;
+    let p = prepare(&ws, a.listen, a.base_url.as_deref()).await?;
+    run_prepared(p, true).await
+}
+
+#[derive(Serialize)]
+struct Created<'a> {
+    token: &'a str,
+    #[serde(flatten)]
+    record: &'a kfm_api::auth::TokenRecord,
+}
+
+pub fn token(ws: Option<&Path>, cmd: &TokenCommand, fmt: Format) -> Result<u8, Failure> {
+    let ws = Workspace::find(ws)?;
+    let path = tokens_path(&ws);
+    let err = |e: kfm_api::auth::TokenError| Failure::input(e.to_string());
+    match cmd {
+        TokenCommand::Create {
+            role,
+            name,
+            approve,
+        } => {
+            let name = name.clone().unwrap_or_else(|| role.clone());
+            let (tok, rec) = kfm_api::auth::create(&path, &name, role, approve).map_err(err)?;
+            match fmt {
+                Format::Json => print_json(&Created {
+                    token: &tok,
+                    record: &rec,
+                })?,
+                Format::Human => {
+                    println!("{tok}");
+                    eprintln!(
+                        "token {} ({}, role {}{}) created; it is shown once and stored only as a hash",
+                        rec.id,
+                        rec.name,
+                        rec.role,
+                        if rec.approved_access.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", approved for {}", rec.approved_access.join(", "))
+                        }
+                    );
+                }
+            }
+        }
+        TokenCommand::List => {
+            let list = kfm_api::auth::list(&path).map_err(err)?;
+            match fmt {
+                Format::Json => print_json(&list)?,
+                Format::Human => {
+                    if list.is_empty() {
+                        println!("no tokens (create one: kfm token create --role researcher)");
+                    }
+                    for t in list {
+                        println!(
+                            "{}  {:<12} {:<10} {}{}",
+                            t.id,
+                            t.name,
+                            t.role,
+                            t.created_at,
+                            t.revoked_at
+                                .map(|r| format!("  REVOKED {r}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let rec = kfm_api::auth::revoke(&path, id).map_err(err)?;
+            match fmt {
+                Format::Json => print_json(&rec)?,
+                Format::Human => println!("revoked {} ({})", rec.id, rec.name),
+            }
+        }
+    }
+    Ok(0)
+}
