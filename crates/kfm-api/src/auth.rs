@@ -206,10 +206,124 @@ pub fn revoke(path: &Path, id: &str) -> Result<TokenRecord, TokenError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthError(pub &'static str);
 
-/// Live view of the token file for the server.
+/// Live view of the token file for the server, and the optional OIDC/JWT
+/// verifier.
 pub struct Tokens {
     path: PathBuf,
     cache: RwLock<Cache>,
+    jwt: Option<JwtVerifier>,
+}
+
+/// Where JWT bearer tokens come from: the identity provider's JWKS (a local
+/// file; deployments sync it from the provider's `jwks_uri`), and the
+/// issuer and audience every token must name.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub jwks: PathBuf,
+    pub issuer: String,
+    pub audience: String,
+}
+
+/// Validates OIDC/JWT bearer tokens against a JWKS: asymmetric keys only
+/// (RSA, EC P-256/P-384, Ed25519), the algorithm fixed by the key (never
+/// by the token), `exp`, `iss`, `aud` and `sub` required. Roles come from
+/// the `roles` claim, approved datasets from `approved_access`.
+pub struct JwtVerifier {
+    keys: Vec<(
+        Option<String>,
+        jsonwebtoken::DecodingKey,
+        jsonwebtoken::Algorithm,
+    )>,
+    issuer: String,
+    audience: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    approved_access: Vec<String>,
+}
+
+impl JwtVerifier {
+    /// Reads and checks the JWKS; a key this verifier cannot use safely
+    /// (symmetric, unknown curve, no usable algorithm) is an error naming it.
+    pub fn load(cfg: &JwtConfig) -> Result<Self, TokenError> {
+        use jsonwebtoken::Algorithm as A;
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+        let bytes = std::fs::read(&cfg.jwks).map_err(|e| file_err(&cfg.jwks, e.to_string()))?;
+        let set: JwkSet = serde_json::from_slice(&bytes)
+            .map_err(|e| file_err(&cfg.jwks, format!("not a JWKS: {e}")))?;
+        if set.keys.is_empty() {
+            return Err(file_err(&cfg.jwks, "the JWKS holds no key"));
+        }
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let name = jwk
+                .common
+                .key_id
+                .clone()
+                .unwrap_or_else(|| format!("key {i}"));
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => A::RS256,
+                AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                    EllipticCurve::P256 => A::ES256,
+                    EllipticCurve::P384 => A::ES384,
+                    _ => return Err(file_err(&cfg.jwks, format!("{name}: unsupported curve"))),
+                },
+                AlgorithmParameters::OctetKeyPair(_) => A::EdDSA,
+                AlgorithmParameters::OctetKey(_) => {
+                    return Err(file_err(
+                        &cfg.jwks,
+                        format!(
+                            "{name}: symmetric keys are refused (anyone holding the JWKS could mint tokens)"
+                        ),
+                    ));
+                }
+                _ => return Err(file_err(&cfg.jwks, format!("{name}: unsupported key type"))),
+            };
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk)
+                .map_err(|e| file_err(&cfg.jwks, format!("{name}: {e}")))?;
+            keys.push((jwk.common.key_id.clone(), key, alg));
+        }
+        Ok(Self {
+            keys,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+        })
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| AuthError("malformed bearer token"))?;
+        let key = self
+            .keys
+            .iter()
+            .find(|(kid, _, alg)| {
+                *alg == header.alg && (header.kid.is_none() || *kid == header.kid)
+            })
+            .ok_or(AuthError("no key in the JWKS matches this token"))?;
+        let mut v = jsonwebtoken::Validation::new(key.2);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = 30;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.1, &v)
+            .map_err(|_| AuthError("invalid, expired or foreign token"))?;
+        let c = data.claims;
+        Ok(Principal {
+            id: format!("jwt:{}", c.sub.chars().take(128).collect::<String>()),
+            roles: if c.roles.is_empty() {
+                vec!["public".into()]
+            } else {
+                c.roles
+            },
+            approved_access: c.approved_access,
+            method: "jwt",
+        })
+    }
 }
 
 #[derive(Default)]
@@ -225,9 +339,16 @@ impl Tokens {
         let t = Self {
             path,
             cache: RwLock::new(Cache::default()),
+            jwt: None,
         };
         t.refresh();
         t
+    }
+
+    /// Also accepts JWT bearer tokens this verifier validates.
+    pub fn with_jwt(mut self, jwt: JwtVerifier) -> Self {
+        self.jwt = Some(jwt);
+        self
     }
 
     /// Re-reads the file if its modification time or size changed.
@@ -274,6 +395,12 @@ impl Tokens {
 
     /// The principal for a bearer token.
     pub fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        if let Some(jwt) = &self.jwt
+            && !token.starts_with(TOKEN_PREFIX)
+            && token.bytes().filter(|&b| b == b'.').count() == 2
+        {
+            return jwt.authenticate(token);
+        }
         if !token.starts_with(TOKEN_PREFIX) || token.len() != TOKEN_PREFIX.len() + 43 {
             return Err(AuthError("malformed bearer token"));
         }
@@ -311,6 +438,98 @@ mod tests {
         wrong.pop();
         wrong.push('A');
         assert!(tokens.authenticate(&wrong).is_err());
+    }
+
+    /// An Ed25519 identity provider: PKCS#8 DER for signing, a JWKS for the server.
+    fn idp(seed: u8, kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+        use base64::Engine;
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(&[seed; 32]);
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+        (
+            jsonwebtoken::EncodingKey::from_ed_der(&der),
+            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}]}),
+        )
+    }
+
+    fn mint(key: &jsonwebtoken::EncodingKey, kid: &str, claims: serde_json::Value) -> String {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims, key).unwrap()
+    }
+
+    #[test]
+    fn jwt_bearer_tokens_are_validated_against_the_jwks() {
+        let d = tempfile::tempdir().unwrap();
+        let (key, jwks) = idp(7, "k1");
+        let path = d.path().join("jwks.json");
+        std::fs::write(&path, jwks.to_string()).unwrap();
+        let cfg = JwtConfig {
+            jwks: path,
+            issuer: "https://idp.example".into(),
+            audience: "kfm".into(),
+        };
+        let tokens =
+            Tokens::new(d.path().join("tokens.json")).with_jwt(JwtVerifier::load(&cfg).unwrap());
+        let exp = chrono::Utc::now().timestamp() + 600;
+        let good = serde_json::json!({"sub": "alice", "iss": "https://idp.example", "aud": "kfm", "exp": exp,
+            "roles": ["researcher"], "approved_access": ["ks-sites-synthetic"]});
+        let who = tokens
+            .authenticate(&mint(&key, "k1", good.clone()))
+            .unwrap();
+        assert_eq!(
+            (who.id.as_str(), who.roles.clone(), who.method),
+            ("jwt:alice", vec!["researcher".to_string()], "jwt")
+        );
+        assert_eq!(who.approved_access, vec!["ks-sites-synthetic"]);
+        // Everything that must fail: foreign issuer or audience, expired,
+        // missing sub, another key, an unknown kid, a tampered payload.
+        let mut bad = Vec::new();
+        for (k, v) in [
+            ("iss", serde_json::json!("https://evil.example")),
+            ("aud", serde_json::json!("other")),
+            ("exp", serde_json::json!(exp - 3600)),
+        ] {
+            let mut c = good.clone();
+            c[k] = v;
+            bad.push(mint(&key, "k1", c));
+        }
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove("sub");
+        bad.push(mint(&key, "k1", c));
+        let (other, _) = idp(8, "k1");
+        bad.push(mint(&other, "k1", good.clone()));
+        bad.push(mint(&key, "k2", good.clone()));
+        let t = mint(&key, "k1", good);
+        let mut parts: Vec<String> = t.split('.').map(str::to_owned).collect();
+        let flip = if parts[1].starts_with('e') { "f" } else { "e" };
+        parts[1].replace_range(0..1, flip);
+        bad.push(parts.join("."));
+        // alg "none" and HS256 are never accepted.
+        bad.push(format!(
+            "{}.{}.",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                br#"{"alg":"none","kid":"k1"}"#
+            ),
+            parts[1]
+        ));
+        let hs = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"sub": "x", "iss": "https://idp.example", "aud": "kfm", "exp": exp, "roles": ["admin"]}),
+            &jsonwebtoken::EncodingKey::from_secret(b"guess")).unwrap();
+        bad.push(hs);
+        for b in &bad {
+            assert!(tokens.authenticate(b).is_err(), "accepted {b}");
+        }
+        // A JWKS with a symmetric key is refused at load.
+        std::fs::write(
+            &cfg.jwks,
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}"#,
+        )
+        .unwrap();
+        assert!(JwtVerifier::load(&cfg).is_err());
     }
 
     #[test]

@@ -366,6 +366,16 @@ pub struct ServeArgs {
     /// Absolute base URL for links, when behind a proxy (default: http://ADDR).
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
+    /// Also accept OIDC/JWT bearer tokens signed by a key in this JWKS file
+    /// (roles from the `roles` claim, approved datasets from `approved_access`).
+    #[arg(long, value_name = "FILE", env = "KFM_AUTH_JWKS", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub jwks: Option<PathBuf>,
+    /// The `iss` every JWT must carry.
+    #[arg(long, value_name = "URL", env = "KFM_AUTH_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` every JWT must carry.
+    #[arg(long, value_name = "AUD", env = "KFM_AUTH_AUDIENCE")]
+    pub jwt_audience: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -37,7 +37,15 @@ pub(crate) async fn prepare(
     ws: &Workspace,
     listen: Option<SocketAddr>,
     base_url: Option<&str>,
+    jwt: Option<kfm_api::auth::JwtConfig>,
 ) -> Result<Prepared, Failure> {
+    let jwt = jwt
+        .map(|c| kfm_api::auth::JwtVerifier::load(&c))
+        .transpose()
+        .map_err(|e| {
+            Failure::input(e.to_string())
+                .hint("--jwks takes the identity provider's JWKS (asymmetric keys)")
+        })?;
     let env = ws.config.environment;
     let bundle_dir = ws.dir.join(&ws.config.policy_bundle);
     let bundle = Bundle::load(&bundle_dir).map_err(|e| {
@@ -108,7 +116,10 @@ pub(crate) async fn prepare(
         policy,
         Releases::new(zones, key),
         ledger.clone(),
-        Tokens::new(tokens_path(ws)),
+        match jwt {
+            Some(j) => Tokens::new(tokens_path(ws)).with_jwt(j),
+            None => Tokens::new(tokens_path(ws)),
+        },
     );
     for p in kfm_api::refresh_once(&state).await {
         eprintln!("warning: not serving {p}");
@@ -187,7 +198,15 @@ pub(crate) async fn run_prepared(p: Prepared, announce: bool) -> Result<u8, Fail
 
 pub async fn serve(ws: Option<&Path>, a: &ServeArgs) -> Result<u8, Failure> {
     let ws = Workspace::find(ws)?;
-    let p = prepare(&ws, a.listen, a.base_url.as_deref()).await?;
+    let jwt = match (&a.jwks, &a.jwt_issuer, &a.jwt_audience) {
+        (Some(j), Some(i), Some(au)) => Some(kfm_api::auth::JwtConfig {
+            jwks: j.clone(),
+            issuer: i.clone(),
+            audience: au.clone(),
+        }),
+        _ => None,
+    };
+    let p = prepare(&ws, a.listen, a.base_url.as_deref(), jwt).await?;
     run_prepared(p, true).await
 }
 

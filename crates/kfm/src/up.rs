@@ -176,7 +176,7 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
         }
         return Ok(code);
     }
-    let prepared = crate::serve::prepare(&ws, args.listen, None).await?;
+    let prepared = crate::serve::prepare(&ws, args.listen, None, None).await?;
     if fmt == Format::Human {
         print_tour(&prepared.listen.to_string(), &tokens);
     }

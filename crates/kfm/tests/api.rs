@@ -809,3 +809,64 @@ fn the_committed_openapi_document_is_the_one_the_code_generates() {
         );
     }
 }
+
+/// OIDC: a JWT signed by the identity provider's key (JWKS given to
+/// `kfm serve`) is a researcher approved for the sensitive sample; a token
+/// from another issuer is refused, never treated as anonymous.
+#[test]
+fn jwt_bearer_tokens_from_the_configured_jwks_are_honoured() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .current_dir(dir.path())
+        .args(["up", "--dir", "ws", "--no-serve"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ws = dir.path().join("ws");
+    let sk = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
+    let jwks =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "idp-1", "alg": "EdDSA"}]});
+    std::fs::write(ws.join("jwks.json"), jwks.to_string()).unwrap();
+    let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+    der.extend_from_slice(&[42; 32]);
+    let key = jsonwebtoken::EncodingKey::from_ed_der(&der);
+    let mint = |iss: &str| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some("idp-1".into());
+        let claims = json!({"sub": "dana", "iss": iss, "aud": "kfm", "exp": chrono::Utc::now().timestamp() + 600,
+            "roles": ["researcher"], "approved_access": ["ks-sites-synthetic"]});
+        jsonwebtoken::encode(&h, &claims, &key).unwrap()
+    };
+    let jwks_path = ws.join("jwks.json");
+    let srv = Server::start(
+        &ws,
+        &[
+            ("KFM_AUTH_JWKS", jwks_path.to_str().unwrap()),
+            ("KFM_AUTH_ISSUER", "https://idp.example"),
+            ("KFM_AUTH_AUDIENCE", "kfm"),
+        ],
+    )
+    .unwrap();
+    let path = "/collections/ks-sites-synthetic/items?limit=3";
+    let ok = get(&srv.addr, path, Some(&mint("https://idp.example")), &[]);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["kfm:generalized"], json!(false));
+    let anon = get(&srv.addr, path, None, &[]);
+    assert_eq!(anon.json()["kfm:generalized"], json!(true));
+    let foreign = get(&srv.addr, path, Some(&mint("https://evil.example")), &[]);
+    assert_eq!(foreign.status, 401, "{}", foreign.text());
+    // The ledger records the JWT subject, never the token.
+    let auditor = token(&ws, "auditor", &[]);
+    let a = get(
+        &srv.addr,
+        &format!("/audit/{}", ok.audit_ref()),
+        Some(&auditor),
+        &[],
+    );
+    assert_eq!(a.json()["entry"]["subject"], json!("jwt:dana"));
+    assert_eq!(a.json()["entry"]["auth"], json!("jwt"));
+    let (code, _) = srv.stop();
+    assert_eq!(code, 0);
+}
