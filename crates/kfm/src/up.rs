@@ -236,19 +236,19 @@ fn print_tour(addr: &str, tokens: &std::path::Path) {
     }
     println!(
         "\nA short tour (in another terminal):\n\
-  source {t}\n\
-  # 1. Sensitive sites, anonymously: coordinates generalized to the 0.1-degree grid\n\
-  curl -s 'http://{addr}/collections/ks-sites-synthetic/items?limit=1'\n\
-  # 2. The same with an approved researcher's token: precise coordinates\n\
-  curl -s -H \"Authorization: Bearer $RESEARCHER\" 'http://{addr}/collections/ks-sites-synthetic/items?limit=1'\n\
-  # 3. Denied looks exactly like nonexistent: the audit trail is for auditors only\n\
-  curl -si 'http://{addr}/audit/0000000000000000000000000000000000000000000000000000000000000000' | head -1\n\
-  curl -si -H \"Authorization: Bearer $PUBLIC\" 'http://{addr}/collections/ks-markers-unlicensed' | head -1\n\
-  # 4. An export carries its license and attribution\n\
-  curl -s 'http://{addr}/collections/ks-places/export?format=csv' | head -4\n\
-  # 5. Every answer has an audit reference; an auditor gets its entry and inclusion proof\n\
-  REF=$(curl -sI 'http://{addr}/collections' | tr -d '\\r' | awk 'tolower($1)==\"kfm-audit-ref:\" {{print $2}}')\n\
-  curl -s -H \"Authorization: Bearer $AUDITOR\" \"http://{addr}/audit/$REF\"\n\
-  # Browsers: http://{addr}/collections?f=html   OpenAPI: http://{addr}/openapi.json\n"
+\x20 source {t}\n\
+\x20 # 1. Sensitive sites, anonymously: coordinates generalized to the 0.1-degree grid\n\
+\x20 curl -s 'http://{addr}/collections/ks-sites-synthetic/items?limit=1'\n\
+\x20 # 2. The same with an approved researcher's token: precise coordinates\n\
+\x20 curl -s -H \"Authorization: Bearer $RESEARCHER\" 'http://{addr}/collections/ks-sites-synthetic/items?limit=1'\n\
+\x20 # 3. Denied looks exactly like nonexistent: the audit trail is for auditors only\n\
+\x20 curl -si 'http://{addr}/audit/0000000000000000000000000000000000000000000000000000000000000000' | head -1\n\
+\x20 curl -si -H \"Authorization: Bearer $PUBLIC\" 'http://{addr}/collections/ks-markers-unlicensed' | head -1\n\
+\x20 # 4. An export carries its license and attribution\n\
+\x20 curl -s 'http://{addr}/collections/ks-places/export?format=csv' | head -4\n\
+\x20 # 5. Every answer has an audit reference; an auditor gets its entry and inclusion proof\n\
+\x20 REF=$(curl -sI 'http://{addr}/collections' | tr -d '\\r' | awk 'tolower($1)==\"kfm-audit-ref:\" {{print $2}}')\n\
+\x20 curl -s -H \"Authorization: Bearer $AUDITOR\" \"http://{addr}/audit/$REF\"\n\
+\x20 # Browsers: http://{addr}/collections?f=html   OpenAPI: http://{addr}/openapi.json\n"
     );
 }
