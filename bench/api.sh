@@ -43,20 +43,7 @@ wait_http() { for _ in $(seq 200); do curl -sf -o /dev/null "$1" && return 0; sl
 (cd "$S" && "$KFM" up --dir ws --no-serve >/dev/null)
 W=$S/ws
 gzip -dc bench/data/us-counties.geojson.gz > "$W/datasets/us-counties.geojson"
-cat > "$W/datasets/us-counties.yaml" <<'YAML'
-id: us-counties
-title: U.S. county boundaries
-description: All 3,231 U.S. county boundaries at 1:10,000,000 (Census cartographic boundary files).
-publisher: {name: U.S. Census Bureau, url: "https://www.census.gov/"}
-contact: {name: KFM data stewards, email: stewards@kfm.example.org}
-source: {uri: us-counties.geojson, format: geojson}
-license:
-  spdx: LicenseRef-PublicDomain-USGov
-  rights_holder: U.S. Census Bureau
-  attribution: U.S. Census Bureau cartographic boundary files
-sensitivity: {policy_label: public}
-qa: {min_features: 3000, geometry_valid: false, required_properties: [geoid, name]}
-YAML
+cp bench/data/us-counties.yaml "$W/datasets/us-counties.yaml"
 "$KFM" --workspace "$W" ingest "$W/datasets/us-counties.yaml" >/dev/null
 "$KFM" --workspace "$W" promote us-counties >/dev/null
 

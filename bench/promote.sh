@@ -31,23 +31,7 @@ trap 'rm -rf "$SCRATCH"' EXIT
 D=$SCRATCH/ws/datasets
 gzip -dc bench/data/us-counties.geojson.gz > "$D/us-counties.geojson"
 gzip -dc bench/data/world-places.csv.gz > "$D/world-places.csv"
-cat > "$D/us-counties.yaml" <<'YAML'
-id: us-counties
-title: U.S. county boundaries
-description: All 3,231 U.S. county boundaries at 1:10,000,000 (Census cartographic boundary files).
-publisher: {name: U.S. Census Bureau, url: "https://www.census.gov/"}
-contact: {name: KFM data stewards, email: stewards@kfm.example.org}
-source: {uri: us-counties.geojson, format: geojson}
-license:
-  spdx: LicenseRef-PublicDomain-USGov
-  rights_holder: U.S. Census Bureau
-  attribution: U.S. Census Bureau cartographic boundary files
-sensitivity: {policy_label: public}
-# The 1:10m boundaries are simplified: 40 of them self-intersect, so with
-# geometry_valid: true gate E (correctly) quarantines them. Timed here: a
-# publishing promotion.
-qa: {min_features: 3000, geometry_valid: false, required_properties: [geoid, name]}
-YAML
+cp bench/data/us-counties.yaml "$D/us-counties.yaml"
 cat > "$D/world-places.yaml" <<'YAML'
 id: world-places
 title: Populated places of the world

@@ -180,9 +180,8 @@ fn token(ws: &Path, role: &str, approve: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// A workspace with the samples promoted, plus `ks-counties-internal`:
-/// the county boundaries under the `internal` label (staff only).
-fn workspace() -> (tempfile::TempDir, PathBuf) {
+/// `kfm up --no-serve` in a fresh directory: the samples promoted in `ws/`.
+fn samples_promoted() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(bin())
         .current_dir(dir.path())
@@ -195,6 +194,13 @@ fn workspace() -> (tempfile::TempDir, PathBuf) {
         String::from_utf8_lossy(&out.stdout)
     );
     let ws = dir.path().join("ws");
+    (dir, ws)
+}
+
+/// A workspace with the samples promoted, plus `ks-counties-internal`:
+/// the county boundaries under the `internal` label (staff only).
+fn workspace() -> (tempfile::TempDir, PathBuf) {
+    let (dir, ws) = samples_promoted();
     let spec = std::fs::read_to_string(ws.join("datasets/ks-counties.yaml")).unwrap();
     let spec = spec
         .replace("id: ks-counties", "id: ks-counties-internal")
@@ -724,14 +730,7 @@ print("owslib ok", len(ids))
 
 #[test]
 fn a_bundle_that_is_not_the_pinned_one_is_never_ready_and_prod_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
-        .current_dir(dir.path())
-        .args(["up", "--dir", "ws", "--no-serve"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let ws = dir.path().join("ws");
+    let (_dir, ws) = samples_promoted();
     let rego = ws.join("policy/kfm/authz.rego");
     let mut text = std::fs::read_to_string(&rego).unwrap();
     text.push_str("\n# an unreviewed edit\n");
@@ -816,14 +815,7 @@ fn the_committed_openapi_document_is_the_one_the_code_generates() {
 #[test]
 fn jwt_bearer_tokens_from_the_configured_jwks_are_honoured() {
     use base64::Engine;
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
-        .current_dir(dir.path())
-        .args(["up", "--dir", "ws", "--no-serve"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let ws = dir.path().join("ws");
+    let (_dir, ws) = samples_promoted();
     let sk = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
     let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sk.verifying_key().as_bytes());
     let jwks =
