@@ -67,10 +67,30 @@ fn human(r: &Report) -> String {
             }
         }
     }
+    for w in &r.waived {
+        out.push_str(&format!(
+            "waived  {}:{}  {}  (waiver {}:{}, owner {}, expires {}: {})\n",
+            w.finding.file,
+            w.finding.line,
+            w.finding.rule,
+            w.waiver.file,
+            w.waiver.line,
+            w.waiver.owner,
+            w.waiver.expires,
+            w.waiver.reason
+        ));
+    }
+    for w in &r.unused_waivers {
+        out.push_str(&format!(
+            "unused waiver  {}:{}  {} on {}: it excuses nothing; remove it\n",
+            w.file, w.line, w.rule, w.target
+        ));
+    }
     out.push_str(&format!(
-        "{} findings in {} files ({} files scanned, {} binary skipped)\n",
+        "{} findings in {} files, {} waived ({} files scanned, {} binary skipped)\n",
         r.findings.len(),
         by_file.len(),
+        r.waived.len(),
         r.files_scanned,
         r.binary_files_skipped
     ));
@@ -97,10 +117,13 @@ fn sarif(r: &Report) -> String {
             })
         })
         .collect();
-    let results: Vec<_> = r
+    let all = r
         .findings
         .iter()
-        .map(|f| {
+        .map(|f| (f, None))
+        .chain(r.waived.iter().map(|w| (&w.finding, Some(&w.waiver))));
+    let results: Vec<_> = all
+        .map(|(f, waiver)| {
             let mut res = json!({
                 "ruleId": f.rule,
                 "level": "error",
@@ -118,6 +141,13 @@ fn sarif(r: &Report) -> String {
             });
             if let Some(i) = index.get(f.rule.as_str()) {
                 res["ruleIndex"] = json!(i);
+            }
+            if let Some(w) = waiver {
+                res["suppressions"] = json!([{
+                    "kind": "external",
+                    "status": "accepted",
+                    "justification": format!("{} (owner {}, expires {}, waiver {}:{})", w.reason, w.owner, w.expires, w.file, w.line)
+                }]);
             }
             res
         })
@@ -148,11 +178,22 @@ fn junit(r: &Report) -> String {
     for rule in &r.rules {
         let mut suite = TestSuite::new(rule.id.as_str());
         let mine: Vec<_> = r.findings.iter().filter(|f| f.rule == rule.id).collect();
-        if mine.is_empty() {
+        if mine.is_empty() && !r.waived.iter().any(|w| w.finding.rule == rule.id) {
             suite.add_test_case(TestCase::new(
                 rule.title.as_str(),
                 TestCaseStatus::success(),
             ));
+        }
+        for w in r.waived.iter().filter(|w| w.finding.rule == rule.id) {
+            let f = &w.finding;
+            let mut s = TestCaseStatus::skipped();
+            s.set_message(format!(
+                "waived: {} (owner {}, expires {})",
+                w.waiver.reason, w.waiver.owner, w.waiver.expires
+            ));
+            let mut case = TestCase::new(format!("{}:{}:{}", f.file, f.line, f.column), s);
+            case.set_classname(rule.id.as_str());
+            suite.add_test_case(case);
         }
         for f in mine {
             let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);

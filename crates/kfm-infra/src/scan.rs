@@ -2,21 +2,24 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::finding::{Finding, Report, Rule};
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+
+use crate::finding::{Finding, Report, structural_rules};
+use crate::k8s::{self, Object};
 use crate::secrets::{Scanner, SecretRule, built_in_rules};
+use crate::terraform::{self, TfFile};
+use crate::{netpol, waivers, workflows, yaml};
 
 /// Directories never descended into (tool state, not configuration).
 const SKIP_DIRS: &[&str] = &[".git", "target", "node_modules", ".terraform"];
-
-/// The Kubernetes Secret rule (a built-in of the secret scanner: other
-/// scanners miss `stringData`).
-pub const K8S_SECRET: &str = "KFM-K8S-001";
 
 /// The generic rule skipped in encrypted-secret files.
 const GENERIC_ASSIGNMENT: &str = "KFM-SEC-008";
 
 /// Why a tree could not be evaluated (exit 2): nothing is reported as clean
-/// when part of it could not be read or parsed.
+/// when part of it could not be read, parsed or modelled.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("{path}: cannot read: {reason}")]
@@ -32,12 +35,53 @@ pub enum ScanError {
         "{path}:{line}: unrendered template (`{{{{`): render it (helm template, kustomize build) and check the output"
     )]
     Template { path: String, line: usize },
+    #[error(
+        "{path}:{line}:{column}: unknown field {field} in {kind}: Kubernetes 1.36 (the version the gate is built against) does not define it (a typo here would silently drop a setting); fix or remove it"
+    )]
+    UnknownField {
+        path: String,
+        line: usize,
+        column: usize,
+        kind: String,
+        field: String,
+    },
+    #[error("{path}:{line}: {reason}")]
+    Schema {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error(
+        "{path}:{line}: cannot model {what}: isolation cannot be proved with CNI-specific policies; express it as a networking.k8s.io/v1 NetworkPolicy, or check this tree with the CNI's own tooling"
+    )]
+    Unmodelled {
+        path: String,
+        line: usize,
+        what: String,
+    },
+    #[error("{path}:{line}:{column}: HCL does not parse: {reason}")]
+    Hcl {
+        path: String,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("{path}:{line}: waiver file: {reason}")]
+    Waivers {
+        path: String,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// What to run.
 pub struct Options {
     /// Extra secret rules (from `--rules gitleaks.toml`).
     pub extra_rules: Vec<SecretRule>,
+    /// The waiver file, if any.
+    pub waivers: Option<PathBuf>,
+    /// The date waivers expire against.
+    pub today: NaiveDate,
 }
 
 /// Checks every file under each of `dirs` (or the files themselves).
@@ -58,18 +102,25 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
             .rules()
             .iter()
             .map(|r| r.rule.clone())
-            .chain(std::iter::once(Rule {
-                id: K8S_SECRET.into(),
-                title: "Kubernetes Secret with data or stringData in the repository".into(),
-                hint: "commit a SealedSecret, an ExternalSecret or a SOPS-encrypted file instead; rotate what was committed".into(),
-                pattern: None,
-            }))
+            .chain(structural_rules())
             .collect(),
         ..Report::default()
     };
-    // Files are independent: two workers (the machine's cores) take every
-    // other file; results are merged and sorted, so output does not depend
-    // on scheduling. The first error in file order wins, as in one pass.
+    // Waivers are read first: a bad waiver file stops the run before any
+    // work is done.
+    let (waivers, waiver_text) = match &opts.waivers {
+        None => (Vec::new(), String::new()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ScanError::Read {
+                path: display(p),
+                reason: e.to_string(),
+            })?;
+            (waivers::load(&display(p), &text)?, text)
+        }
+    };
+    // Files are independent: each worker (one per core) takes every n-th
+    // file; results are merged and sorted, so output does not depend on
+    // scheduling. The first error in file order wins, as in one pass.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let parts: Vec<Vec<Result<FileResult, (usize, ScanError)>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
@@ -92,12 +143,17 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
             .collect()
     });
     let mut first_error: Option<(usize, ScanError)> = None;
+    let mut findings = Vec::new();
+    let mut objects: Vec<Object> = Vec::new();
+    let mut tf_files = Vec::new();
     for r in parts.into_iter().flatten() {
         match r {
             Ok(FileResult::Binary) => report.binary_files_skipped += 1,
             Ok(FileResult::Text(f)) => {
                 report.files_scanned += 1;
-                report.findings.extend(f);
+                findings.extend(f.findings);
+                objects.extend(f.objects);
+                tf_files.extend(f.terraform);
             }
             Err((i, e)) => {
                 if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
@@ -109,14 +165,64 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
     if let Some((_, e)) = first_error {
         return Err(e);
     }
+    // Tree-wide rules: objects are in file order (for stable anchors).
+    objects.sort_by(|a, b| (&a.doc.file, a.doc.start).cmp(&(&b.doc.file, b.doc.start)));
+    let kustomize_ns: BTreeMap<String, String> = objects
+        .iter()
+        .filter(|o| {
+            o.kind == "Kustomization" && o.api_version.starts_with("kustomize.config.k8s.io/")
+        })
+        .filter_map(|o| {
+            let ns = o.doc.value.get("namespace")?.as_str()?.to_owned();
+            Some((parent_dir(&o.doc.file).to_owned(), ns))
+        })
+        .collect();
+    let ns_of = |o: &Object| -> String {
+        if let Some(ns) = &o.namespace {
+            return ns.clone();
+        }
+        let mut dir = parent_dir(&o.doc.file);
+        loop {
+            if let Some(ns) = kustomize_ns.get(dir) {
+                return ns.clone();
+            }
+            if dir.is_empty() {
+                return "default".into();
+            }
+            dir = parent_dir(dir);
+        }
+    };
+    findings.extend(netpol::analyse(&objects, &ns_of)?);
+    for (_, module) in terraform::modules(tf_files) {
+        findings.extend(terraform::module_findings(&module));
+    }
+    findings.sort();
+    findings.dedup();
+    let (failing, mut waived, mut unused) =
+        waivers::apply(findings, &waivers, opts.today, &waiver_text);
+    report.findings = failing;
     report.findings.sort();
-    report.findings.dedup();
+    waived.sort();
+    unused.sort();
+    report.waived = waived;
+    report.unused_waivers = unused;
     Ok(report)
+}
+
+fn parent_dir(p: &str) -> &str {
+    p.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 enum FileResult {
     Binary,
-    Text(Vec<Finding>),
+    Text(FileOut),
+}
+
+#[derive(Default)]
+struct FileOut {
+    findings: Vec<Finding>,
+    objects: Vec<Object>,
+    terraform: Option<TfFile>,
 }
 
 fn check_file(path: &Path, scanner: &Scanner) -> Result<FileResult, ScanError> {
@@ -133,13 +239,13 @@ fn check_file(path: &Path, scanner: &Scanner) -> Result<FileResult, ScanError> {
     // Encrypted secrets (SealedSecret, SOPS) are the approved form: the
     // generic "secret assigned" rule would only see ciphertext there.
     let encrypted = yaml && (text.contains("kind: SealedSecret") || text.contains("\nsops:"));
-    let mut out = Vec::new();
+    let mut out = FileOut::default();
     for h in scanner.scan(&text) {
         let r = &scanner.rules()[h.rule].rule;
         if encrypted && r.id == GENERIC_ASSIGNMENT {
             continue;
         }
-        out.push(Finding {
+        out.findings.push(Finding {
             file: name.clone(),
             line: h.line,
             column: h.column,
@@ -149,10 +255,27 @@ fn check_file(path: &Path, scanner: &Scanner) -> Result<FileResult, ScanError> {
         });
     }
     // Every YAML file must parse (a parse error or an unrendered template
-    // stops the run); documents with a `kind` are read for the Kubernetes
-    // rules.
+    // stops the run). Workflows get the CI rules; documents with a `kind`
+    // are read as Kubernetes objects; other YAML is only validated.
     if yaml {
-        out.extend(kubernetes_secrets(&name, &text)?);
+        if workflows::is_workflow(&name) {
+            let docs = yaml::documents(&name, &text)?;
+            if let Some(d) = docs.first() {
+                out.findings.extend(workflows::findings(d));
+            }
+        } else if text.contains("kind:") {
+            for d in yaml::documents(&name, &text)? {
+                if let Some(o) = k8s::object(d)? {
+                    out.findings.extend(k8s::secret_findings(&o));
+                    out.findings.extend(k8s::workload_findings(&o));
+                    out.objects.push(o);
+                }
+            }
+        } else {
+            yaml::validate(&name, &text)?;
+        }
+    } else if path.extension().is_some_and(|e| e == "tf") {
+        out.terraform = Some(terraform::parse(&name, &text)?);
     }
     Ok(FileResult::Text(out))
 }
@@ -195,111 +318,4 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), ScanError> {
     }
     // Symlinks are not followed: the tree is what is committed.
     Ok(())
-}
-
-/// A line holding a template action `{{` that is not a `${{` expression.
-fn unrendered(line: &str) -> bool {
-    line.match_indices("{{")
-        .any(|(i, _)| i == 0 || line.as_bytes()[i - 1] != b'$')
-}
-
-/// `kind: Secret` documents carrying `data` or `stringData`.
-fn kubernetes_secrets(name: &str, text: &str) -> Result<Vec<Finding>, ScanError> {
-    let mut out = Vec::new();
-    // Split on document markers, keeping each document's first line number.
-    let mut docs: Vec<(usize, String)> = Vec::new();
-    let mut cur = String::new();
-    let mut first = 1;
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_end() == "---" || line.starts_with("--- ") {
-            docs.push((first, std::mem::take(&mut cur)));
-            first = i + 2;
-            continue;
-        }
-        cur.push_str(line);
-        cur.push('\n');
-    }
-    docs.push((first, cur));
-    for (start, doc) in docs {
-        if doc.trim().is_empty() {
-            continue;
-        }
-        // `{{` (Helm/Go templates) often still parses as YAML, as a nested
-        // flow mapping: look for it first. `${{ … }}` is a CI expression.
-        if let Some(i) = doc.lines().position(unrendered) {
-            return Err(ScanError::Template {
-                path: name.to_owned(),
-                line: start + i,
-            });
-        }
-        // Documents that cannot be Kubernetes objects are only validated
-        // (no value tree is built: much cheaper on large YAML).
-        let parsed: Result<Option<serde_yaml_ng::Value>, _> = if doc.contains("kind:") {
-            serde_yaml_ng::from_str(&doc).map(Some)
-        } else {
-            serde_yaml_ng::from_str::<serde::de::IgnoredAny>(&doc).map(|_| None)
-        };
-        let value = match parsed {
-            Ok(Some(v)) => v,
-            Ok(None) => continue,
-            Err(e) => {
-                let (line, column) = e
-                    .location()
-                    .map_or((start, 1), |l| (start + l.line() - 1, l.column()));
-                return Err(ScanError::Yaml {
-                    path: name.to_owned(),
-                    line,
-                    column,
-                    reason: e.to_string(),
-                });
-            }
-        };
-        if value.get("kind").and_then(|k| k.as_str()) != Some("Secret") {
-            continue;
-        }
-        for key in ["data", "stringData"] {
-            let non_empty = value.get(key).is_some_and(|v| match v {
-                serde_yaml_ng::Value::Mapping(m) => !m.is_empty(),
-                serde_yaml_ng::Value::Null => false,
-                _ => true,
-            });
-            if !non_empty {
-                continue;
-            }
-            let (i, l) = doc
-                .lines()
-                .enumerate()
-                .find(|(_, l)| l.starts_with(&format!("{key}:")))
-                .unwrap_or((0, ""));
-            out.push(Finding {
-                file: name.to_owned(),
-                line: (start + i) as u32,
-                column: 1,
-                rule: K8S_SECRET.into(),
-                message: format!("Secret with {key} committed to the repository"),
-                snippet: l.to_owned(),
-            });
-        }
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn yaml_that_does_not_parse_is_an_error_with_its_position() {
-        let e = kubernetes_secrets("x.yaml", "a: b\nc: [d, e\nf: g\n").unwrap_err();
-        assert!(e.to_string().starts_with("x.yaml:"), "{e}");
-        let e = kubernetes_secrets("x.yaml", "ok: 1\n---\nkey: \"unterminated\n").unwrap_err();
-        assert!(e.to_string().starts_with("x.yaml:4:"), "{e}");
-        let e = kubernetes_secrets("x.yaml", "a: 1\nb: {{ .Values.b }}\n").unwrap_err();
-        assert!(
-            e.to_string().starts_with("x.yaml:2: unrendered template"),
-            "{e}"
-        );
-        // A CI expression is not a template.
-        assert!(kubernetes_secrets("w.yml", "run: echo ${{ github.sha }}\n").is_ok());
-    }
 }

@@ -111,7 +111,7 @@ by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such vers
         command: CatalogCommand,
     },
 
-    /// The infrastructure gate (today: secrets, including Kubernetes Secret data/stringData).
+    /// The infrastructure gate: Kubernetes, NetworkPolicy, Terraform, CI workflows, secrets; receipts.
     Infra {
         #[command(subcommand)]
         command: InfraCommand,
@@ -467,14 +467,108 @@ pub enum InfraCommand {
     /// Check whole trees, hermetically and deterministically.
     #[command(
         after_help = "Examples:\n  kfm infra check infra/ .github/\n  kfm infra check . --rules gitleaks.toml --output sarif=infra.sarif --output junit=infra.xml\n\n\
-Built today: secrets in any text file (private keys, AWS/GitHub/Slack/Google keys, passwords in\n\
-URLs, high-entropy assignments; gitleaks-format rule files with --rules) and Kubernetes Secrets\n\
-with data or stringData. Kubernetes workload rules, NetworkPolicy, Terraform, CI workflows and\n\
-waivers are not built yet. Secrets are masked in every output.\n\
-Exit 0 clean, 1 findings, 2 cannot evaluate (unreadable file, YAML that does not parse, an\n\
-unrendered template, a bad rule file)."
+Rules: Kubernetes workloads (probes, requests/limits, non-root, no privilege escalation, not\n\
+privileged, no host namespaces, hostPath only for CA/time-zone paths, images pinned by full\n\
+sha256 digest, secret-looking env only by reference) in Deployments, StatefulSets, DaemonSets,\n\
+ReplicaSets, Jobs, CronJobs and Pods (containers, init and ephemeral); Secrets with data or\n\
+stringData; default-deny NetworkPolicy per namespace and the UI -> data reachability proof\n\
+(namespaces classed by the label kfm.io/tier); Terraform/OpenTofu public buckets, encryption\n\
+at rest and literal secrets (AWS, GCP, Azure, MinIO); GitHub Actions gate workflows (name or\n\
+file containing \"gate\"): no path/branch filters, no skippable jobs, an always-running\n\
+summary that fails on skipped or cancelled; secrets in any text file (gitleaks rule files\n\
+with --rules). Secrets are masked in every output.\n\
+Waivers: infra/waivers.yaml (or --waivers FILE): rule, target (glob), reason, owner, expires.\n\
+Exit 0 clean, 1 findings (or an expired waiver), 2 cannot evaluate (unreadable file, YAML or\n\
+HCL that does not parse, an unrendered template, an unknown field in a known Kubernetes kind,\n\
+a CNI-specific policy, a malformed waiver or rule file)."
     )]
     Check(InfraCheckArgs),
+
+    /// Say whether mutating commands may run (DELIVERY_APPROVED.yaml) or the repository is in read-only analysis mode.
+    #[command(after_help = "Example:\n  kfm infra mode --repo .\n\n\
+Delivery mode needs DELIVERY_APPROVED.yaml at the repository root with\n\
+  delivery:\n    approved: true\n    approver: NAME\n    change: CHG-123      # optional\n    expires: 2026-12-31  # optional\n\
+Anything else (missing, malformed, false, expired) is analysis mode. Exit 0 delivery, 1 analysis.")]
+    Mode {
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+    },
+
+    /// Plan and apply receipts.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReceiptCommand {
+    /// What a change is: commits, changed files with digests, the gate's findings on the head tree.
+    #[command(
+        after_help = "Example:\n  kfm infra receipt plan --base origin/main --head HEAD --out plan.json\n\n\
+The head commit's tree (not the working tree) is checked: infra/ and .github/ unless paths\n\
+are given. Read-only in any mode. Exit 0 clean, 1 findings, 2 cannot evaluate."
+    )]
+    Plan(PlanArgs),
+
+    /// Record an apply (kind kfm.infra.ApplyReceipt): signed, appended to the ledger.
+    #[command(
+        after_help = "Example:\n  kfm infra receipt apply --env prod --method gitops/flux --actor ci:deploy \\\n      --input infra/k8s/overlays/prod/kustomization.yaml --output rendered.yaml\n\n\
+Mutating: runs only in delivery mode (see `kfm infra mode`); in analysis mode it prints the\n\
+receipt it would record, records nothing and exits 1. Needs a workspace (its signing key and\n\
+ledger). Exit 0 recorded, 1 refused by change control, 2 cannot evaluate."
+    )]
+    Apply(ApplyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    /// The base revision.
+    #[arg(long)]
+    pub base: String,
+    /// The head revision.
+    #[arg(long, default_value = "HEAD")]
+    pub head: String,
+    /// The repository root.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Paths (in the repository) to check; default infra and .github.
+    pub paths: Vec<PathBuf>,
+    /// Also write the receipt to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The environment applied to: dev, stage or prod.
+    #[arg(long)]
+    pub env: String,
+    /// The repository root.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Who applied (default: $GITHUB_ACTOR, else the local user).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// How it was applied (gitops/flux, gitops/argocd, kubectl, tofu apply, ...).
+    #[arg(long, default_value = "manual")]
+    pub method: String,
+    /// A tool used, as NAME=VERSION; repeatable.
+    #[arg(long = "tool", value_name = "NAME=VERSION")]
+    pub tools: Vec<String>,
+    /// A file that went in (digested); repeatable.
+    #[arg(long = "input", value_name = "FILE")]
+    pub inputs: Vec<PathBuf>,
+    /// A file that came out (digested); repeatable.
+    #[arg(long = "output", value_name = "FILE")]
+    pub outputs: Vec<PathBuf>,
+    /// When the apply started (RFC 3339; default now).
+    #[arg(long)]
+    pub started: Option<String>,
+    /// When it finished (RFC 3339; default now).
+    #[arg(long)]
+    pub finished: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -485,6 +579,9 @@ pub struct InfraCheckArgs {
     /// Extra secret rules in gitleaks TOML format.
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// The waiver file (default infra/waivers.yaml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub waivers: Option<PathBuf>,
     /// Also write FORMAT (human, json, sarif, junit) to PATH; repeatable.
     #[arg(long = "output", value_name = "FORMAT=PATH")]
     pub outputs: Vec<String>,

@@ -72,7 +72,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Promote(a) => promote::promote(ws, &a, fmt).await,
         Command::Rollback(a) => promote::rollback(ws, &a, fmt).await,
         Command::Catalog { command } => promote::catalog(ws, &command, fmt).await,
-        Command::Infra { command } => infra::run(&command, fmt),
+        Command::Infra { command } => infra::run(ws, &command, fmt).await,
         Command::Quarantine { command } => promote::quarantine(ws, &command, fmt).await,
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
         Command::Policy { command } => policy::run(ws, &command, fmt),

@@ -1,0 +1,768 @@
+//! NetworkPolicy: default deny per namespace, and the proof that UI pods
+//! cannot reach data pods.
+//!
+//! Namespaces are classed by the label [`TIER_LABEL`] on their `Namespace`
+//! object (`ui`, `api`, `data`, `pipeline`). The proof follows Kubernetes'
+//! semantics: traffic from P to Q flows when P's egress allows it (P is not
+//! selected by any policy with `Egress` in its types, or one such policy has
+//! a rule whose peers match Q) *and* Q's ingress allows it (the same, with
+//! `Ingress`). `policyTypes` defaults to `Ingress`, plus `Egress` when the
+//! policy has an `egress` section. Peers are matched on pod labels and on
+//! namespace labels, including the `kubernetes.io/metadata.name` label every
+//! namespace carries. Ports do not matter: any open port is reachable.
+//!
+//! The pods considered are every pod template committed in a UI or data
+//! namespace, plus one pod without labels in each (a pod someone runs by
+//! hand). An `ipBlock` that may cover pod addresses (private ranges, or
+//! `0.0.0.0/0`, without `except` entries for them) cannot be modelled: the
+//! proof then fails closed (KFM-NET-004).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use crate::finding::Finding;
+use crate::k8s::{Object, Typed};
+use crate::scan::ScanError;
+use crate::yaml::Seg;
+
+/// The namespace label that classes a namespace into a tier.
+pub const TIER_LABEL: &str = "kfm.io/tier";
+
+/// Kinds whose objects live in a namespace (and so put it under the
+/// default-deny rule).
+const NAMESPACED: &[&str] = &[
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+    "NetworkPolicy",
+    "Service",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "PersistentVolumeClaim",
+    "Ingress",
+    "PodDisruptionBudget",
+];
+
+/// Address ranges pods are given addresses from in practice.
+const POD_RANGES: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+];
+
+struct Pol<'a> {
+    obj: &'a Object,
+    ns: String,
+    np: &'a NetworkPolicy,
+    ingress: bool,
+    egress: bool,
+}
+
+#[derive(Clone)]
+struct PodRef {
+    ns: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// One direction's verdict for a pair of pods.
+enum Verdict {
+    Denied,
+    /// Why it is allowed, and the policy (file, line) that allows it if any.
+    Allowed(String, Option<(String, u32)>),
+    /// An ipBlock that may match the pod: cannot be modelled.
+    Unprovable(String, (String, u32)),
+}
+
+/// Runs the NetworkPolicy rules over every Kubernetes object in the tree.
+/// `ns_of` gives an object's effective namespace (as written, or as the
+/// kustomization that applies it sets it).
+pub fn analyse(
+    objects: &[Object],
+    ns_of: &dyn Fn(&Object) -> String,
+) -> Result<Vec<Finding>, ScanError> {
+    let mut out = Vec::new();
+    // Namespaces: declared, or used by a namespaced object.
+    let mut ns_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut ns_anchor: BTreeMap<String, &Object> = BTreeMap::new();
+    for o in objects {
+        if let Typed::Namespace(labels) = &o.typed {
+            let mut l = labels.clone();
+            l.insert("kubernetes.io/metadata.name".into(), o.name.clone());
+            ns_labels.insert(o.name.clone(), l);
+            ns_anchor.insert(o.name.clone(), o);
+        }
+    }
+    for o in objects {
+        if NAMESPACED.contains(&o.kind.as_str()) && is_core_api(o) {
+            let ns = ns_of(o);
+            ns_labels.entry(ns.clone()).or_insert_with(|| {
+                BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), ns.clone())])
+            });
+            ns_anchor.entry(ns).or_insert(o);
+        }
+    }
+    let mut pols = Vec::new();
+    for o in objects {
+        if let Typed::NetworkPolicy(np) = &o.typed {
+            let spec = np.spec.as_ref();
+            let types: Vec<String> = match spec.and_then(|s| s.policy_types.clone()) {
+                Some(t) => t,
+                None => {
+                    let mut t = vec!["Ingress".to_owned()];
+                    if spec.is_some_and(|s| s.egress.is_some()) {
+                        t.push("Egress".to_owned());
+                    }
+                    t
+                }
+            };
+            for t in &types {
+                if t != "Ingress" && t != "Egress" {
+                    return Err(ScanError::Schema {
+                        path: o.doc.file.clone(),
+                        line: o
+                            .doc
+                            .line_of(&[Seg::Key("spec"), Seg::Key("policyTypes")])
+                            .0 as usize,
+                        reason: format!("policyTypes entry {t:?} is neither Ingress nor Egress"),
+                    });
+                }
+            }
+            pols.push(Pol {
+                obj: o,
+                ns: ns_of(o),
+                np,
+                ingress: types.iter().any(|t| t == "Ingress"),
+                egress: types.iter().any(|t| t == "Egress"),
+            });
+        }
+    }
+    // Default deny, per namespace and direction.
+    for (ns, anchor) in &ns_anchor {
+        for (dir, rule) in [("Ingress", "KFM-NET-001"), ("Egress", "KFM-NET-002")] {
+            let denies = pols
+                .iter()
+                .any(|p| &p.ns == ns && default_deny(p, dir == "Ingress"));
+            if !denies {
+                let mut f = Finding::at_doc(
+                    &anchor.doc,
+                    &[Seg::Key("metadata"), Seg::Key("name")],
+                    rule,
+                    format!(
+                        "namespace {ns} has no default-deny {} NetworkPolicy",
+                        dir.to_lowercase()
+                    ),
+                );
+                if anchor.kind != "Namespace" {
+                    f.message
+                        .push_str(&format!(" (first used by {} {})", anchor.kind, anchor.name));
+                }
+                out.push(f);
+            }
+        }
+    }
+    // The UI → data proof.
+    let tier = |t: &str| -> Vec<String> {
+        ns_labels
+            .iter()
+            .filter(|(_, l)| l.get(TIER_LABEL).map(String::as_str) == Some(t))
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    let pods_in = |ns: &str| -> Vec<PodRef> {
+        let mut v = vec![PodRef {
+            ns: ns.to_owned(),
+            name: "(a pod without labels)".into(),
+            labels: BTreeMap::new(),
+        }];
+        for o in objects {
+            if let Typed::Workload(w) = &o.typed
+                && ns_of(o) == ns
+            {
+                v.push(PodRef {
+                    ns: ns.to_owned(),
+                    name: format!("{} {}", o.kind, o.name),
+                    labels: w.labels.clone(),
+                });
+            }
+        }
+        v
+    };
+    let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
+    for ui in tier("ui") {
+        for data in tier("data") {
+            'pairs: for p in pods_in(&ui) {
+                for q in pods_in(&data) {
+                    let eg = direction(
+                        &pols,
+                        &p,
+                        &q,
+                        &ns_labels,
+                        true,
+                        anchor_of(&ns_anchor, &p.ns),
+                    )?;
+                    let ing = direction(
+                        &pols,
+                        &q,
+                        &p,
+                        &ns_labels,
+                        false,
+                        anchor_of(&ns_anchor, &q.ns),
+                    )?;
+                    let finding = match (&eg, &ing) {
+                        (Verdict::Denied, _) | (_, Verdict::Denied) => None,
+                        (Verdict::Allowed(e, el), Verdict::Allowed(i, il)) => {
+                            let (file, line) = el.clone().or(il.clone()).unwrap_or_default();
+                            Some((
+                                "KFM-NET-003",
+                                file,
+                                line,
+                                format!(
+                                    "{}/{} can reach {}/{}: egress {e}; ingress {i}",
+                                    p.ns, p.name, q.ns, q.name
+                                ),
+                            ))
+                        }
+                        (Verdict::Unprovable(why, at), _) | (_, Verdict::Unprovable(why, at)) => {
+                            Some((
+                                "KFM-NET-004",
+                                at.0.clone(),
+                                at.1,
+                                format!(
+                                    "cannot prove {}/{} cannot reach {}/{}: {why}",
+                                    p.ns, p.name, q.ns, q.name
+                                ),
+                            ))
+                        }
+                    };
+                    if let Some((rule, file, line, message)) = finding
+                        && reported.insert((ui.clone(), data.clone()))
+                    {
+                        let snippet = objects
+                            .iter()
+                            .find(|o| {
+                                o.doc.file == file
+                                    && (o.doc.start..o.doc.start + o.doc.text.lines().count())
+                                        .contains(&(line as usize))
+                            })
+                            .map(|o| o.doc.snippet(line))
+                            .unwrap_or_default();
+                        out.push(Finding {
+                            file,
+                            line,
+                            column: 1,
+                            rule: rule.into(),
+                            message,
+                            snippet,
+                        });
+                        break 'pairs;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn anchor_of<'a>(a: &BTreeMap<String, &'a Object>, ns: &str) -> Option<&'a Object> {
+    a.get(ns).copied()
+}
+
+fn is_core_api(o: &Object) -> bool {
+    let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
+    group.is_empty() || group.ends_with(".k8s.io") || matches!(group, "apps" | "batch" | "policy")
+}
+
+/// A policy that isolates every pod of its namespace in one direction and
+/// allows nothing without a peer.
+fn default_deny(p: &Pol<'_>, ingress: bool) -> bool {
+    let Some(spec) = p.np.spec.as_ref() else {
+        return false;
+    };
+    let selects_all = spec.pod_selector.as_ref().is_none_or(selector_empty);
+    if !selects_all || !(if ingress { p.ingress } else { p.egress }) {
+        return false;
+    }
+    if ingress {
+        spec.ingress
+            .iter()
+            .flatten()
+            .all(|r| r.from.as_ref().is_some_and(|f| !f.is_empty()))
+    } else {
+        spec.egress
+            .iter()
+            .flatten()
+            .all(|r| r.to.as_ref().is_some_and(|t| !t.is_empty()))
+    }
+}
+
+fn selector_empty(s: &LabelSelector) -> bool {
+    s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && s.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+}
+
+/// Whether `sel` selects `labels`. An operator Kubernetes does not define is
+/// an error: the policy could not be applied as written.
+fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    for (k, v) in sel.match_labels.iter().flatten() {
+        if labels.get(k) != Some(v) {
+            return Ok(false);
+        }
+    }
+    for e in sel.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or(&[]);
+        let have = labels.get(&e.key);
+        let ok = match e.operator.as_str() {
+            "In" => have.is_some_and(|h| values.contains(h)),
+            "NotIn" => have.is_none_or(|h| !values.contains(h)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            other => return Err(format!("unknown label selector operator {other:?}")),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The verdict for traffic leaving `from` towards `to` (egress = true, the
+/// policies of `from`'s namespace), or arriving at `from` from `to`
+/// (egress = false, the policies of `from`'s namespace, `to` the peer).
+fn direction(
+    pols: &[Pol<'_>],
+    subject: &PodRef,
+    peer: &PodRef,
+    ns_labels: &BTreeMap<String, BTreeMap<String, String>>,
+    egress: bool,
+    anchor: Option<&Object>,
+) -> Result<Verdict, ScanError> {
+    let dir = if egress { "egress" } else { "ingress" };
+    let err = |p: &Pol<'_>, reason: String| ScanError::Schema {
+        path: p.obj.doc.file.clone(),
+        line: p.obj.doc.start,
+        reason: format!("NetworkPolicy {}: {reason}", p.obj.name),
+    };
+    let mut isolating = Vec::new();
+    for p in pols {
+        if p.ns != subject.ns || !(if egress { p.egress } else { p.ingress }) {
+            continue;
+        }
+        let Some(spec) = p.np.spec.as_ref() else {
+            continue;
+        };
+        let sel = spec.pod_selector.clone().unwrap_or_default();
+        if matches(&sel, &subject.labels).map_err(|e| err(p, e))? {
+            isolating.push(p);
+        }
+    }
+    if isolating.is_empty() {
+        let at = anchor.map(|a| {
+            (
+                a.doc.file.clone(),
+                a.doc.line_of(&[Seg::Key("metadata"), Seg::Key("name")]).0,
+            )
+        });
+        return Ok(Verdict::Allowed(
+            format!(
+                "is not restricted (no NetworkPolicy in {} selects {} for {dir})",
+                subject.ns, subject.name
+            ),
+            at,
+        ));
+    }
+    let empty = BTreeMap::new();
+    let peer_ns_labels = ns_labels.get(&peer.ns).unwrap_or(&empty);
+    let key = if egress { "egress" } else { "ingress" };
+    for p in isolating {
+        let spec = p.np.spec.as_ref();
+        let rules: Vec<Option<&Vec<NetworkPolicyPeer>>> = if egress {
+            spec.and_then(|s| s.egress.as_ref())
+                .map(|r| r.iter().map(|r| r.to.as_ref()).collect())
+                .unwrap_or_default()
+        } else {
+            spec.and_then(|s| s.ingress.as_ref())
+                .map(|r| r.iter().map(|r| r.from.as_ref()).collect())
+                .unwrap_or_default()
+        };
+        for (i, peers) in rules.iter().enumerate() {
+            let at = |doc_path: &[Seg<'_>]| (p.obj.doc.file.clone(), p.obj.doc.line_of(doc_path).0);
+            let rule_path = [Seg::Key("spec"), Seg::Key(key), Seg::Index(i)];
+            let named = format!("NetworkPolicy {}/{} {key} rule {}", p.ns, p.obj.name, i + 1);
+            let Some(peers) = peers.filter(|v| !v.is_empty()) else {
+                return Ok(Verdict::Allowed(
+                    format!("allowed by {named} (no peers: everything)"),
+                    Some(at(&rule_path)),
+                ));
+            };
+            for peer_def in peers.iter() {
+                if let Some(block) = &peer_def.ip_block {
+                    if let Some(why) = broad(&block.cidr, block.except.as_deref().unwrap_or(&[]))
+                        .map_err(|e| err(p, e))?
+                    {
+                        return Ok(Verdict::Unprovable(
+                            format!("{named}: ipBlock {} {why}", block.cidr),
+                            at(&rule_path),
+                        ));
+                    }
+                    continue;
+                }
+                let ns_ok = match &peer_def.namespace_selector {
+                    Some(sel) => matches(sel, peer_ns_labels).map_err(|e| err(p, e))?,
+                    None => peer.ns == p.ns,
+                };
+                let pod_ok = match &peer_def.pod_selector {
+                    Some(sel) => matches(sel, &peer.labels).map_err(|e| err(p, e))?,
+                    None => true,
+                };
+                if ns_ok && pod_ok {
+                    return Ok(Verdict::Allowed(
+                        format!("allowed by {named}"),
+                        Some(at(&rule_path)),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(Verdict::Denied)
+}
+
+/// Why an ipBlock may cover pod addresses, if it may.
+fn broad(cidr: &str, except: &[String]) -> Result<Option<String>, String> {
+    let c = parse_cidr(cidr)?;
+    let ex: Vec<(IpAddr, u8)> = except
+        .iter()
+        .map(|e| parse_cidr(e))
+        .collect::<Result<_, _>>()?;
+    for r in POD_RANGES {
+        let r = parse_cidr(r)?;
+        // CIDRs are nested or disjoint: the overlap is the smaller one.
+        let overlap = if contains(c, r) {
+            r
+        } else if contains(r, c) {
+            c
+        } else {
+            continue;
+        };
+        if !ex.iter().any(|e| contains(*e, overlap)) {
+            return Ok(Some(format!(
+                "may cover pod addresses in {}/{}",
+                overlap.0, overlap.1
+            )));
+        }
+    }
+    Ok(None)
+}
+
+fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR"))?;
+    let a: IpAddr = a.parse().map_err(|_| format!("{s:?} is not a CIDR"))?;
+    let l: u8 = l.parse().map_err(|_| format!("{s:?} is not a CIDR"))?;
+    let max = if a.is_ipv4() { 32 } else { 128 };
+    if l > max {
+        return Err(format!("{s:?}: prefix longer than {max}"));
+    }
+    Ok((a, l))
+}
+
+fn bits(a: IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u128::from(u32::from(v)) << 96,
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+/// Whether `outer` contains `inner` (same family only).
+fn contains(outer: (IpAddr, u8), inner: (IpAddr, u8)) -> bool {
+    if outer.0.is_ipv4() != inner.0.is_ipv4() {
+        return false;
+    }
+    // v4 addresses sit in the top 32 bits of `bits`, so prefix lengths
+    // count from the top in both families.
+    let (ol, il) = (u32::from(outer.1), u32::from(inner.1));
+    if il < ol {
+        return false;
+    }
+    if ol == 0 {
+        return true;
+    }
+    let mask = u128::MAX << (128 - ol);
+    bits(outer.0) & mask == bits(inner.0) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::object;
+    use crate::yaml::documents;
+
+    fn objects(text: &str) -> Vec<Object> {
+        documents("np.yaml", text)
+            .unwrap()
+            .into_iter()
+            .filter_map(|d| object(d).unwrap())
+            .collect()
+    }
+
+    fn run(text: &str) -> Vec<String> {
+        let objs = objects(text);
+        let ns = |o: &Object| o.namespace.clone().unwrap_or_else(|| "default".into());
+        analyse(&objs, &ns)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.rule)
+            .collect()
+    }
+
+    const NAMESPACES: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: web, labels: {kfm.io/tier: ui}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: db, labels: {kfm.io/tier: data}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: api, labels: {kfm.io/tier: api}}
+";
+
+    fn deny(ns: &str) -> String {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: default-deny, namespace: {ns}}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress, Egress]\n"
+        )
+    }
+
+    fn policy(ns: &str, name: &str, body: &str) -> String {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{body}"
+        )
+    }
+
+    fn all_denied() -> String {
+        format!("{NAMESPACES}{}{}{}", deny("web"), deny("db"), deny("api"))
+    }
+
+    /// The table: a setup and the rules it must produce (sorted).
+    #[test]
+    fn reachability_table() {
+        let ui_to_api = policy(
+            "web",
+            "to-api",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n    - to:\n        - namespaceSelector: {matchLabels: {kfm.io/tier: api}}\n",
+        );
+        let db_from_api = policy(
+            "db",
+            "from-api",
+            "  podSelector: {}\n  ingress:\n    - from:\n        - namespaceSelector: {matchLabels: {kfm.io/tier: api}}\n",
+        );
+        let db_from_all_ns = policy(
+            "db",
+            "from-any-ns",
+            "  podSelector: {}\n  ingress:\n    - from:\n        - namespaceSelector: {}\n",
+        );
+        let ui_egress_all = policy(
+            "web",
+            "egress-all",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n    - {}\n",
+        );
+        let cases: Vec<(&str, String, Vec<&str>)> = vec![
+            ("everything denied", all_denied(), vec![]),
+            (
+                "no policies at all",
+                NAMESPACES.to_owned(),
+                vec![
+                    "KFM-NET-001",
+                    "KFM-NET-001",
+                    "KFM-NET-001",
+                    "KFM-NET-002",
+                    "KFM-NET-002",
+                    "KFM-NET-002",
+                    "KFM-NET-003",
+                ],
+            ),
+            (
+                "ui may reach api, data admits api",
+                format!("{}{ui_to_api}{db_from_api}", all_denied()),
+                vec![],
+            ),
+            (
+                "data admits every namespace, but ui egress is denied",
+                format!("{}{db_from_all_ns}", all_denied()),
+                vec![],
+            ),
+            (
+                "ui egress open, data admits every namespace",
+                format!("{}{db_from_all_ns}{ui_egress_all}", all_denied()),
+                vec!["KFM-NET-003"],
+            ),
+            // Ingress only by default: an egress rule-less policy without
+            // policyTypes does not isolate egress.
+            (
+                "policyTypes default: ingress only",
+                format!(
+                    "{NAMESPACES}{}{}{}{db_from_all_ns}",
+                    deny("db"),
+                    deny("api"),
+                    policy("web", "in-only", "  podSelector: {}\n")
+                ),
+                vec!["KFM-NET-002", "KFM-NET-003"],
+            ),
+            // An egress section makes it an egress policy by default.
+            (
+                "policyTypes default: egress section present",
+                format!(
+                    "{NAMESPACES}{}{}{}{db_from_all_ns}",
+                    deny("db"),
+                    deny("api"),
+                    policy(
+                        "web",
+                        "eg",
+                        "  podSelector: {}\n  egress:\n    - to:\n        - namespaceSelector: {matchLabels: {kfm.io/tier: api}}\n"
+                    )
+                ),
+                // Ingress and Egress both: it denies ingress (no rules) and
+                // lets egress reach the API tier only.
+                vec![],
+            ),
+            (
+                "egress-only deny in ui, data open for ingress",
+                format!(
+                    "{NAMESPACES}{}{}{}",
+                    deny("api"),
+                    policy("web", "e", "  podSelector: {}\n  policyTypes: [Egress]\n"),
+                    policy("db", "e", "  podSelector: {}\n  policyTypes: [Egress]\n")
+                ),
+                vec!["KFM-NET-001", "KFM-NET-001"],
+            ),
+            (
+                "broad ipBlock from ui",
+                format!(
+                    "{}{}{db_from_all_ns}",
+                    all_denied(),
+                    policy(
+                        "web",
+                        "internet",
+                        "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n    - to:\n        - ipBlock: {cidr: 0.0.0.0/0}\n"
+                    )
+                ),
+                vec!["KFM-NET-004"],
+            ),
+            (
+                "ipBlock with the pod ranges excepted",
+                format!(
+                    "{}{}{db_from_all_ns}",
+                    all_denied(),
+                    policy(
+                        "web",
+                        "internet",
+                        "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n    - to:\n        - ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10]}\n"
+                    )
+                ),
+                vec![],
+            ),
+            (
+                "namespace selected by its automatic name label",
+                format!(
+                    "{}{}{}",
+                    all_denied(),
+                    policy(
+                        "web",
+                        "to-db",
+                        "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n    - to:\n        - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: db}}\n"
+                    ),
+                    policy(
+                        "db",
+                        "from-web",
+                        "  podSelector: {}\n  ingress:\n    - from:\n        - namespaceSelector: {matchExpressions: [{key: kfm.io/tier, operator: In, values: [ui, api]}]}\n"
+                    )
+                ),
+                vec!["KFM-NET-003"],
+            ),
+            (
+                "pod selector alone means the policy's own namespace",
+                format!(
+                    "{}{}{}",
+                    all_denied(),
+                    policy(
+                        "web",
+                        "to-any",
+                        "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n    - to:\n        - podSelector: {}\n"
+                    ),
+                    db_from_all_ns
+                ),
+                vec![],
+            ),
+        ];
+        for (name, text, mut want) in cases {
+            let mut got = run(&text);
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "case {name:?}");
+        }
+    }
+
+    #[test]
+    fn the_reported_path_names_the_policies() {
+        let text = format!(
+            "{}{}{}",
+            all_denied(),
+            policy(
+                "db",
+                "from-any-ns",
+                "  podSelector: {}\n  ingress:\n    - from:\n        - namespaceSelector: {}\n"
+            ),
+            policy(
+                "web",
+                "egress-all",
+                "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n    - {}\n"
+            )
+        );
+        let objs = objects(&text);
+        let ns = |o: &Object| o.namespace.clone().unwrap_or_default();
+        let f = analyse(&objs, &ns).unwrap();
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].message
+                .contains("NetworkPolicy web/egress-all egress rule 1"),
+            "{}",
+            f[0].message
+        );
+        assert!(
+            f[0].message
+                .contains("NetworkPolicy db/from-any-ns ingress rule 1"),
+            "{}",
+            f[0].message
+        );
+        assert_eq!(f[0].snippet.trim(), "- {}");
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(broad("0.0.0.0/0", &[]).unwrap().is_some());
+        assert!(broad("10.1.0.0/16", &[]).unwrap().is_some());
+        assert!(
+            broad("10.1.0.0/16", &["10.0.0.0/8".into()])
+                .unwrap()
+                .is_none()
+        );
+        assert!(broad("203.0.113.0/24", &[]).unwrap().is_none());
+        assert!(broad("::/0", &[]).unwrap().is_some());
+        assert!(broad("10.0.0.0/33", &[]).is_err());
+    }
+}
