@@ -31,28 +31,6 @@ use crate::yaml::Seg;
 /// The namespace label that classes a namespace into a tier.
 pub const TIER_LABEL: &str = "kfm.io/tier";
 
-/// Kinds whose objects live in a namespace (and so put it under the
-/// default-deny rule).
-const NAMESPACED: &[&str] = &[
-    "Pod",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "Job",
-    "CronJob",
-    "NetworkPolicy",
-    "Service",
-    "ConfigMap",
-    "Secret",
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "PersistentVolumeClaim",
-    "Ingress",
-    "PodDisruptionBudget",
-];
-
 /// Address ranges pods are given addresses from in practice.
 const POD_RANGES: &[&str] = &[
     "10.0.0.0/8",
@@ -94,7 +72,7 @@ pub fn analyse(
     ns_of: &dyn Fn(&Object) -> String,
 ) -> Result<Vec<Finding>, ScanError> {
     let mut out = Vec::new();
-    // Namespaces: declared, or used by a namespaced object.
+    // Namespaces: declared, or running a workload.
     let mut ns_labels: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut ns_anchor: BTreeMap<String, &Object> = BTreeMap::new();
     for o in objects {
@@ -106,7 +84,9 @@ pub fn analyse(
         }
     }
     for o in objects {
-        if NAMESPACED.contains(&o.kind.as_str()) && is_core_api(o) {
+        // Network policies govern pods: a namespace that runs a workload is
+        // under the default-deny rule even if the tree does not declare it.
+        if matches!(o.typed, Typed::Workload(_)) {
             let ns = ns_of(o);
             ns_labels.entry(ns.clone()).or_insert_with(|| {
                 BTreeMap::from([("kubernetes.io/metadata.name".to_owned(), ns.clone())])
@@ -139,6 +119,45 @@ pub fn analyse(
                         reason: format!("policyTypes entry {t:?} is neither Ingress nor Egress"),
                     });
                 }
+            }
+            // Every selector must be one Kubernetes can apply, whether or not
+            // the proof below happens to evaluate it.
+            let empty = BTreeMap::new();
+            let mut selectors: Vec<&LabelSelector> = spec
+                .and_then(|s| s.pod_selector.as_ref())
+                .into_iter()
+                .collect();
+            let peers = spec.into_iter().flat_map(|s| {
+                s.ingress
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| r.from.iter().flatten())
+                    .chain(
+                        s.egress
+                            .iter()
+                            .flatten()
+                            .flat_map(|r| r.to.iter().flatten()),
+                    )
+            });
+            for p in peers {
+                selectors.extend(p.pod_selector.as_ref());
+                selectors.extend(p.namespace_selector.as_ref());
+                if let Some(b) = &p.ip_block {
+                    broad(&b.cidr, b.except.as_deref().unwrap_or(&[])).map_err(|reason| {
+                        ScanError::Schema {
+                            path: o.doc.file.clone(),
+                            line: o.doc.start,
+                            reason: format!("NetworkPolicy {}: ipBlock: {reason}", o.name),
+                        }
+                    })?;
+                }
+            }
+            for sel in selectors {
+                matches(sel, &empty).map_err(|reason| ScanError::Schema {
+                    path: o.doc.file.clone(),
+                    line: o.doc.start,
+                    reason: format!("NetworkPolicy {}: {reason}", o.name),
+                })?;
             }
             pols.push(Pol {
                 obj: o,
@@ -278,11 +297,6 @@ pub fn analyse(
 
 fn anchor_of<'a>(a: &BTreeMap<String, &'a Object>, ns: &str) -> Option<&'a Object> {
     a.get(ns).copied()
-}
-
-fn is_core_api(o: &Object) -> bool {
-    let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
-    group.is_empty() || group.ends_with(".k8s.io") || matches!(group, "apps" | "batch" | "policy")
 }
 
 /// A policy that isolates every pod of its namespace in one direction and

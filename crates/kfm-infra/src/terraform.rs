@@ -81,6 +81,16 @@ impl Res<'_> {
                 .any(|tok| tok == addr || tok.starts_with(&format!("{addr}.")))
         })
     }
+    /// Whether this resource configures `target` through its `bucket`
+    /// attribute, directly or as `for_each = aws_s3_bucket.X` with
+    /// `bucket = each.value.…`.
+    fn covers(&self, target: &Res<'_>) -> bool {
+        self.refers_to("bucket", target)
+            || (self.refers_to("for_each", target)
+                && self
+                    .attr("bucket")
+                    .is_some_and(|e| e.to_string().contains("each.")))
+    }
     fn finding(&self, key: Option<&str>, rule: &str, message: String) -> Finding {
         let span = key
             .and_then(|k| self.block.body.get_attribute(k))
@@ -255,7 +265,7 @@ pub fn module_findings(files: &[TfFile]) -> Vec<Finding> {
             ));
         }
         let pabs: Vec<&Res<'_>> = of("aws_s3_bucket_public_access_block")
-            .filter(|p| p.refers_to("bucket", b))
+            .filter(|p| p.covers(b))
             .collect();
         if pabs.is_empty() {
             out.push(b.finding(None, "KFM-TF-001", format!(
@@ -269,8 +279,7 @@ pub fn module_findings(files: &[TfFile]) -> Vec<Finding> {
             .blocks()
             .any(|x| x.ident.as_str() == "server_side_encryption_configuration");
         if !inline_sse
-            && !of("aws_s3_bucket_server_side_encryption_configuration")
-                .any(|s| s.refers_to("bucket", b))
+            && !of("aws_s3_bucket_server_side_encryption_configuration").any(|s| s.covers(b))
         {
             out.push(b.finding(
                 None,
@@ -383,7 +392,7 @@ pub fn module_findings(files: &[TfFile]) -> Vec<Finding> {
                 format!("{} has acl {acl}", b.addr()),
             ));
         }
-        if !of("minio_s3_bucket_server_side_encryption").any(|s| s.refers_to("bucket", b)) {
+        if !of("minio_s3_bucket_server_side_encryption").any(|s| s.covers(b)) {
             out.push(b.finding(
                 None,
                 "KFM-TF-002",

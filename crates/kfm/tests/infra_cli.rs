@@ -201,3 +201,458 @@ fn gitleaks_rule_files_add_rules_and_bad_ones_are_refused() {
         .code(2)
         .stderr(predicate::str::contains("invalid regex"));
 }
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kfm-infra/tests/fixtures")
+}
+
+/// The deliberately broken tree: at least one violation per rule, and
+/// exactly the findings listed in expected-findings.txt, in every run.
+#[test]
+fn fixtures_fail_with_exactly_the_expected_findings() {
+    let out = tempfile::tempdir().unwrap();
+    let run = |n: u32| {
+        kfm(&fixtures())
+            .args([
+                "infra",
+                "check",
+                "broken",
+                "--waivers",
+                "broken/waivers.yaml",
+                "--format",
+                "json",
+            ])
+            .arg("--output")
+            .arg(format!(
+                "sarif={}",
+                out.path().join(format!("{n}.sarif")).display()
+            ))
+            .arg("--output")
+            .arg(format!(
+                "junit={}",
+                out.path().join(format!("{n}.xml")).display()
+            ))
+            .assert()
+            .code(1)
+            .get_output()
+            .stdout
+            .clone()
+    };
+    let first = run(1);
+    assert_eq!(first, run(2), "JSON differs between two runs");
+    let read = |f: &str| std::fs::read(out.path().join(f)).unwrap();
+    assert_eq!(
+        read("1.sarif"),
+        read("2.sarif"),
+        "SARIF differs between two runs"
+    );
+    assert_eq!(
+        read("1.xml"),
+        read("2.xml"),
+        "JUnit differs between two runs"
+    );
+
+    let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
+    let got: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{} {}",
+                f["file"].as_str().unwrap(),
+                f["line"],
+                f["rule"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let want: Vec<String> = std::fs::read_to_string(fixtures().join("expected-findings.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(got, want);
+    // Every rule of the catalogue fires at least once.
+    for r in v["rules"].as_array().unwrap() {
+        let id = r["id"].as_str().unwrap();
+        assert!(
+            got.iter().any(|g| g.ends_with(&format!(" {id}"))),
+            "no fixture violates {id}"
+        );
+    }
+    // The waiver excused the ephemeral container only; the expired one
+    // excused nothing; the stale one is reported.
+    let waived: Vec<_> = v["waived"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["finding"]["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(waived, vec!["broken/k8s/ephemeral.yaml"]);
+    assert_eq!(
+        v["unused_waivers"][0]["target"],
+        "broken/terraform/legacy/**"
+    );
+
+    // SARIF is valid against the SARIF 2.1.0 schema, and waived findings
+    // are suppressed results, not dropped ones.
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sarif-2.1.0-rtm.5.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .build(&schema)
+        .unwrap();
+    let sarif: serde_json::Value = serde_json::from_slice(&read("1.sarif")).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&sarif)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "SARIF invalid: {errors:?}");
+    let results = sarif["runs"][0]["results"].as_array().unwrap();
+    assert_eq!(results.len(), want.len() + 1);
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r.get("suppressions").is_some())
+            .count(),
+        1
+    );
+    // The schema check itself can fail.
+    let mut broken = sarif.clone();
+    broken["runs"][0]["results"][0]["level"] = serde_json::json!("fatal");
+    assert!(!validator.is_valid(&broken));
+}
+
+#[test]
+fn what_cannot_be_evaluated_exits_2_naming_file_and_line() {
+    for (file, says) in [
+        (
+            "unknown-field.yaml",
+            "unevaluable/unknown-field.yaml:13:11: unknown field spec.template.spec.containers.0.securityContex",
+        ),
+        (
+            "template.yaml",
+            "unevaluable/template.yaml:4: unrendered template",
+        ),
+        (
+            "cilium.yaml",
+            "unevaluable/cilium.yaml:2: cannot model CiliumNetworkPolicy",
+        ),
+        (
+            "broken.yaml",
+            "unevaluable/broken.yaml:5:1: YAML does not parse",
+        ),
+        (
+            "broken.tf",
+            "unevaluable/broken.tf:2:11: HCL does not parse",
+        ),
+        (
+            "bad-operator.yaml",
+            "unknown label selector operator \"Matches\"",
+        ),
+    ] {
+        kfm(&fixtures())
+            .args(["infra", "check", &format!("unevaluable/{file}")])
+            .assert()
+            .code(2)
+            .stdout("")
+            .stderr(predicate::str::contains(says));
+    }
+    // A malformed waiver file stops the run before anything is judged.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("w.yaml"),
+        "waivers:\n  - rule: KFM-K8S-002\n    target: x\n",
+    )
+    .unwrap();
+    kfm(&fixtures())
+        .args(["infra", "check", "broken", "--waivers"])
+        .arg(dir.path().join("w.yaml"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("waiver file"));
+}
+
+/// KFM's own deployment passes its own gate (as .ci/run checks too).
+#[test]
+fn the_repositorys_own_infra_passes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    kfm(&root)
+        .args(["infra", "check", "infra", ".github", "docs"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("0 findings"));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+#[test]
+fn plan_receipts_judge_the_head_commit_and_apply_needs_delivery_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(repo.join("infra/k8s")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(
+        repo.join("infra/k8s/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: x}\n",
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "base"]);
+    std::fs::copy(
+        fixtures().join("broken/k8s/no-probes.yaml"),
+        repo.join("infra/k8s/app.yaml"),
+    )
+    .unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "head"]);
+    // The working tree is fixed, but the receipt is about the commit.
+    std::fs::remove_file(repo.join("infra/k8s/app.yaml")).unwrap();
+
+    let out = kfm(&repo)
+        .args([
+            "infra",
+            "receipt",
+            "plan",
+            "--base",
+            "HEAD~1",
+            "--head",
+            "HEAD",
+            "--format",
+            "json",
+            "--out",
+            "plan.json",
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let p: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(p["kind"], "kfm.infra.PlanReceipt");
+    assert_eq!(p["changed"].as_array().unwrap().len(), 1);
+    assert_eq!(p["changed"][0]["path"], "infra/k8s/app.yaml");
+    let bytes = std::fs::read(fixtures().join("broken/k8s/no-probes.yaml")).unwrap();
+    use sha2_digest::hex_sha256;
+    assert_eq!(
+        p["changed"][0]["digest"],
+        format!("sha256:{}", hex_sha256(&bytes))
+    );
+    assert!(
+        p["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rule"] == "KFM-K8S-002" && f["file"] == "infra/k8s/app.yaml")
+    );
+    assert_eq!(p["mode"]["mode"], "analysis");
+    assert!(
+        p["tooling"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "git")
+    );
+    assert_eq!(p["base"].as_str().unwrap().len(), 40);
+    assert!(repo.join("plan.json").is_file());
+    kfm(&repo)
+        .args(["infra", "receipt", "plan", "--base", "no-such-rev"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is not a commit"));
+
+    // Analysis mode: apply shows the receipt, records nothing, exits 1.
+    kfm(dir.path()).arg("init").arg("ws").assert().success();
+    let ws = dir.path().join("ws");
+    let apply = |code: i32| {
+        kfm(&repo)
+            .arg("--workspace")
+            .arg(&ws)
+            .args([
+                "infra",
+                "receipt",
+                "apply",
+                "--env",
+                "prod",
+                "--method",
+                "gitops/flux",
+                "--actor",
+                "ci:deploy",
+                "--tool",
+                "flux=2.4.0",
+                "--input",
+                "infra/k8s/cm.yaml",
+                "--format",
+                "json",
+            ])
+            .assert()
+            .code(code)
+            .get_output()
+            .stdout
+            .clone()
+    };
+    kfm(&repo)
+        .args(["infra", "mode"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("analysis mode"));
+    let v: serde_json::Value = serde_json::from_slice(&apply(1)).unwrap();
+    assert_eq!(v["recorded"], false);
+    assert_eq!(v["receipt"]["kind"], "kfm.infra.ApplyReceipt");
+    let tail = |ws: &Path| {
+        let out = kfm(dir.path())
+            .arg("--workspace")
+            .arg(ws)
+            .args(["ledger", "tail", "--format", "json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(tail(&ws), 0, "analysis mode recorded something");
+
+    // Malformed or expired approvals stay in analysis mode.
+    std::fs::write(
+        repo.join("DELIVERY_APPROVED.yaml"),
+        "delivery:\n  approved: yes\n",
+    )
+    .unwrap();
+    kfm(&repo)
+        .args(["infra", "mode"])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("malformed"));
+    std::fs::write(
+        repo.join("DELIVERY_APPROVED.yaml"),
+        "delivery:\n  approved: true\n  approver: dana\n  expires: 2020-01-01\n",
+    )
+    .unwrap();
+    apply(1);
+    assert_eq!(tail(&ws), 0);
+
+    // Delivery mode: signed, appended, verifiable.
+    std::fs::write(
+        repo.join("DELIVERY_APPROVED.yaml"),
+        "delivery:\n  approved: true\n  approver: dana\n  change: CHG-7\n",
+    )
+    .unwrap();
+    kfm(&repo)
+        .args(["infra", "mode"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("approved by dana"));
+    let v: serde_json::Value = serde_json::from_slice(&apply(0)).unwrap();
+    assert_eq!(v["recorded"], true);
+    let r = &v["receipt"];
+    assert_eq!(r["env"], "prod");
+    assert_eq!(r["approved_by"], "dana");
+    assert_eq!(r["change"], "CHG-7");
+    assert_eq!(r["repo"]["branch"], "main");
+    assert_eq!(r["repo"]["commit"].as_str().unwrap().len(), 40);
+    assert_eq!(r["actor"]["principal"], "ci:deploy");
+    assert_eq!(r["actor"]["method"], "gitops/flux");
+    assert!(
+        r["inputs"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(
+        r["tooling"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "flux" && t["version"] == "2.4.0")
+    );
+    let out = kfm(dir.path())
+        .arg("--workspace")
+        .arg(&ws)
+        .args(["ledger", "tail", "--format", "json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let entries: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let env: serde_json::Value =
+        serde_json::from_str(entries[0]["entry"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        env["payloadType"],
+        "application/vnd.kfm.infra.apply-receipt+json"
+    );
+    assert_eq!(entries[0]["leaf_hash"], v["leaf_hash"]);
+    kfm(dir.path())
+        .arg("--workspace")
+        .arg(&ws)
+        .args(["ledger", "verify"])
+        .assert()
+        .success();
+
+    // Bad arguments are refused before anything is recorded.
+    kfm(&repo)
+        .arg("--workspace")
+        .arg(&ws)
+        .args(["infra", "receipt", "apply", "--env", "qa"])
+        .assert()
+        .code(2);
+    kfm(&repo)
+        .arg("--workspace")
+        .arg(&ws)
+        .args([
+            "infra",
+            "receipt",
+            "apply",
+            "--env",
+            "dev",
+            "--started",
+            "yesterday",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("RFC 3339"));
+    assert_eq!(tail(&ws), 1);
+}
+
+mod sha2_digest {
+    /// sha256 of bytes, hex (via the system's sha256sum: the test checks
+    /// kfm's digest with another implementation).
+    pub fn hex_sha256(b: &[u8]) -> String {
+        use std::io::Write;
+        let mut c = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(b).unwrap();
+        let out = c.wait_with_output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+}
