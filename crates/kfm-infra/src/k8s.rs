@@ -122,6 +122,15 @@ pub fn object(doc: Doc) -> Result<Option<Object>, ScanError> {
     };
     const TEMPLATE: &[&str] = &["spec", "template", "spec"];
     let typed = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "List") => {
+            // kubectl's List wraps whole objects in `items`, where no rule
+            // would see them: it is not judged clean.
+            return Err(ScanError::Schema {
+                path: doc.file.clone(),
+                line: doc.line_of(&[Seg::Key("kind")]).0 as usize,
+                reason: "kind List: its items are not checked; write each item as its own YAML document (---)".into(),
+            });
+        }
         ("v1", "Pod") => {
             let p: Pod = strict(&doc, &kind)?;
             let long = !matches!(
@@ -686,6 +695,8 @@ mod tests {
         let e = obj("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\n")
             .unwrap_err();
         assert!(e.to_string().contains("cannot model"), "{e}");
+        let e = obj("apiVersion: v1\nkind: List\nitems: []\n").unwrap_err();
+        assert!(e.to_string().contains("its items are not checked"), "{e}");
         let e = obj("apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: x}\n")
             .unwrap_err();
         assert!(e.to_string().contains("not served"), "{e}");

@@ -200,42 +200,58 @@ pub fn analyse(
             .map(|(n, _)| n.clone())
             .collect()
     };
-    let pods_in = |ns: &str| -> Vec<PodRef> {
-        let mut v = vec![PodRef {
-            ns: ns.to_owned(),
-            name: "(a pod without labels)".into(),
-            labels: BTreeMap::new(),
-        }];
-        for o in objects {
-            if let Typed::Workload(w) = &o.typed
-                && ns_of(o) == ns
-            {
-                v.push(PodRef {
-                    ns: ns.to_owned(),
-                    name: format!("{} {}", o.kind, o.name),
-                    labels: w.labels.clone(),
-                });
-            }
+    // Pods per namespace, computed once: every committed pod template, plus
+    // one pod without labels.
+    let mut pods: BTreeMap<String, Vec<PodRef>> = BTreeMap::new();
+    for ns in ns_labels.keys() {
+        pods.insert(
+            ns.clone(),
+            vec![PodRef {
+                ns: ns.clone(),
+                name: "(a pod without labels)".into(),
+                labels: BTreeMap::new(),
+            }],
+        );
+    }
+    for o in objects {
+        if let Typed::Workload(w) = &o.typed {
+            let ns = ns_of(o);
+            pods.entry(ns.clone()).or_default().push(PodRef {
+                ns,
+                name: format!("{} {}", o.kind, o.name),
+                labels: w.labels.clone(),
+            });
         }
-        v
-    };
+    }
+    let no_pods = Vec::new();
+    let pods_in = |ns: &str| pods.get(ns).unwrap_or(&no_pods);
+    // Policies per namespace (the only ones that can select its pods).
+    let mut by_ns: BTreeMap<&str, Vec<&Pol<'_>>> = BTreeMap::new();
+    for p in &pols {
+        by_ns.entry(p.ns.as_str()).or_default().push(p);
+    }
+    let no_pols = Vec::new();
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     for ui in tier("ui") {
         for data in tier("data") {
+            let (ui_pols, data_pols) = (
+                by_ns.get(ui.as_str()).unwrap_or(&no_pols),
+                by_ns.get(data.as_str()).unwrap_or(&no_pols),
+            );
             'pairs: for p in pods_in(&ui) {
                 for q in pods_in(&data) {
                     let eg = direction(
-                        &pols,
-                        &p,
-                        &q,
+                        ui_pols,
+                        p,
+                        q,
                         &ns_labels,
                         true,
                         anchor_of(&ns_anchor, &p.ns),
                     )?;
                     let ing = direction(
-                        &pols,
-                        &q,
-                        &p,
+                        data_pols,
+                        q,
+                        p,
                         &ns_labels,
                         false,
                         anchor_of(&ns_anchor, &q.ns),
@@ -356,7 +372,7 @@ fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<boo
 /// policies of `from`'s namespace), or arriving at `from` from `to`
 /// (egress = false, the policies of `from`'s namespace, `to` the peer).
 fn direction(
-    pols: &[Pol<'_>],
+    pols: &[&Pol<'_>],
     subject: &PodRef,
     peer: &PodRef,
     ns_labels: &BTreeMap<String, BTreeMap<String, String>>,
@@ -370,15 +386,18 @@ fn direction(
         reason: format!("NetworkPolicy {}: {reason}", p.obj.name),
     };
     let mut isolating = Vec::new();
-    for p in pols {
+    for &p in pols {
         if p.ns != subject.ns || !(if egress { p.egress } else { p.ingress }) {
             continue;
         }
         let Some(spec) = p.np.spec.as_ref() else {
             continue;
         };
-        let sel = spec.pod_selector.clone().unwrap_or_default();
-        if matches(&sel, &subject.labels).map_err(|e| err(p, e))? {
+        let selected = match &spec.pod_selector {
+            Some(sel) => matches(sel, &subject.labels).map_err(|e| err(p, e))?,
+            None => true,
+        };
+        if selected {
             isolating.push(p);
         }
     }
