@@ -958,10 +958,10 @@ pub(crate) async fn audit(
     }
     st.audit.settle(&leaf).await;
     let ledger = st.audit.ledger();
-    let Some(index) = ledger.find_leaf(&leaf) else {
+    let Some(index) = ledger.find_leaf(&leaf).await else {
         return not_found(n);
     };
-    let (entry, proof) = match (ledger.entry(index).await, ledger.prove(index)) {
+    let (entry, proof) = match (ledger.entry(index).await, ledger.prove(index).await) {
         (Ok(e), Ok(p)) => (e, p),
         _ => {
             return with_note(

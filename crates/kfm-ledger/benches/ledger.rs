@@ -166,7 +166,7 @@ fn verify_and_prove(dir: &std::path::Path, n: u64) -> (f64, Duration, Duration) 
             x ^= x >> 7;
             x ^= x << 17;
             let t = Instant::now();
-            let p = ledger.prove(x % n).unwrap();
+            let p = ledger.prove(x % n).await.unwrap();
             lat.push(t.elapsed());
             std::hint::black_box(p);
         }

@@ -8,6 +8,7 @@
 //! does any appender learn its index. A crash before the swap leaves objects
 //! no checkpoint covers: the next writer discards them on open.
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -543,6 +544,11 @@ impl Ledger {
             version: loaded.version,
         };
         mat.catch_up().await?;
+        if let Ok(mut s) = shared.write() {
+            // Loading rebuilt every hash; keep only what tiles do not hold.
+            let m = s.materialized;
+            s.tree.prune(m);
+        }
         let journal = match journal {
             Some(mut j) => {
                 // Everything it held is now in tiles; a torn last record (a
@@ -655,12 +661,56 @@ impl Ledger {
         entry_from_bundle(&self.audit, index, TILE_WIDTH).await
     }
 
-    /// The index of the first durable entry whose leaf hash is `leaf`
-    /// (a linear scan of leaf hashes: ~1 ms per 500,000 entries).
-    pub fn find_leaf(&self, leaf: &Hash) -> Option<u64> {
-        let s = self.shared.read().ok()?;
-        let t = &s.tree;
-        (0..s.committed).find(|&i| t.leaf(i).as_ref() == Some(leaf))
+    /// The index of the first durable entry whose leaf hash is `leaf`.
+    /// Four bytes of every leaf hash stay in memory; candidates are
+    /// confirmed against the full hash, read from the leaf tile for pruned
+    /// ones.
+    pub async fn find_leaf(&self, leaf: &Hash) -> Option<u64> {
+        let (held, pruned): (Vec<(u64, Option<Hash>)>, u64) = {
+            let s = self.shared.read().ok()?;
+            let c = s
+                .tree
+                .candidates(leaf)
+                .take_while(|&i| i < s.committed)
+                .map(|i| (i, s.tree.leaf(i)))
+                .collect();
+            (c, s.tree.pruned())
+        };
+        for (i, h) in held {
+            let full = match h {
+                Some(h) => Some(h),
+                None if i < pruned => self
+                    .leaf_tile(i / TILE_WIDTH)
+                    .await
+                    .ok()
+                    .and_then(|t| t.get((i % TILE_WIDTH) as usize).copied()),
+                None => None,
+            };
+            if full.as_ref() == Some(leaf) {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The 256 leaf hashes of a full leaf tile, from the store.
+    async fn leaf_tile(&self, n: u64) -> Result<Vec<Hash>, LedgerError> {
+        let path = crate::tiles::hash_tile_path(0, n, TILE_WIDTH);
+        let bytes = self.audit.get(&path).await?;
+        if bytes.len() as u64 != TILE_WIDTH * 32 {
+            return Err(corrupt(
+                &path,
+                format!("{} bytes, not {}", bytes.len(), TILE_WIDTH * 32),
+            ));
+        }
+        Ok(bytes
+            .chunks(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect())
     }
 
     /// Whether the writer has failed (every later append would be refused).
@@ -680,18 +730,54 @@ impl Ledger {
     }
 
     /// Inclusion proof for `index` against the latest durable checkpoint.
-    pub fn prove(&self, index: u64) -> Result<InclusionProof, LedgerError> {
-        let s = self
-            .shared
-            .read()
-            .map_err(|_| LedgerError::Failed("lock poisoned".into()))?;
-        let proof = s.tree.prove_inclusion(index, s.committed)?;
-        Ok(InclusionProof {
-            index,
-            size: s.committed,
-            proof,
-            checkpoint: s.checkpoint.clone(),
-        })
+    /// Hashes the writer pruned are read back from their leaf tile and
+    /// checked against the subtree root it kept.
+    pub async fn prove(&self, index: u64) -> Result<InclusionProof, LedgerError> {
+        let mut extra = HashMap::new();
+        // Pruning can advance between reading tiles and proving: a few
+        // rounds at most (each round prunes at most what was just read).
+        for _ in 0..4 {
+            let missing = {
+                let s = self.shared.read().map_err(|_| poisoned())?;
+                if index >= s.committed {
+                    return Err(ProofError::IndexOutOfRange {
+                        index,
+                        size: s.committed,
+                    }
+                    .into());
+                }
+                let missing: Vec<u64> = s
+                    .tree
+                    .missing_for_inclusion(index, s.committed)
+                    .into_iter()
+                    .filter(|m| !extra.contains_key(m))
+                    .collect();
+                if missing.is_empty() {
+                    let proof = s.tree.prove_inclusion_with(index, s.committed, &extra)?;
+                    return Ok(InclusionProof {
+                        index,
+                        size: s.committed,
+                        proof,
+                        checkpoint: s.checkpoint.clone(),
+                    });
+                }
+                missing
+            };
+            let mut tiles: Vec<u64> = missing
+                .iter()
+                .map(|&m| MerkleTree::leaf_tile_of(m))
+                .collect();
+            tiles.sort_unstable();
+            tiles.dedup();
+            for t in tiles {
+                let leaves = self.leaf_tile(t).await?;
+                let s = self.shared.read().map_err(|_| poisoned())?;
+                extra.extend(s.tree.hashes_from_leaf_tile(t, &leaves, &missing)?);
+            }
+        }
+        Err(LedgerError::Failed(format!(
+            "could not assemble the inclusion proof of entry {index}: the writer kept pruning"
+        )))
     }
 
     /// Stops accepting appends, waits for every pending batch to be durable,
@@ -922,6 +1008,8 @@ impl Materializer {
         );
         let mut s = self.shared.write().map_err(|_| poisoned())?;
         s.materialized = target;
+        // What the store now holds as full tiles need not stay in memory.
+        s.tree.prune(target);
         let keep_from = (target / TILE_WIDTH) * TILE_WIDTH;
         let drop_n = (keep_from - s.tail_from) as usize;
         s.tail.drain(..drop_n);

@@ -10,6 +10,8 @@
 //! gets an error, never a panic), byte-slice inputs as they come off the
 //! wire, and errors that say which check failed.
 
+use std::collections::HashMap;
+
 use tlog_tiles::tlog;
 
 /// A SHA-256 hash of a leaf, a node or a tree.
@@ -120,29 +122,101 @@ pub fn verify_consistency(
     tlog::check_tree(&proof, size2, r2, size1, r1).map_err(|_| ProofError::Mismatch)
 }
 
+/// Tree level of the hashes C2SP tiles of height 8 store above the leaves:
+/// the root of every complete 256-leaf subtree.
+const TILE_LEVEL: u8 = 8;
+const TILE_LEAVES: u64 = 1 << TILE_LEVEL;
+
 /// A Merkle tree held in memory as its stored hashes (every leaf and every
 /// completed subtree, in the tlog layout that C2SP tiles are cut from).
 /// Appends cost O(1) amortised; roots and proofs for any earlier size can be
 /// computed from it.
+///
+/// A long-running writer [`prune`](MerkleTree::prune)s what its tiles
+/// already hold: below the pruned size only the roots of 256-leaf subtrees
+/// (and higher) stay, plus four bytes of each leaf hash to find it again, so
+/// memory grows by about 4.3 bytes per entry instead of 64. A proof that
+/// needs a pruned hash names it ([`MerkleTree::missing_for_inclusion`]); the
+/// caller reads that leaf tile and passes the hashes in, checked against the
+/// subtree root kept here ([`MerkleTree::hashes_from_leaf_tile`]).
 #[derive(Clone, Debug, Default)]
 pub struct MerkleTree {
+    /// Stored hashes from stored index `base` on.
     stored: Vec<tlog::Hash>,
+    base: u64,
+    /// Stored hashes below `base` at level 8 and above, by stored index.
+    upper: HashMap<u64, tlog::Hash>,
+    /// The first four bytes of every leaf hash.
+    prefixes: Vec<u32>,
     size: u64,
+    /// Leaves below this index keep only their prefix in memory.
+    pruned: u64,
+}
+
+impl MerkleTree {
+    fn get(&self, i: u64) -> Option<tlog::Hash> {
+        if i >= self.base {
+            usize::try_from(i - self.base)
+                .ok()
+                .and_then(|j| self.stored.get(j))
+                .copied()
+        } else {
+            self.upper.get(&i).copied()
+        }
+    }
 }
 
 impl tlog::HashReader for MerkleTree {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<tlog::Hash>, tlog::Error> {
         indexes
             .iter()
+            .map(|&i| self.get(i).ok_or(tlog::Error::IndexesNotInTree))
+            .collect()
+    }
+}
+
+/// The tree, with hashes read back from tiles for what it pruned.
+struct WithExtra<'a> {
+    tree: &'a MerkleTree,
+    extra: &'a HashMap<u64, Hash>,
+}
+
+impl tlog::HashReader for WithExtra<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<tlog::Hash>, tlog::Error> {
+        indexes
+            .iter()
             .map(|&i| {
-                usize::try_from(i)
-                    .ok()
-                    .and_then(|i| self.stored.get(i))
-                    .copied()
+                self.tree
+                    .get(i)
+                    .or_else(|| self.extra.get(&i).map(|h| tlog::Hash(*h)))
                     .ok_or(tlog::Error::IndexesNotInTree)
             })
             .collect()
     }
+}
+
+/// Records which hashes a computation reads that the tree does not hold.
+struct Recording<'a> {
+    tree: &'a MerkleTree,
+    missing: std::cell::RefCell<Vec<u64>>,
+}
+
+impl tlog::HashReader for Recording<'_> {
+    fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<tlog::Hash>, tlog::Error> {
+        Ok(indexes
+            .iter()
+            .map(|&i| {
+                self.tree.get(i).unwrap_or_else(|| {
+                    self.missing.borrow_mut().push(i);
+                    tlog::Hash([0; 32])
+                })
+            })
+            .collect())
+    }
+}
+
+fn prefix(h: &Hash) -> u32 {
+    u32::from_be_bytes([h[0], h[1], h[2], h[3]])
 }
 
 impl MerkleTree {
@@ -164,20 +238,119 @@ impl MerkleTree {
     /// Appends a leaf by its hash; returns its index.
     pub fn push_leaf_hash(&mut self, leaf: Hash) -> u64 {
         let index = self.size;
-        // Reads only hashes already stored, so it cannot fail.
+        // Reads only hashes already held (the right edge is never pruned),
+        // so it cannot fail.
         let new =
             tlog::stored_hashes_for_record_hash(index, tlog::Hash(leaf), self).unwrap_or_default();
         self.stored.extend(new);
+        self.prefixes.push(prefix(&leaf));
         self.size += 1;
         index
     }
 
-    /// The leaf hash at `index`.
+    /// The leaf hash at `index`, if it is held in memory (not pruned).
     pub fn leaf(&self, index: u64) -> Option<Hash> {
-        let i = usize::try_from(tlog::stored_hash_index(0, index)).ok()?;
-        (index < self.size)
-            .then(|| self.stored.get(i).map(|h| h.0))
+        (index < self.size && index >= self.pruned)
+            .then(|| self.get(tlog::stored_hash_index(0, index)).map(|h| h.0))
             .flatten()
+    }
+
+    /// Leaves below this index are pruned: their hashes are in the tiles.
+    pub fn pruned(&self) -> u64 {
+        self.pruned
+    }
+
+    /// Indexes of the leaves whose hash may be `leaf` (same first four
+    /// bytes): the caller confirms each against the full hash.
+    pub fn candidates<'a>(&'a self, leaf: &Hash) -> impl Iterator<Item = u64> + 'a {
+        let p = prefix(leaf);
+        self.prefixes
+            .iter()
+            .enumerate()
+            .filter(move |(_, x)| **x == p)
+            .map(|(i, _)| i as u64)
+    }
+
+    /// Drops the hashes of complete 256-leaf tiles below `leaves`, keeping
+    /// the subtree roots (level 8 and up) that appends, roots and proofs
+    /// need. Only for leaves whose tiles are durable in the store.
+    pub fn prune(&mut self, leaves: u64) {
+        let t = (leaves.min(self.size) / TILE_LEAVES) * TILE_LEAVES;
+        if t <= self.pruned {
+            return;
+        }
+        let new_base = tlog::stored_hash_count(t);
+        for i in self.base..new_base {
+            let (level, _) = tlog::split_stored_hash_index(i);
+            if level >= TILE_LEVEL
+                && let Some(h) = self.get(i)
+            {
+                self.upper.insert(i, h);
+            }
+        }
+        let drop = usize::try_from(new_base - self.base).unwrap_or(self.stored.len());
+        self.stored.drain(..drop.min(self.stored.len()));
+        self.base = new_base;
+        self.pruned = t;
+    }
+
+    /// Stored-hash indexes that an inclusion proof of `index` in the first
+    /// `size` leaves needs and this tree has pruned.
+    pub fn missing_for_inclusion(&self, index: u64, size: u64) -> Vec<u64> {
+        let r = Recording {
+            tree: self,
+            missing: std::cell::RefCell::new(Vec::new()),
+        };
+        if index < size && size <= self.size {
+            let _ = tlog::prove_record(size, index, &r);
+        }
+        let mut m = r.missing.into_inner();
+        m.sort_unstable();
+        m.dedup();
+        m
+    }
+
+    /// The leaf tile (256 leaves) that holds stored hash `index` (below level 8).
+    pub fn leaf_tile_of(index: u64) -> u64 {
+        let (level, n) = tlog::split_stored_hash_index(index);
+        (n << level) / TILE_LEAVES
+    }
+
+    /// Checks the 256 leaf hashes of tile `tile` against the subtree root
+    /// this tree kept, then computes every stored hash in `wanted` that lies
+    /// in it. A tile that does not hash to the kept root is refused.
+    pub fn hashes_from_leaf_tile(
+        &self,
+        tile: u64,
+        leaves: &[Hash],
+        wanted: &[u64],
+    ) -> Result<Vec<(u64, Hash)>, ProofError> {
+        if leaves.len() as u64 != TILE_LEAVES {
+            return Err(ProofError::Unavailable(format!(
+                "leaf tile {tile} holds {} hashes, not {TILE_LEAVES}",
+                leaves.len()
+            )));
+        }
+        let root = subtree(leaves);
+        let kept = self
+            .get(tlog::stored_hash_index(TILE_LEVEL, tile))
+            .map(|h| h.0);
+        if kept != Some(root) {
+            return Err(ProofError::Unavailable(format!(
+                "leaf tile {tile} does not hash to the subtree root the writer holds (altered?)"
+            )));
+        }
+        let mut out = Vec::new();
+        for &i in wanted {
+            let (level, n) = tlog::split_stored_hash_index(i);
+            let first = n << level;
+            if level >= TILE_LEVEL || first / TILE_LEAVES != tile {
+                continue;
+            }
+            let off = (first % TILE_LEAVES) as usize;
+            out.push((i, subtree(&leaves[off..off + (1usize << level)])));
+        }
+        Ok(out)
     }
 
     /// The root of the tree's first `size` leaves.
@@ -200,13 +373,23 @@ impl MerkleTree {
 
     /// The inclusion proof of leaf `index` in the tree of the first `size` leaves.
     pub fn prove_inclusion(&self, index: u64, size: u64) -> Result<Vec<Hash>, ProofError> {
+        self.prove_inclusion_with(index, size, &HashMap::new())
+    }
+
+    /// [`MerkleTree::prove_inclusion`], with pruned hashes supplied.
+    pub fn prove_inclusion_with(
+        &self,
+        index: u64,
+        size: u64,
+        extra: &HashMap<u64, Hash>,
+    ) -> Result<Vec<Hash>, ProofError> {
         if index >= size || size > self.size {
             return Err(ProofError::IndexOutOfRange {
                 index,
                 size: size.min(self.size),
             });
         }
-        tlog::prove_record(size, index, self)
+        tlog::prove_record(size, index, &WithExtra { tree: self, extra })
             .map(|p| p.into_iter().map(|h| h.0).collect())
             .map_err(|e| ProofError::Unavailable(e.to_string()))
     }
@@ -229,6 +412,15 @@ impl MerkleTree {
             .map(|p| p.into_iter().map(|h| h.0).collect())
             .map_err(|e| ProofError::Unavailable(e.to_string()))
     }
+}
+
+/// The RFC 9162 root of a power-of-two run of leaf hashes.
+fn subtree(leaves: &[Hash]) -> Hash {
+    if leaves.len() == 1 {
+        return leaves[0];
+    }
+    let (l, r) = leaves.split_at(leaves.len() / 2);
+    node_hash(&subtree(l), &subtree(r))
 }
 
 #[cfg(test)]
@@ -261,5 +453,64 @@ mod tests {
             hex,
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
         );
+    }
+
+    /// A pruned tree gives the same roots, and (with its tiles read back)
+    /// the same proofs as one that kept everything; an altered tile is
+    /// refused.
+    #[test]
+    fn pruning_keeps_roots_and_proofs() {
+        let mut full = MerkleTree::new();
+        let mut pruned = MerkleTree::new();
+        let mut leaves = Vec::new();
+        for i in 0..(256 * 9 + 37u64) {
+            let (_, h) = full.push(&i.to_be_bytes());
+            pruned.push(&i.to_be_bytes());
+            leaves.push(h);
+            if i % 300 == 299 {
+                pruned.prune(i + 1 - 40);
+                assert_eq!(pruned.root(), full.root(), "root after pruning at {i}");
+            }
+        }
+        pruned.prune(256 * 8 + 100);
+        let p = pruned.pruned();
+        assert_eq!(p, 256 * 8);
+        assert_eq!(pruned.root(), full.root());
+        assert!(pruned.leaf(5).is_none() && pruned.leaf(p).is_some());
+        assert!(
+            pruned.stored.len() < 3 * 256 * 2 + 64,
+            "{}",
+            pruned.stored.len()
+        );
+        let size = full.size();
+        for index in [0, 1, 255, 256, 1000, p - 1, p, size - 1] {
+            let want = full.prove_inclusion(index, size).unwrap();
+            let missing = pruned.missing_for_inclusion(index, size);
+            assert_eq!(missing.is_empty(), index >= p, "index {index}");
+            let mut extra = HashMap::new();
+            let mut tiles: Vec<u64> = missing
+                .iter()
+                .map(|&m| MerkleTree::leaf_tile_of(m))
+                .collect();
+            tiles.dedup();
+            for t in tiles {
+                let tl = &leaves[(t * 256) as usize..((t + 1) * 256) as usize];
+                extra.extend(pruned.hashes_from_leaf_tile(t, tl, &missing).unwrap());
+            }
+            assert_eq!(
+                pruned.prove_inclusion_with(index, size, &extra).unwrap(),
+                want,
+                "index {index}"
+            );
+            // Without the tile's hashes the proof is unavailable, not wrong.
+            if !missing.is_empty() {
+                assert!(pruned.prove_inclusion(index, size).is_err());
+            }
+        }
+        let candidates: Vec<u64> = pruned.candidates(&leaves[1000]).collect();
+        assert!(candidates.contains(&1000));
+        let mut bad = leaves[0..256].to_vec();
+        bad[17][0] ^= 1;
+        assert!(pruned.hashes_from_leaf_tile(0, &bad, &[]).is_err());
     }
 }

@@ -79,7 +79,7 @@ async fn concurrent_appends_are_durable_provable_and_survive_reopen() {
     for (entry, a) in all.iter().step_by(37) {
         let cp = kfm_ledger::verify_checkpoint(&a.checkpoint, &vkey, Some(ORIGIN)).unwrap();
         assert_eq!(cp.size, a.size);
-        let p = ledger.prove(a.index).unwrap();
+        let p = ledger.prove(a.index).await.unwrap();
         let signed = kfm_ledger::verify_checkpoint(&p.checkpoint, &vkey, Some(ORIGIN)).unwrap();
         assert_eq!(signed.size, p.size);
         verify_inclusion(
@@ -292,4 +292,45 @@ async fn the_ledger_works_on_s3_and_a_stale_writer_cannot_fork_it() {
         .await
         .unwrap();
     assert_eq!(view.entry(320).await.unwrap(), b"first again");
+}
+
+/// A long-running writer keeps only what its tiles do not hold: proofs and
+/// lookups of pruned entries read the leaf tile back, checked against the
+/// subtree root the writer kept; an altered tile is refused, never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruned_entries_are_still_found_and_proved_and_tampered_tiles_refused() {
+    let (d, store, skey, vkey) = setup();
+    let ledger = open(&store, &skey).await.unwrap();
+    let mut entries = Vec::new();
+    for i in 0..700u32 {
+        let e = format!("{{\"n\":{i}}}").into_bytes();
+        ledger.append(e.clone()).await.unwrap();
+        entries.push(e);
+    }
+    ledger.close().await;
+    // Reopening prunes what the tiles hold (the first two full tiles).
+    let ledger = open(&store, &skey).await.unwrap();
+    for i in [0u64, 5, 255, 256, 511, 512, 699] {
+        let leaf = kfm_ledger::leaf_hash(&entries[i as usize]);
+        assert_eq!(ledger.find_leaf(&leaf).await, Some(i), "entry {i}");
+        let p = ledger.prove(i).await.unwrap();
+        let signed = kfm_ledger::verify_checkpoint(&p.checkpoint, &vkey, Some(ORIGIN)).unwrap();
+        verify_inclusion(i, p.size, &leaf, &p.proof, &signed.root).unwrap();
+    }
+    assert_eq!(
+        ledger
+            .find_leaf(&kfm_ledger::leaf_hash(b"never appended"))
+            .await,
+        None
+    );
+    // Alter one leaf hash in the first level-0 tile.
+    let tile = d.path().join("store/audit/tile/0/000");
+    let mut bytes = std::fs::read(&tile).unwrap();
+    bytes[5 * 32] ^= 1;
+    std::fs::write(&tile, bytes).unwrap();
+    let e = ledger.prove(5).await.unwrap_err().to_string();
+    assert!(e.contains("does not hash to the subtree root"), "{e}");
+    // Entries of the tile not pruned are unaffected.
+    ledger.prove(600).await.unwrap();
+    ledger.close().await;
 }
