@@ -290,6 +290,10 @@ impl MerkleTree {
         }
         let drop = usize::try_from(new_base - self.base).unwrap_or(self.stored.len());
         self.stored.drain(..drop.min(self.stored.len()));
+        // After a load the vector held every hash: give that memory back.
+        if self.stored.capacity() > 4 * self.stored.len() + 4096 {
+            self.stored.shrink_to_fit();
+        }
         self.base = new_base;
         self.pruned = t;
     }

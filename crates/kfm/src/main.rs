@@ -37,6 +37,11 @@ fn main() -> ExitCode {
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // File I/O runs on blocking threads (one per object write in a
+        // ledger tile round): unbounded, a busy server grew ~180 of them,
+        // each with its own allocator heap (RSS +100 MB under load). Two
+        // cores gain nothing from more.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
     {
