@@ -144,74 +144,31 @@ pub fn object(doc: Doc) -> Result<Option<Object>, ScanError> {
         }
         ("apps/v1", "Deployment") => {
             let d: Deployment = strict(&doc, &kind)?;
-            match d.spec {
-                Some(s) => match s.template.spec {
-                    Some(ps) => pod(
-                        ps,
-                        s.template.metadata.and_then(|m| m.labels),
-                        TEMPLATE,
-                        true,
-                    ),
-                    None => Typed::Other,
-                },
-                None => Typed::Other,
-            }
+            from_template(d.spec.map(|s| s.template), TEMPLATE, true)
         }
         ("apps/v1", "StatefulSet") => {
             let d: StatefulSet = strict(&doc, &kind)?;
-            match d.spec.map(|s| s.template) {
-                Some(t) => match t.spec {
-                    Some(ps) => pod(ps, t.metadata.and_then(|m| m.labels), TEMPLATE, true),
-                    None => Typed::Other,
-                },
-                None => Typed::Other,
-            }
+            from_template(d.spec.map(|s| s.template), TEMPLATE, true)
         }
         ("apps/v1", "DaemonSet") => {
             let d: DaemonSet = strict(&doc, &kind)?;
-            match d.spec.map(|s| s.template) {
-                Some(t) => match t.spec {
-                    Some(ps) => pod(ps, t.metadata.and_then(|m| m.labels), TEMPLATE, true),
-                    None => Typed::Other,
-                },
-                None => Typed::Other,
-            }
+            from_template(d.spec.map(|s| s.template), TEMPLATE, true)
         }
         ("apps/v1", "ReplicaSet") => {
             let d: ReplicaSet = strict(&doc, &kind)?;
-            match d.spec.and_then(|s| s.template) {
-                Some(t) => match t.spec {
-                    Some(ps) => pod(ps, t.metadata.and_then(|m| m.labels), TEMPLATE, true),
-                    None => Typed::Other,
-                },
-                None => Typed::Other,
-            }
+            from_template(d.spec.and_then(|s| s.template), TEMPLATE, true)
         }
         ("batch/v1", "Job") => {
             let d: Job = strict(&doc, &kind)?;
-            match d.spec.map(|s| s.template) {
-                Some(t) => match t.spec {
-                    Some(ps) => pod(ps, t.metadata.and_then(|m| m.labels), TEMPLATE, false),
-                    None => Typed::Other,
-                },
-                None => Typed::Other,
-            }
+            from_template(d.spec.map(|s| s.template), TEMPLATE, false)
         }
         ("batch/v1", "CronJob") => {
             let d: CronJob = strict(&doc, &kind)?;
-            let t = d.spec.job_template.spec.map(|j| j.template);
-            match t {
-                Some(t) => match t.spec {
-                    Some(ps) => pod(
-                        ps,
-                        t.metadata.and_then(|m| m.labels),
-                        &["spec", "jobTemplate", "spec", "template", "spec"],
-                        false,
-                    ),
-                    None => Typed::Other,
-                },
-                None => Typed::Other,
-            }
+            from_template(
+                d.spec.job_template.spec.map(|j| j.template),
+                &["spec", "jobTemplate", "spec", "template", "spec"],
+                false,
+            )
         }
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             Typed::NetworkPolicy(Box::new(strict::<NetworkPolicy>(&doc, &kind)?))
@@ -293,6 +250,26 @@ pub fn object(doc: Doc) -> Result<Option<Object>, ScanError> {
         namespace,
         typed,
     }))
+}
+
+/// The workload a pod template (if any) describes.
+fn from_template(
+    t: Option<k8s_openapi::api::core::v1::PodTemplateSpec>,
+    spec_path: &'static [&'static str],
+    long_running: bool,
+) -> Typed {
+    match t {
+        Some(t) => match t.spec {
+            Some(spec) => Typed::Workload(Box::new(Workload {
+                spec_path,
+                labels: t.metadata.and_then(|m| m.labels).unwrap_or_default(),
+                spec,
+                long_running,
+            })),
+            None => Typed::Other,
+        },
+        None => Typed::Other,
+    }
 }
 
 const WORKLOAD_KINDS: &[&str] = &[

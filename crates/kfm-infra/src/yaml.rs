@@ -70,23 +70,9 @@ pub fn documents(file: &str, text: &str) -> Result<Vec<Doc>, ScanError> {
         }
         // `{{` (Helm/Go templates) often still parses as YAML, as a nested
         // flow mapping: look for it first. `${{ … }}` is a CI expression.
-        if let Some(i) = doc.lines().position(unrendered) {
-            return Err(ScanError::Template {
-                path: file.to_owned(),
-                line: start + i,
-            });
-        }
-        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&doc).map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map_or((start, 1), |l| (start + l.line() - 1, l.column()));
-            ScanError::Yaml {
-                path: file.to_owned(),
-                line,
-                column,
-                reason: e.to_string(),
-            }
-        })?;
+        no_template(file, start, &doc)?;
+        let value: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&doc).map_err(|e| yaml_error(file, start, &e))?;
         out.push(Doc {
             file: file.to_owned(),
             start,
@@ -103,25 +89,10 @@ pub fn validate(file: &str, text: &str) -> Result<(), ScanError> {
     let mut start = 1;
     let mut cur = String::new();
     let check = |start: usize, doc: &str| -> Result<(), ScanError> {
-        if let Some(i) = doc.lines().position(unrendered) {
-            return Err(ScanError::Template {
-                path: file.to_owned(),
-                line: start + i,
-            });
-        }
+        no_template(file, start, doc)?;
         serde_yaml_ng::from_str::<serde::de::IgnoredAny>(doc)
             .map(|_| ())
-            .map_err(|e| {
-                let (line, column) = e
-                    .location()
-                    .map_or((start, 1), |l| (start + l.line() - 1, l.column()));
-                ScanError::Yaml {
-                    path: file.to_owned(),
-                    line,
-                    column,
-                    reason: e.to_string(),
-                }
-            })
+            .map_err(|e| yaml_error(file, start, &e))
     };
     for (i, line) in text.lines().enumerate() {
         if line.trim_end() == "---" || line.starts_with("--- ") {
@@ -134,6 +105,30 @@ pub fn validate(file: &str, text: &str) -> Result<(), ScanError> {
         cur.push('\n');
     }
     check(start, &cur)
+}
+
+/// A document holding an unrendered template stops the run.
+fn no_template(file: &str, start: usize, doc: &str) -> Result<(), ScanError> {
+    match doc.lines().position(unrendered) {
+        Some(i) => Err(ScanError::Template {
+            path: file.to_owned(),
+            line: start + i,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A YAML parse error, placed in the file (documents start at `start`).
+fn yaml_error(file: &str, start: usize, e: &serde_yaml_ng::Error) -> ScanError {
+    let (line, column) = e
+        .location()
+        .map_or((start, 1), |l| (start + l.line() - 1, l.column()));
+    ScanError::Yaml {
+        path: file.to_owned(),
+        line,
+        column,
+        reason: e.to_string(),
+    }
 }
 
 /// A line holding a template action `{{` that is not a `${{` expression.
