@@ -48,6 +48,9 @@ pub struct Report {
     pub waived: Vec<crate::waivers::Waived>,
     /// Waivers that excused nothing: remove them.
     pub unused_waivers: Vec<crate::waivers::Waiver>,
+    /// Every kustomization rendered, with the digest of what it would
+    /// apply (plan receipts carry these).
+    pub rendered: Vec<crate::render::RenderedDigest>,
 }
 
 impl Report {

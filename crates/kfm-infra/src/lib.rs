@@ -13,6 +13,8 @@
 //!   proof;
 //! - [`terraform`]: public buckets, encryption at rest, literal secrets;
 //! - [`workflows`]: the GitHub Actions anti-skip rules;
+//! - [`render`]: Kustomize overlays rendered, so the rules also judge what
+//!   would be applied;
 //! - [`waivers`]: the reviewed exceptions file;
 //! - [`output`]: human text, JSON, SARIF 2.1.0, JUnit;
 //! - [`receipt`]: plan and apply receipts, and the change-control mode.
@@ -26,6 +28,7 @@ pub mod k8s;
 pub mod netpol;
 pub mod output;
 pub mod receipt;
+pub mod render;
 pub mod scan;
 pub mod secrets;
 pub mod terraform;

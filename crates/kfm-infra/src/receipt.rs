@@ -2,7 +2,8 @@
 //! whether a mutating command may run at all.
 //!
 //! A *plan receipt* says what a change is before it is applied: the commits,
-//! every changed file with its digest at the head commit, the gate's
+//! every changed file with its digest at the head commit, the digest of
+//! what each kustomization renders to at head, the gate's
 //! findings on the head tree, and the tools that judged it. An *apply
 //! receipt* (kind `kfm.infra.ApplyReceipt`) says what was applied where, by
 //! whom and how, with the digests of what went in and came out. The CLI
@@ -207,6 +208,9 @@ pub struct PlanReceipt {
     pub changed: Vec<FileDigest>,
     /// The paths the gate checked at head.
     pub checked: Vec<String>,
+    /// What every kustomization under them renders to at head (the objects
+    /// that would be applied), by digest.
+    pub rendered: Vec<crate::render::RenderedDigest>,
     /// The gate's failing findings on the head tree (empty: clean).
     pub findings: Vec<Finding>,
     pub waived: usize,

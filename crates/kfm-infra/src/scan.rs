@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::NaiveDate;
 
@@ -10,7 +10,8 @@ use crate::finding::{Finding, Report, structural_rules};
 use crate::k8s::{self, Object};
 use crate::secrets::{Scanner, SecretRule, built_in_rules};
 use crate::terraform::{self, TfFile};
-use crate::{netpol, waivers, workflows, yaml};
+use crate::yaml::Doc;
+use crate::{netpol, render, waivers, workflows, yaml};
 
 /// Directories never descended into (tool state, not configuration).
 const SKIP_DIRS: &[&str] = &[".git", "target", "node_modules", ".terraform"];
@@ -66,6 +67,12 @@ pub enum ScanError {
         column: usize,
         reason: String,
     },
+    #[error("{path}:{line}: cannot render this kustomization: {reason}")]
+    Render {
+        path: String,
+        line: usize,
+        reason: String,
+    },
     #[error("{path}:{line}: waiver file: {reason}")]
     Waivers {
         path: String,
@@ -118,6 +125,24 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
             (waivers::load(&display(p), &text)?, text)
         }
     };
+    // Patch files named by kustomizations hold fragments: they are judged
+    // inside the objects they patch (rendered below), not as objects.
+    let kustomizations: Vec<String> = files
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| render::KUSTOMIZATION_FILES.contains(&n))
+        })
+        .map(|p| display(p))
+        .collect();
+    let fragments: BTreeSet<String> = kustomizations
+        .iter()
+        .flat_map(|k| {
+            let text = std::fs::read_to_string(k).unwrap_or_default();
+            render::patch_files(k, &text)
+        })
+        .collect();
     // Files are independent: each worker (one per core) takes every n-th
     // file; results are merged and sorted, so output does not depend on
     // scheduling. The first error in file order wins, as in one pass.
@@ -125,14 +150,17 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
     let parts: Vec<Vec<Result<FileResult, (usize, ScanError)>>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|w| {
-                let (files, scanner) = (&files, &scanner);
+                let (files, scanner, fragments) = (&files, &scanner, &fragments);
                 s.spawn(move || {
                     files
                         .iter()
                         .enumerate()
                         .skip(w)
                         .step_by(workers)
-                        .map(|(i, p)| check_file(p, scanner).map_err(|e| (i, e)))
+                        .map(|(i, p)| {
+                            let fragment = fragments.contains(&display(p));
+                            check_file(p, scanner, fragment).map_err(|e| (i, e))
+                        })
                         .collect()
                 })
             })
@@ -196,6 +224,18 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
     for (_, module) in terraform::modules(tf_files) {
         findings.extend(terraform::module_findings(&module));
     }
+    // Rendered overlays: the same rules on what each kustomization would
+    // apply. What the committed files already show is not repeated.
+    let raw: BTreeSet<(String, u32, String)> = findings
+        .iter()
+        .map(|f| (f.file.clone(), f.line, f.rule.clone()))
+        .collect();
+    for kf in &kustomizations {
+        if let Some(rendered) = render::render(kf)? {
+            report.rendered.push(render::digest(kf, &rendered)?);
+            findings.extend(rendered_findings(kf, rendered, &raw)?);
+        }
+    }
     findings.sort();
     findings.dedup();
     let (failing, mut waived, mut unused) =
@@ -207,6 +247,116 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
     report.waived = waived;
     report.unused_waivers = unused;
     Ok(report)
+}
+
+/// The rules' findings on one rendered kustomization that the committed
+/// files do not already show. One that a kustomization's change brings in
+/// (a patch, an `images` entry, …) points at that change, where the fix
+/// goes; any other names the overlay that renders it.
+fn rendered_findings(
+    kf: &str,
+    rendered: Vec<render::RenderedObject>,
+    raw: &BTreeSet<(String, u32, String)>,
+) -> Result<Vec<Finding>, ScanError> {
+    let mut objs = Vec::new();
+    let mut srcs = Vec::new();
+    for r in rendered {
+        match k8s::object(r.doc.clone()) {
+            Ok(Some(o)) => {
+                objs.push(o);
+                srcs.push(r);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                // Blame the first change after which the object is invalid.
+                let culprit = (0..r.changes.len()).find(|&i| {
+                    k8s::object(Doc {
+                        value: r.after(i).clone(),
+                        ..r.doc.clone()
+                    })
+                    .is_err()
+                });
+                return Err(match culprit.map(|i| &r.changes[i]) {
+                    Some(c) => ScanError::Render {
+                        path: c.file.clone(),
+                        line: c.line as usize,
+                        reason: format!(
+                            "after this change, the object from {}:{} is not valid: {e}",
+                            r.doc.file, r.doc.start
+                        ),
+                    },
+                    None => e,
+                });
+            }
+        }
+    }
+    let mut found: Vec<(Finding, Option<usize>)> = Vec::new();
+    for (i, o) in objs.iter().enumerate() {
+        found.extend(object_findings(o).into_iter().map(|f| (f, Some(i))));
+    }
+    let ns_of = |o: &Object| o.namespace.clone().unwrap_or_else(|| "default".into());
+    found.extend(
+        netpol::analyse(&objs, &ns_of)?
+            .into_iter()
+            .map(|f| (f, None)),
+    );
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (mut f, owner) in found {
+        if raw.contains(&(f.file.clone(), f.line, f.rule.clone())) {
+            continue;
+        }
+        let culprit = owner.and_then(|i| {
+            let r = &srcs[i];
+            let has = |v: &serde_yaml_ng::Value| -> bool {
+                let doc = Doc {
+                    value: v.clone(),
+                    ..r.doc.clone()
+                };
+                matches!(k8s::object(doc), Ok(Some(o)) if object_findings(&o)
+                    .iter()
+                    .any(|x| x.rule == f.rule && x.message == f.message))
+            };
+            let mut before = has(&r.changes.first()?.before);
+            for (j, c) in r.changes.iter().enumerate() {
+                let after = has(r.after(j));
+                if !before && after {
+                    return Some((&objs[i], c));
+                }
+                before = after;
+            }
+            None
+        });
+        match culprit {
+            Some((o, c)) => {
+                let text = texts
+                    .entry(c.file.clone())
+                    .or_insert_with(|| std::fs::read_to_string(&c.file).unwrap_or_default());
+                f.message = format!(
+                    "{} — {} {} from {}:{}, as changed here",
+                    f.message, o.kind, o.name, o.doc.file, o.doc.start
+                );
+                f.snippet = text
+                    .lines()
+                    .nth((c.line as usize).saturating_sub(1))
+                    .unwrap_or("")
+                    .to_owned();
+                f.file = c.file.clone();
+                f.line = c.line;
+                f.column = 1;
+            }
+            None => f.message = format!("{} — as rendered by {kf}", f.message),
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// The per-object rules.
+fn object_findings(o: &Object) -> Vec<Finding> {
+    let mut f = k8s::secret_findings(o);
+    f.extend(k8s::workload_findings(o));
+    f
 }
 
 fn parent_dir(p: &str) -> &str {
@@ -225,7 +375,7 @@ struct FileOut {
     terraform: Option<TfFile>,
 }
 
-fn check_file(path: &Path, scanner: &Scanner) -> Result<FileResult, ScanError> {
+fn check_file(path: &Path, scanner: &Scanner, fragment: bool) -> Result<FileResult, ScanError> {
     let bytes = std::fs::read(path).map_err(|e| ScanError::Read {
         path: display(path),
         reason: e.to_string(),
@@ -263,7 +413,7 @@ fn check_file(path: &Path, scanner: &Scanner) -> Result<FileResult, ScanError> {
             if let Some(d) = docs.first() {
                 out.findings.extend(workflows::findings(d));
             }
-        } else if text.contains("kind:") {
+        } else if text.contains("kind:") && !fragment {
             for d in yaml::documents(&name, &text)? {
                 if let Some(o) = k8s::object(d)? {
                     out.findings.extend(k8s::secret_findings(&o));

@@ -477,12 +477,30 @@ at rest and literal secrets (AWS, GCP, Azure, MinIO); GitHub Actions gate workfl
 file containing \"gate\"): no path/branch filters, no skippable jobs, an always-running\n\
 summary that fails on skipped or cancelled; secrets in any text file (gitleaks rule files\n\
 with --rules). Secrets are masked in every output.\n\
+Kustomize: every kustomization.yaml is also rendered (resources, patches, namespace, labels,\n\
+images, replicas) and the rules run on what it would apply; a finding a patch causes points\n\
+at the patch. See `kfm infra render`.\n\
 Waivers: infra/waivers.yaml (or --waivers FILE): rule, target (glob), reason, owner, expires.\n\
 Exit 0 clean, 1 findings (or an expired waiver), 2 cannot evaluate (unreadable file, YAML or\n\
 HCL that does not parse, an unrendered template, an unknown field in a known Kubernetes kind,\n\
-a CNI-specific policy, a malformed waiver or rule file)."
+a CNI-specific policy, a malformed waiver or rule file, a kustomization it cannot render)."
     )]
     Check(InfraCheckArgs),
+
+    /// Print what a kustomization renders to (what `kfm infra check` judges), with its digest.
+    #[command(
+        after_help = "Example:\n  kfm infra render infra/k8s/overlays/prod\n\n\
+Renders resources (files and kustomization directories), patches (JSON 6902 and strategic\n\
+merge, by target or by kind and name), namespace, labels, commonLabels, commonAnnotations,\n\
+images and replicas, from local files only. Generators, components, Helm charts, name\n\
+prefixes/suffixes, replacements, remote resources and a patch that selects nothing are\n\
+refused (exit 2, naming the field and line): render those with kustomize and check its output.\n\
+Each object is preceded by a comment naming the file and line it came from."
+    )]
+    Render {
+        /// A kustomization directory, or its kustomization.yaml.
+        path: PathBuf,
+    },
 
     /// Say whether mutating commands may run (DELIVERY_APPROVED.yaml) or the repository is in read-only analysis mode.
     #[command(after_help = "Example:\n  kfm infra mode --repo .\n\n\

@@ -38,6 +38,7 @@ pub async fn run(ws: Option<&Path>, cmd: &InfraCommand, fmt: Format) -> Result<u
     match cmd {
         InfraCommand::Check(a) => check(a, fmt),
         InfraCommand::Mode { repo } => mode(repo, fmt),
+        InfraCommand::Render { path } => render_kustomization(path, fmt),
         InfraCommand::Receipt {
             command: ReceiptCommand::Plan(a),
         } => plan(a, fmt),
@@ -100,6 +101,41 @@ fn check(a: &InfraCheckArgs, fmt: Format) -> Result<u8, Failure> {
     } else {
         EXIT_RULE
     })
+}
+
+fn render_kustomization(path: &Path, fmt: Format) -> Result<u8, Failure> {
+    let shown = path.to_string_lossy().replace('\\', "/");
+    let file = if path.is_dir() {
+        kfm_infra::render::kustomization_in(&shown).ok_or_else(|| {
+            Failure::input(format!("{shown}: no kustomization.yaml in this directory"))
+        })?
+    } else {
+        shown
+    };
+    let objects = kfm_infra::render::render(&file)
+        .map_err(|e| Failure::input(e.to_string()))?
+        .ok_or_else(|| {
+            Failure::input(format!(
+                "{file}: not a Kustomize Kustomization (kustomize.config.k8s.io)"
+            ))
+        })?;
+    let digest =
+        kfm_infra::render::digest(&file, &objects).map_err(|e| Failure::input(e.to_string()))?;
+    match fmt {
+        Format::Json => print_json(&serde_json::json!({
+            "kustomization": digest.kustomization,
+            "digest": digest.digest,
+            "objects": objects.iter().map(|o| &o.doc.value).collect::<Vec<_>>(),
+        }))?,
+        Format::Human => {
+            println!(
+                "# {} renders {} objects, {}",
+                file, digest.objects, digest.digest
+            );
+            print!("{}", kfm_infra::render::to_yaml(&objects));
+        }
+    }
+    Ok(0)
 }
 
 fn mode(repo: &Path, fmt: Format) -> Result<u8, Failure> {
@@ -185,6 +221,7 @@ fn plan(a: &PlanArgs, fmt: Format) -> Result<u8, Failure> {
         head,
         changed,
         checked,
+        rendered: report.rendered.clone(),
         findings: report.findings.clone(),
         waived: report.waived.len(),
         tooling: receipt::base_tools(&a.repo),
@@ -202,6 +239,12 @@ fn plan(a: &PlanArgs, fmt: Format) -> Result<u8, Failure> {
             println!("plan {}..{}", &receipt.base[..12], &receipt.head[..12]);
             for c in &receipt.changed {
                 println!("  {}  {}", c.digest, c.path);
+            }
+            for r in &receipt.rendered {
+                println!(
+                    "  rendered {}  {} ({} objects)",
+                    r.digest, r.kustomization, r.objects
+                );
             }
             println!(
                 "gate on {}: {} findings, {} waived",

@@ -355,6 +355,27 @@ fn what_cannot_be_evaluated_exits_2_naming_file_and_line() {
             "bad-operator.yaml",
             "unknown label selector operator \"Matches\"",
         ),
+        // Kustomizations the gate cannot render faithfully.
+        (
+            "kustomize/name-prefix",
+            "unevaluable/kustomize/name-prefix/kustomization.yaml:5: cannot render this kustomization: namePrefix",
+        ),
+        (
+            "kustomize/patch-nowhere",
+            "unevaluable/kustomize/patch-nowhere/kustomization.yaml:6: cannot render this kustomization: the patch's target (kind=Deployment, name=shopp) matches no resource",
+        ),
+        (
+            "kustomize/remote",
+            "unevaluable/kustomize/remote/kustomization.yaml:4: cannot render this kustomization: remote resource",
+        ),
+        (
+            "kustomize/typo-in-patch",
+            "unevaluable/kustomize/typo-in-patch/kustomization.yaml:6: cannot render this kustomization: after this change, the object from unevaluable/kustomize/app.yaml:1 is not valid",
+        ),
+        (
+            "kustomize/helm",
+            "unevaluable/kustomize/helm/kustomization.yaml:5: cannot render this kustomization: helmCharts",
+        ),
     ] {
         kfm(&fixtures())
             .args(["infra", "check", &format!("unevaluable/{file}")])
@@ -376,6 +397,170 @@ fn what_cannot_be_evaluated_exits_2_naming_file_and_line() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("waiver file"));
+}
+
+/// Overlays are rendered and judged: a base that passes as committed fails
+/// when an overlay's patches undo it, each finding pointing at the change
+/// that causes it; a benign overlay adds nothing; patch files are judged
+/// inside what they patch, never as objects of their own.
+#[test]
+fn kustomize_overlays_are_rendered_and_findings_point_at_the_change() {
+    let out = kfm(&fixtures())
+        .args(["infra", "check", "overlays", "--format", "json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let got: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{} {}",
+                f["file"].as_str().unwrap(),
+                f["line"],
+                f["rule"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let k = "overlays/bad/kustomization.yaml";
+    let want: Vec<String> = [
+        // images: newTag latest
+        format!("{k}:7 KFM-K8S-009"),
+        // the JSON 6902 patch to runAsUser 0
+        format!("{k}:13 KFM-K8S-004"),
+        // the privileged sidecar (strategic merge from debug-sidecar.yaml)
+        format!("{k}:24 KFM-K8S-002"),
+        format!("{k}:24 KFM-K8S-003"),
+        format!("{k}:24 KFM-K8S-004"),
+        format!("{k}:24 KFM-K8S-005"),
+        format!("{k}:24 KFM-K8S-006"),
+        format!("{k}:24 KFM-K8S-009"),
+        // the default deny, deleted by `$patch: delete`
+        "overlays/base/namespace.yaml:4 KFM-NET-001".into(),
+        "overlays/base/namespace.yaml:4 KFM-NET-002".into(),
+    ]
+    .to_vec();
+    assert_eq!(got, want);
+    let messages: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert!(messages[1].contains("container shop runs as user 0"));
+    assert!(messages[1].contains("from overlays/base/app.yaml:1, as changed here"));
+    assert!(messages[8].ends_with("as rendered by overlays/bad/kustomization.yaml"));
+    // Every kustomization is rendered, with a digest.
+    let rendered = v["rendered"].as_array().unwrap();
+    let names: Vec<&str> = rendered
+        .iter()
+        .map(|r| r["kustomization"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "overlays/bad/kustomization.yaml",
+            "overlays/base/kustomization.yaml",
+            "overlays/good/kustomization.yaml"
+        ]
+    );
+    assert_eq!(rendered[1]["objects"], 3);
+    assert_eq!(rendered[0]["objects"], 2, "the deleted policy is gone");
+    assert_ne!(rendered[1]["digest"], rendered[2]["digest"]);
+
+    // `kfm infra render` prints what was judged, with the same digest.
+    let shown = kfm(&fixtures())
+        .args(["infra", "render", "overlays/good"])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let shown = String::from_utf8(shown).unwrap();
+    assert!(shown.contains(rendered[2]["digest"].as_str().unwrap()));
+    assert!(shown.contains("replicas: 3"));
+    assert!(shown.contains("registry.example.org/shop@sha256:7c2114"));
+    assert!(shown.contains("memory: 512Mi") && shown.contains("memory: 128Mi"));
+    // includeSelectors: every object, the Deployment's selector and pod
+    // template; not the empty podSelector of the default deny (which would
+    // narrow it), as Kustomize does.
+    assert_eq!(shown.matches("env: good").count(), 5, "{shown}");
+    assert!(shown.contains("podSelector: {}"));
+    kfm(&fixtures())
+        .args(["infra", "render", "broken"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no kustomization.yaml"));
+}
+
+/// A plan receipt records what each overlay renders to at head, so a
+/// change that only edits a patch still changes a rendered digest.
+#[test]
+fn plan_receipts_carry_rendered_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let base = repo.join("infra/k8s/base");
+    let prod = repo.join("infra/k8s/prod");
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::create_dir_all(&prod).unwrap();
+    for f in [
+        "kustomization.yaml",
+        "namespace.yaml",
+        "app.yaml",
+        "deny-all.yaml",
+    ] {
+        std::fs::copy(fixtures().join("overlays/base").join(f), base.join(f)).unwrap();
+    }
+    let overlay = |count: u32| {
+        std::fs::write(
+            prod.join("kustomization.yaml"),
+            format!("resources: [../base]\nreplicas:\n  - name: shop\n    count: {count}\n"),
+        )
+        .unwrap();
+    };
+    overlay(3);
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-qm", "base"]);
+    let digest_now = || {
+        let out = kfm(&repo)
+            .args(["infra", "render", "infra/k8s/prod", "--format", "json"])
+            .assert()
+            .code(0)
+            .get_output()
+            .stdout
+            .clone();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        v["digest"].as_str().unwrap().to_owned()
+    };
+    let before = digest_now();
+    overlay(5);
+    git(&repo, &["commit", "-qam", "scale prod"]);
+    let after = digest_now();
+    assert_ne!(before, after);
+    let out = kfm(&repo)
+        .args([
+            "infra", "receipt", "plan", "--base", "HEAD~1", "--head", "HEAD", "--format", "json",
+        ])
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let p: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(p["changed"][0]["path"], "infra/k8s/prod/kustomization.yaml");
+    let rendered = p["rendered"].as_array().unwrap();
+    assert_eq!(rendered.len(), 2);
+    assert_eq!(
+        rendered[1]["kustomization"],
+        "infra/k8s/prod/kustomization.yaml"
+    );
+    assert_eq!(rendered[1]["digest"], after.as_str());
+    assert_eq!(rendered[1]["objects"], 3);
 }
 
 /// KFM's own deployment passes its own gate (as .ci/run checks too).
@@ -463,6 +648,7 @@ fn plan_receipts_judge_the_head_commit_and_apply_needs_delivery_approval() {
             .any(|f| f["rule"] == "KFM-K8S-002" && f["file"] == "infra/k8s/app.yaml")
     );
     assert_eq!(p["mode"]["mode"], "analysis");
+    assert_eq!(p["rendered"], serde_json::json!([]));
     assert!(
         p["tooling"]
             .as_array()
