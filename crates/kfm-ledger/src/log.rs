@@ -800,6 +800,9 @@ const SUPERSEDED: &str = "superseded";
 /// entry whatever the lag.
 const MATERIALIZE_EVERY: Duration = Duration::from_millis(1000);
 
+/// Tile and bundle objects written concurrently in one round.
+const TILE_WRITES_IN_FLIGHT: usize = 4;
+
 struct Writer {
     signer: LedgerSigner,
     opts: LedgerOptions,
@@ -977,10 +980,18 @@ impl Materializer {
             }
             objects
         };
-        let writes = objects
-            .into_iter()
-            .map(|(k, b)| create_or_same(&self.audit, k, b));
-        if let Err(e) = futures::future::try_join_all(writes).await {
+        // A few writes at a time: hundreds at once (one blocking thread
+        // each) only spin on the directory's lock in the kernel, taking the
+        // CPU the journal's appenders need, and finish no sooner.
+        use futures::{StreamExt as _, TryStreamExt as _};
+        let writes = futures::stream::iter(
+            objects
+                .into_iter()
+                .map(|(k, b)| create_or_same(&self.audit, k, b)),
+        )
+        .buffer_unordered(TILE_WRITES_IN_FLIGHT)
+        .try_collect::<Vec<()>>();
+        if let Err(e) = writes.await {
             // Objects of another writer at our keys mean the checkpoint moved
             // on without us: this writer is stale, and must not go further.
             let now = self
