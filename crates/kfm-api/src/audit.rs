@@ -65,6 +65,93 @@ pub struct AccessRecord<'a> {
     pub decision: Option<&'a DecisionRecord>,
 }
 
+impl AccessRecord<'_> {
+    /// The record as RFC 8785 canonical JSON (the ledger entry).
+    ///
+    /// Written field by field with the keys in canonical order, rather than
+    /// through a general canonicaliser that buffers and sorts every member
+    /// of every object (a fifth of the server's CPU under load). Every value
+    /// here is a string, an integer, a bool or an array of strings, which
+    /// serde_json writes exactly as RFC 8785 does; the obligations (which
+    /// may hold floats) go through the canonicaliser. The test
+    /// `entries_match_the_general_canonicaliser` holds the two equal.
+    pub fn to_entry(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        let mut o = Obj::new(&mut out);
+        o.field("action", self.action);
+        o.field("auth", self.auth);
+        if let Some(d) = self.dataset {
+            o.field("dataset", d);
+        }
+        if let Some(d) = self.decision {
+            o.key("decision");
+            let mut r = Obj::new(o.out);
+            r.field("allow", &d.allow);
+            r.field("bundle_digest", &d.bundle_digest);
+            r.field("bundle_revision", &d.bundle_revision);
+            r.field("decision_id", &d.decision_id);
+            r.field("input_digest", &d.input_digest);
+            r.field("kind", &d.kind);
+            r.key("obligations");
+            let obligations = kfm_core::to_canonical_json(&d.obligations).unwrap_or_default();
+            r.out.extend_from_slice(&obligations);
+            r.field("reason", &d.reason);
+            r.field("time", &d.time);
+            r.end();
+        }
+        o.field("kind", self.kind);
+        o.field("method", self.method);
+        o.field("path", self.path);
+        if let Some(q) = self.query {
+            o.field("query", q);
+        }
+        o.field("request_id", &self.request_id);
+        o.field("roles", self.roles);
+        o.field("route", self.route);
+        o.field("status", &self.status);
+        o.field("subject", self.subject);
+        o.field("time", &self.time);
+        if let Some(v) = self.version_id {
+            o.field("version_id", v);
+        }
+        o.end();
+        out
+    }
+}
+
+/// A JSON object written member by member; the caller gives keys in
+/// canonical (sorted) order.
+struct Obj<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> Obj<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, first: true }
+    }
+
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        // Writing strings into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.out, k);
+        self.out.push(b':');
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, k: &str, v: &T) {
+        self.key(k);
+        let _ = serde_json::to_writer(&mut *self.out, v);
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
+    }
+}
+
 /// Most records that may wait for the ledger without holding an answer
 /// back; past it, answers wait (back-pressure instead of unbounded memory).
 const MAX_PENDING: usize = 65_536;
@@ -173,4 +260,95 @@ impl AuditSink {
 pub fn reference(entry: &[u8]) -> (Hash, String) {
     let h = leaf_hash(entry);
     (h, hex::encode(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kfm_core::Digest;
+    use kfm_policy::{Generalization, Obligation};
+
+    fn decision(reason: &str, obligations: Vec<Obligation>) -> DecisionRecord {
+        DecisionRecord {
+            kind: "kfm.policy.Decision".into(),
+            decision_id: "0f1e2d3c-4b5a-4697-8877-665544332211".into(),
+            bundle_digest: Digest::of(b"bundle"),
+            bundle_revision: "rev \"7\"".into(),
+            input_digest: Digest::of(b"input"),
+            allow: true,
+            reason: reason.into(),
+            obligations,
+            time: "2026-11-23T02:03:04.123456Z".into(),
+        }
+    }
+
+    #[test]
+    fn entries_match_the_general_canonicaliser() {
+        let roles = vec!["public".to_owned(), "réseau \u{1F600}".to_owned()];
+        let strings = [
+            "",
+            "plain",
+            "quote \" backslash \\ slash /",
+            "controls \u{0} \u{8} \t \n \u{c} \r \u{1f} \u{7f}",
+            "unicode é 漢 \u{2028} \u{2029} \u{FEFF} \u{1F600}",
+            "<script>&amp;</script>",
+        ];
+        let decisions = [
+            decision("allowed", Vec::new()),
+            decision(
+                "generalized",
+                vec![
+                    Obligation::Generalize {
+                        how: Generalization::Grid { degrees: 1.0 },
+                    },
+                    Obligation::Generalize {
+                        how: Generalization::Grid { degrees: 0.1 },
+                    },
+                    Obligation::Generalize {
+                        how: Generalization::H3 { resolution: 7 },
+                    },
+                    Obligation::Attribution {
+                        license: "CC-BY-4.0".into(),
+                        text: "© GeoNames \u{2028}".into(),
+                    },
+                    Obligation::RedactFields {
+                        fields: vec!["owner".into(), "b\"c".into()],
+                    },
+                    Obligation::AuditDurable {},
+                ],
+            ),
+        ];
+        let mut checked = 0;
+        for s in strings {
+            for (i, d) in [None, Some(&decisions[0]), Some(&decisions[1])]
+                .into_iter()
+                .enumerate()
+            {
+                let r = AccessRecord {
+                    kind: ACCESS_KIND,
+                    request_id: s.to_owned(),
+                    time: "2026-11-23T02:03:04.000001Z".into(),
+                    subject: s,
+                    roles: &roles,
+                    auth: "token",
+                    method: "GET",
+                    route: "/collections/{collectionId}/items",
+                    path: s,
+                    query: (i != 1).then_some(s),
+                    status: [200, 404, 503][i],
+                    action: "read",
+                    dataset: (i != 0).then_some(s),
+                    version_id: (i == 2).then_some("ks-places@v1"),
+                    decision: d,
+                };
+                let want = kfm_core::to_canonical_json(&r).unwrap();
+                assert_eq!(
+                    String::from_utf8(r.to_entry()).unwrap(),
+                    String::from_utf8(want).unwrap()
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 18);
+    }
 }

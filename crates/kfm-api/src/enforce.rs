@@ -36,15 +36,20 @@ fn subject(who: &Principal) -> Value {
     })
 }
 
-fn context(st: &AppState) -> Value {
+fn context(st: &AppState, second: &str) -> Value {
     json!({
         "environment": st.config.environment.as_str(),
-        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "time": second,
     })
 }
 
-/// The policy input for `action` on a release (SPEC §4).
-pub fn input(st: &AppState, who: &Principal, action: &str, rel: &Release) -> Value {
+/// The current second, as the policy input carries it.
+fn now_second() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The policy input for `action` on a release (SPEC §4), at `second`.
+pub fn input(st: &AppState, who: &Principal, action: &str, rel: &Release, second: &str) -> Value {
     let m = &rel.manifest;
     let mut license = json!({"id": m.license});
     if let Some(a) = &m.attribution {
@@ -71,29 +76,36 @@ pub fn input(st: &AppState, who: &Principal, action: &str, rel: &Release) -> Val
         "subject": subject(who),
         "action": action,
         "resource": resource,
-        "context": context(st),
+        "context": context(st, second),
     })
 }
 
 /// Decisions for identical inputs within one second. The input carries the
 /// time to the second and the policy is a pure function of its input and
 /// the pinned bundle, so a cached answer is exactly the one the policy
-/// would give again; the cache empties when the second changes.
+/// would give again; the cache empties when the second changes. It is keyed
+/// by what the input is built from (the caller, the action, the immutable
+/// release version; the environment is fixed per process), so a hit builds
+/// no input at all.
 #[derive(Default)]
 pub struct DecisionCache {
     inner: std::sync::Mutex<CacheSecond>,
 }
 
 /// The second the cached decisions were taken in, and the decisions by
-/// input (compact JSON: the input is built with sorted keys).
+/// what their input was built from.
 type CacheSecond = (
     String,
     std::collections::HashMap<String, (Decision, kfm_core::Digest)>,
 );
 
-fn decide(st: &AppState, input: &Value, action: &'static str) -> (Decision, DecisionRecord) {
-    let key = input.to_string();
-    let second = input["context"]["time"].as_str().unwrap_or("").to_owned();
+fn decide(
+    st: &AppState,
+    key: String,
+    second: String,
+    input: impl FnOnce() -> Value,
+    action: &'static str,
+) -> (Decision, DecisionRecord) {
     let hit = st.decisions.inner.lock().ok().and_then(|c| {
         if c.0 == second {
             c.1.get(&key).cloned()
@@ -104,8 +116,9 @@ fn decide(st: &AppState, input: &Value, action: &'static str) -> (Decision, Deci
     let (decision, digest) = match hit {
         Some(h) => h,
         None => {
-            let d = st.policy.decide(input);
-            let digest = kfm_policy::input_digest(input);
+            let input = input();
+            let d = st.policy.decide(&input);
+            let digest = kfm_policy::input_digest(&input);
             if let Ok(mut c) = st.decisions.inner.lock() {
                 if c.0 != second || c.1.len() > 4096 {
                     c.1.clear();
@@ -138,8 +151,18 @@ fn plan_of(g: &Generalization) -> Option<Plan> {
 
 /// Asks the policy whether `who` may `action` this release.
 pub fn release(st: &AppState, who: &Principal, action: &'static str, rel: &Release) -> Verdict {
-    let input = input(st, who, action, rel);
-    let (decision, record) = decide(st, &input, action);
+    let second = now_second();
+    let key = format!(
+        "release\0{action}\0{}\0{}\0{}\0{:?}\0{:?}",
+        rel.dataset, rel.version_id, who.id, who.roles, who.approved_access
+    );
+    let (decision, record) = decide(
+        st,
+        key,
+        second.clone(),
+        || input(st, who, action, rel, &second),
+        action,
+    );
     let mut note = AuditNote {
         action,
         dataset: Some(rel.dataset.clone()),
@@ -193,13 +216,20 @@ pub fn release(st: &AppState, who: &Principal, action: &'static str, rel: &Relea
 
 /// Asks the policy whether `who` may read the audit trail.
 pub fn audit_read(st: &AppState, who: &Principal) -> (bool, AuditNote) {
-    let input = json!({
-        "subject": subject(who),
-        "action": "audit",
-        "resource": {"kind": "audit", "zone": "published"},
-        "context": context(st),
-    });
-    let (decision, record) = decide(st, &input, "audit");
+    let second = now_second();
+    let key = format!(
+        "audit\0{}\0{:?}\0{:?}",
+        who.id, who.roles, who.approved_access
+    );
+    let input = || {
+        json!({
+            "subject": subject(who),
+            "action": "audit",
+            "resource": {"kind": "audit", "zone": "published"},
+            "context": context(st, &second),
+        })
+    };
+    let (decision, record) = decide(st, key, second.clone(), input, "audit");
     let durable = decision
         .obligations
         .iter()

@@ -203,7 +203,7 @@ pub async fn govern(State(st): State<Arc<AppState>>, mut req: Request, next: Nex
         version_id: note.version_id.as_deref(),
         decision: note.decision.as_ref(),
     };
-    let entry = kfm_core::to_canonical_json(&record).unwrap_or_default();
+    let entry = record.to_entry();
     let (leaf, reference) = audit::reference(&entry);
     if note.durable {
         if st.audit.append_durable(entry).await.is_err() {
