@@ -467,13 +467,7 @@ fn build(kfile: &str, stack: &mut Vec<String>) -> Result<Vec<RenderedObject>, Sc
         };
         let line = k.line_of(&[Seg::Key("namespace")]).0;
         for o in &mut objects {
-            let kind = o
-                .doc
-                .value
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if !CLUSTER_SCOPED.contains(&kind) {
+            if !CLUSTER_SCOPED.contains(&kind_of(&o.doc.value)) {
                 o.change(kfile, line, |v| {
                     set_path(v, &["metadata", "namespace"], Value::from(ns));
                     Ok::<(), ScanError>(())
@@ -577,12 +571,7 @@ fn build(kfile: &str, stack: &mut Vec<String>) -> Result<Vec<RenderedObject>, Sc
             let line = k.line_of(&[Seg::Key("replicas"), Seg::Index(i)]).0;
             let mut hit = false;
             for o in &mut objects {
-                let kind = o
-                    .doc
-                    .value
-                    .get("kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let kind = kind_of(&o.doc.value);
                 let name = get_path(&o.doc.value, &["metadata", "name"]).and_then(Value::as_str);
                 if matches!(kind, "Deployment" | "StatefulSet" | "ReplicaSet")
                     && name == Some(r.name.as_str())
@@ -1102,9 +1091,14 @@ fn show(path: &[String]) -> String {
     }
 }
 
+/// An object's kind (`""` when it has none).
+fn kind_of(v: &Value) -> &str {
+    v.get("kind").and_then(Value::as_str).unwrap_or("")
+}
+
 /// Paths of the pod specs in an object (where images and templates live).
 fn pod_spec_paths(v: &Value) -> Vec<&'static [&'static str]> {
-    match v.get("kind").and_then(Value::as_str).unwrap_or("") {
+    match kind_of(v) {
         "Pod" => vec![&["spec"]],
         "Deployment"
         | "StatefulSet"
@@ -1119,7 +1113,7 @@ fn pod_spec_paths(v: &Value) -> Vec<&'static [&'static str]> {
 }
 
 fn template_meta_paths(v: &Value) -> Vec<&'static [&'static str]> {
-    match v.get("kind").and_then(Value::as_str).unwrap_or("") {
+    match kind_of(v) {
         "Deployment"
         | "StatefulSet"
         | "DaemonSet"
@@ -1143,11 +1137,7 @@ fn template_meta_paths(v: &Value) -> Vec<&'static [&'static str]> {
 /// already exist).
 fn add_labels(v: &mut Value, pairs: &Mapping, selectors: bool, templates: bool) {
     merge_into(v, &["metadata", "labels"], pairs, true);
-    let kind = v
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let kind = kind_of(v).to_owned();
     if templates {
         for t in template_meta_paths(v) {
             let mut p = t.to_vec();

@@ -202,6 +202,23 @@ fn gitleaks_rule_files_add_rules_and_bad_ones_are_refused() {
         .stderr(predicate::str::contains("invalid regex"));
 }
 
+/// A report's findings as `file:line rule`, in report order.
+fn finding_ids(report: &serde_json::Value) -> Vec<String> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            format!(
+                "{}:{} {}",
+                f["file"].as_str().unwrap(),
+                f["line"],
+                f["rule"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../kfm-infra/tests/fixtures")
 }
@@ -253,19 +270,7 @@ fn fixtures_fail_with_exactly_the_expected_findings() {
     );
 
     let v: serde_json::Value = serde_json::from_slice(&first).unwrap();
-    let got: Vec<String> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            format!(
-                "{}:{} {}",
-                f["file"].as_str().unwrap(),
-                f["line"],
-                f["rule"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let got = finding_ids(&v);
     let want: Vec<String> = std::fs::read_to_string(fixtures().join("expected-findings.txt"))
         .unwrap()
         .lines()
@@ -413,19 +418,7 @@ fn kustomize_overlays_are_rendered_and_findings_point_at_the_change() {
         .stdout
         .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-    let got: Vec<String> = v["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            format!(
-                "{}:{} {}",
-                f["file"].as_str().unwrap(),
-                f["line"],
-                f["rule"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let got = finding_ids(&v);
     let k = "overlays/bad/kustomization.yaml";
     let want: Vec<String> = [
         // images: newTag latest
