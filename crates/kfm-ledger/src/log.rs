@@ -2,18 +2,22 @@
 //! plus a signed checkpoint, with group commit, a single writer, recovery of
 //! a torn tail, and full offline verification.
 //!
-//! Durability order for each batch: every tile and bundle of the batch is
-//! created (fsynced on a directory; acknowledged by S3), then the new
-//! checkpoint is signed and swapped in by compare-and-swap, and only then
-//! does any appender learn its index. A crash before the swap leaves objects
-//! no checkpoint covers: the next writer discards them on open.
+//! Durability order: no appender learns its index before its entry is
+//! durable. On a directory that is when the journal record holding its
+//! batch (and the batch's signed checkpoint) has been synced; tiles and
+//! bundles follow once a second, made durable together before the
+//! checkpoint object moves to cover them. On S3 every tile and bundle of
+//! the batch is acknowledged before the checkpoint is swapped in by
+//! compare-and-swap. Either way a crash leaves, beyond the checkpoint
+//! object, only objects no checkpoint covers: the next writer discards them
+//! on open and rewrites them from the journal.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kfm_store::{Audit, Journal, PointerVersion, StoreError, WriterLock};
+use kfm_store::{Audit, FreshJournal, Journal, PointerVersion, StoreError, WriterLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::checkpoint::{CheckpointError, LedgerSigner, verify_checkpoint};
@@ -487,7 +491,8 @@ struct JournalState {
 /// background task; each returns once its batch is durable.
 ///
 /// On a directory a batch is durable when its journal record is synced (one
-/// `fdatasync`); a second task then writes tiles and the checkpoint object,
+/// `fdatasync`, shared by every batch queued meanwhile, on the journal
+/// thread); a second task then writes tiles and the checkpoint object,
 /// coalescing batches. On S3 each batch writes its tiles and checkpoint
 /// before answering.
 pub struct Ledger {
@@ -800,9 +805,6 @@ const SUPERSEDED: &str = "superseded";
 /// entry whatever the lag.
 const MATERIALIZE_EVERY: Duration = Duration::from_millis(1000);
 
-/// Tile and bundle objects written concurrently in one round.
-const TILE_WRITES_IN_FLIGHT: usize = 4;
-
 struct Writer {
     signer: LedgerSigner,
     opts: LedgerOptions,
@@ -815,12 +817,111 @@ struct Writer {
     inline: Option<Materializer>,
 }
 
+/// Batches prepared but not yet handed to the journal thread, at most.
+/// Bounds memory when the disk falls behind: the writer then waits, and so
+/// do appenders.
+const JOURNAL_QUEUE: usize = 16;
+
+/// One batch on its way to the journal: its record, and who to answer
+/// once it is durable.
+struct Prepared {
+    record: Vec<u8>,
+    new_size: u64,
+    note: Arc<Vec<u8>>,
+    answers: Vec<(oneshot::Sender<Result<Appended, String>>, Appended)>,
+}
+
+impl Prepared {
+    fn fail(self, msg: &str) {
+        for (tx, _) in self.answers {
+            let _ = tx.send(Err(msg.to_owned()));
+        }
+    }
+}
+
+/// The journal thread (directory stores): writes every batch the writer has
+/// prepared since its last sync with one `pwrite` and one `fdatasync`, then
+/// marks them committed and answers their appenders, in order.
+///
+/// Why a thread of its own: the writer prepares the next batches (hashing,
+/// signing) while the disk syncs the previous ones, so the sync, which is
+/// most of an append's latency, is no longer followed by the CPU work in
+/// series. A batch is answered only after a sync that began after its
+/// record was written, so every acknowledged entry is durable.
+fn journal_thread(
+    mut rx: mpsc::Receiver<Prepared>,
+    journal: Arc<std::sync::Mutex<JournalState>>,
+    shared: Arc<RwLock<Shared>>,
+    notify: Arc<tokio::sync::Notify>,
+) {
+    let mut bytes = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while let Ok(p) = rx.try_recv() {
+            group.push(p);
+        }
+        let failed = shared.read().ok().and_then(|s| s.failed.clone());
+        if let Some(f) = failed {
+            group.into_iter().for_each(|p| p.fail(&f));
+            continue;
+        }
+        bytes.clear();
+        for p in &group {
+            bytes.extend_from_slice(&p.record);
+        }
+        let last = group.last().map(|p| (p.new_size, p.note.clone()));
+        let written = match (journal.lock(), last.as_ref()) {
+            (Ok(mut st), Some((new, _))) => st.journal.append_durable(&bytes).map(|()| {
+                st.last_size = *new;
+            }),
+            (Err(_), _) => Err(StoreError::Io {
+                path: "journal".into(),
+                source: std::io::Error::other("journal lock poisoned"),
+            }),
+            (_, None) => Ok(()),
+        };
+        match (written, last) {
+            (Ok(()), Some((new, note))) => {
+                if let Ok(mut s) = shared.write() {
+                    s.committed = new;
+                    s.checkpoint = note;
+                    s.batches += group.len() as u64;
+                }
+                notify.notify_one();
+                for p in group {
+                    for (tx, a) in p.answers {
+                        let _ = tx.send(Ok(a));
+                    }
+                }
+            }
+            (Ok(()), None) => {}
+            (Err(e), _) => {
+                let msg = e.to_string();
+                tracing::error!(error = %e, "ledger journal write failed; the writer stops");
+                if let Ok(mut s) = shared.write() {
+                    s.failed = Some(msg.clone());
+                }
+                group.into_iter().for_each(|p| p.fail(&msg));
+            }
+        }
+    }
+}
+
 fn poisoned() -> LedgerError {
     LedgerError::Failed("ledger state lock poisoned".into())
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let (jtx, jthread) = match &self.journal {
+            Some(j) => {
+                let (tx, jrx) = mpsc::channel(JOURNAL_QUEUE);
+                let (j, sh, n) = (j.clone(), self.shared.clone(), self.notify.clone());
+                let h = tokio::task::spawn_blocking(move || journal_thread(jrx, j, sh, n));
+                (Some(tx), Some(h))
+            }
+            None => (None, None),
+        };
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             // Gather what is already queued, yielding so that appenders that
@@ -856,35 +957,105 @@ impl Writer {
                 .iter_mut()
                 .map(|r| std::mem::take(&mut r.entry))
                 .collect();
+            if let Some(jtx) = &jtx {
+                let prepared = match self.prepare(entries, batch) {
+                    Ok(p) => p,
+                    Err((e, batch)) => {
+                        self.stop(&e, batch);
+                        continue;
+                    }
+                };
+                if let Err(mpsc::error::SendError(p)) = jtx.send(prepared).await {
+                    p.fail("ledger journal thread stopped");
+                }
+                continue;
+            }
             match self.commit(entries).await {
                 Ok(results) => {
                     for (r, a) in batch.into_iter().zip(results) {
                         let _ = r.done.send(Ok(a));
                     }
                 }
-                Err(e) => {
-                    let msg = if matches!(e, LedgerError::Superseded) {
-                        SUPERSEDED.to_owned()
-                    } else {
-                        e.to_string()
-                    };
-                    tracing::error!(error = %e, "ledger commit failed; the writer stops");
-                    if let Ok(mut s) = self.shared.write() {
-                        s.failed = Some(msg.clone());
-                    }
-                    for r in batch {
-                        let _ = r.done.send(Err(msg.clone()));
-                    }
-                }
+                Err(e) => self.stop(&e, batch),
             }
         }
-        // No more appends: let the tile writer finish and stop.
+        // No more appends: every prepared batch goes to disk first.
+        drop(jtx);
+        if let Some(h) = jthread {
+            let _ = h.await;
+        }
+        // Then let the tile writer finish and stop.
         self.closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.notify.notify_one();
     }
 
-    /// Makes one batch durable, then reports it committed.
+    /// Records a failure that stops the writer and answers `batch` with it.
+    fn stop(&self, e: &LedgerError, batch: Vec<Request>) {
+        let msg = if matches!(e, LedgerError::Superseded) {
+            SUPERSEDED.to_owned()
+        } else {
+            e.to_string()
+        };
+        tracing::error!(error = %e, "ledger commit failed; the writer stops");
+        if let Ok(mut s) = self.shared.write() {
+            s.failed = Some(msg.clone());
+        }
+        for r in batch {
+            let _ = r.done.send(Err(msg.clone()));
+        }
+    }
+
+    /// Adds a batch to the tree and signs its checkpoint (directory
+    /// stores): the journal thread makes it durable and answers it.
+    #[allow(clippy::result_large_err)]
+    fn prepare(
+        &mut self,
+        entries: Vec<Vec<u8>>,
+        batch: Vec<Request>,
+    ) -> Result<Prepared, (LedgerError, Vec<Request>)> {
+        let (old, new, root, leaves) = {
+            let Ok(mut s) = self.shared.write() else {
+                return Err((poisoned(), batch));
+            };
+            let old = s.tree.size();
+            let leaves: Vec<Hash> = entries.iter().map(|e| s.tree.push(e).1).collect();
+            (old, s.tree.size(), s.tree.root(), leaves)
+        };
+        let note = match self.signer.sign(&self.opts.origin, new, &root) {
+            Ok(n) => Arc::new(n),
+            Err(e) => return Err((e.into(), batch)),
+        };
+        let record = crate::journal::encode(old, &entries, &note);
+        if let Ok(mut s) = self.shared.write() {
+            s.tail.extend(entries);
+        }
+        let answers = batch
+            .into_iter()
+            .zip(leaves)
+            .enumerate()
+            .map(|(i, (r, leaf_hash))| {
+                (
+                    r.done,
+                    Appended {
+                        index: old + i as u64,
+                        leaf_hash,
+                        size: new,
+                        checkpoint: note.clone(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Prepared {
+            record,
+            new_size: new,
+            note,
+            answers,
+        })
+    }
+
+    /// Makes one batch durable, then reports it committed (S3: tiles and
+    /// checkpoint are written before answering).
     async fn commit(&mut self, entries: Vec<Vec<u8>>) -> Result<Vec<Appended>, LedgerError> {
         let (old, new, root, leaves) = {
             let mut s = self.shared.write().map_err(|_| poisoned())?;
@@ -894,21 +1065,7 @@ impl Writer {
             (old, s.tree.size(), s.tree.root(), leaves)
         };
         let note = Arc::new(self.signer.sign(&self.opts.origin, new, &root)?);
-        if let Some(j) = &self.journal {
-            let record = crate::journal::encode(old, &entries, &note);
-            let j = j.clone();
-            tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-                let mut st = j.lock().map_err(|_| StoreError::Io {
-                    path: "journal".into(),
-                    source: std::io::Error::other("journal lock poisoned"),
-                })?;
-                st.journal.append_durable(&record)?;
-                st.last_size = new;
-                Ok(())
-            })
-            .await
-            .map_err(|e| LedgerError::Failed(e.to_string()))??;
-        } else if let Some(m) = self.inline.as_mut() {
+        if let Some(m) = self.inline.as_mut() {
             m.materialize_to(new, note.clone()).await?;
         }
         {
@@ -980,18 +1137,11 @@ impl Materializer {
             }
             objects
         };
-        // A few writes at a time: hundreds at once (one blocking thread
-        // each) only spin on the directory's lock in the kernel, taking the
-        // CPU the journal's appenders need, and finish no sooner.
-        use futures::{StreamExt as _, TryStreamExt as _};
-        let writes = futures::stream::iter(
-            objects
-                .into_iter()
-                .map(|(k, b)| create_or_same(&self.audit, k, b)),
-        )
-        .buffer_unordered(TILE_WRITES_IN_FLIGHT)
-        .try_collect::<Vec<()>>();
-        if let Err(e) = writes.await {
+        let objects = objects
+            .into_iter()
+            .map(|(k, b)| (k, Bytes::from(b)))
+            .collect();
+        if let Err(e) = self.audit.create_all_durable(objects).await {
             // Objects of another writer at our keys mean the checkpoint moved
             // on without us: this writer is stale, and must not go further.
             let now = self
@@ -1001,8 +1151,10 @@ impl Materializer {
                 .map(|p| p.version);
             return Err(if now != self.version {
                 LedgerError::Superseded
+            } else if let StoreError::AlreadyExists { key, .. } = e {
+                corrupt(key, "already exists with different bytes")
             } else {
-                e
+                e.into()
             });
         }
         let bytes = Bytes::from(note.as_ref().clone());
@@ -1036,6 +1188,16 @@ impl Materializer {
         notify: Arc<tokio::sync::Notify>,
         closing: Arc<std::sync::atomic::AtomicBool>,
     ) {
+        let journal_path = match journal.lock() {
+            Ok(st) => st.journal.path().to_path_buf(),
+            Err(_) => {
+                if let Ok(mut s) = self.shared.write() {
+                    s.failed = Some("journal lock poisoned".into());
+                }
+                return;
+            }
+        };
+        let mut spare: Option<FreshJournal> = None;
         loop {
             notify.notified().await;
             // Let batches accumulate: one round of tile writes then covers
@@ -1059,14 +1221,45 @@ impl Materializer {
                 return;
             }
             let done = self.shared.read().map(|s| s.materialized).unwrap_or(0);
-            let j = journal.clone();
-            let cut = tokio::task::spawn_blocking(move || match j.lock() {
-                Ok(mut st) if st.last_size == done && !st.journal.is_empty() => st.journal.reset(),
-                _ => Ok(()),
-            })
-            .await;
-            if let Ok(Err(e)) = cut {
-                tracing::warn!(error = %e, "could not cut the ledger journal; it will be cut later");
+            // Cut the journal once tiles hold all it has: with a fresh file
+            // prepared beforehand, so the journal thread waits only for a
+            // rename. Under steady load the journal often has a batch more
+            // than the tiles; then the file is kept for the next round.
+            let fresh = match spare.take() {
+                Some(f) => Ok(f),
+                None => {
+                    let p = journal_path.clone();
+                    tokio::task::spawn_blocking(move || FreshJournal::prepare(&p))
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(StoreError::Io {
+                                path: journal_path.display().to_string(),
+                                source: std::io::Error::other(e.to_string()),
+                            })
+                        })
+                }
+            };
+            match fresh {
+                Ok(fresh) => {
+                    let j = journal.clone();
+                    let cut = tokio::task::spawn_blocking(move || match j.lock() {
+                        Ok(mut st) if st.last_size == done && !st.journal.is_empty() => {
+                            st.journal.swap_in(fresh).map(|()| None)
+                        }
+                        _ => Ok(Some(fresh)),
+                    })
+                    .await;
+                    match cut {
+                        Ok(Ok(kept)) => spare = kept,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not cut the ledger journal; it will be cut later");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "journal cut task failed"),
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not prepare a fresh ledger journal; it will be cut later");
+                }
             }
             if closing.load(std::sync::atomic::Ordering::SeqCst) {
                 let caught_up = self
@@ -1080,23 +1273,6 @@ impl Materializer {
                 notify.notify_one();
             }
         }
-    }
-}
-
-/// Creates an object, accepting one already there with the same bytes (a
-/// retry); different bytes mean a torn tail recovery missed.
-async fn create_or_same(audit: &Audit, key: String, bytes: Vec<u8>) -> Result<(), LedgerError> {
-    match audit.create(&key, Bytes::from(bytes.clone())).await {
-        Ok(()) => Ok(()),
-        Err(StoreError::AlreadyExists { .. }) => {
-            let have = audit.get(&key).await?;
-            if have == bytes {
-                Ok(())
-            } else {
-                Err(corrupt(key, "already exists with different bytes"))
-            }
-        }
-        Err(e) => Err(e.into()),
     }
 }
 

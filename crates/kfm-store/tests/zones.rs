@@ -401,3 +401,62 @@ fn concurrent_pointer_swaps_from_one_version_have_one_winner() {
         assert_eq!(now.bytes, Bytes::from(format!("w{}", winners[0])));
     }
 }
+
+/// A ledger round's bulk create: everything lands, a retry with the same
+/// bytes is accepted, different bytes at an existing key are refused (and
+/// leave the stored object alone), and a hostile key writes nothing.
+#[tokio::test]
+async fn bulk_creates_are_write_once_and_retries_are_idempotent() {
+    for b in common::backends() {
+        let audit = b.store.audit();
+        let round = vec![
+            ("tile/0/000".to_owned(), Bytes::from_static(b"hashes-0")),
+            (
+                "tile/entries/x001/002.p/7".to_owned(),
+                Bytes::from_static(b"bundle"),
+            ),
+        ];
+        audit.create_all_durable(round.clone()).await.unwrap();
+        // The same round again (a writer retrying after a crash): accepted.
+        audit.create_all_durable(round.clone()).await.unwrap();
+        for (k, v) in &round {
+            assert_eq!(&audit.get(k).await.unwrap(), v, "[{}] {k}", b.name);
+        }
+        // Different bytes at a key that exists: refused, stored bytes kept.
+        let e = audit
+            .create_all_durable(vec![(
+                "tile/0/000".to_owned(),
+                Bytes::from_static(b"forged"),
+            )])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::AlreadyExists { key, .. } if key == "tile/0/000"),
+            "[{}] {e}",
+            b.name
+        );
+        assert_eq!(
+            audit.get("tile/0/000").await.unwrap(),
+            Bytes::from_static(b"hashes-0"),
+            "[{}]",
+            b.name
+        );
+        // Keys that could leave the zone never reach the disk.
+        for bad in ["../raw/x", "tile/../../x", "/abs", "tile//0"] {
+            let e = audit
+                .create_all_durable(vec![(bad.to_owned(), Bytes::from_static(b"x"))])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, StoreError::InvalidKey { .. }),
+                "[{}] {bad}: {e}",
+                b.name
+            );
+        }
+        assert!(
+            b.store.raw().list("").await.unwrap().is_empty(),
+            "[{}]",
+            b.name
+        );
+    }
+}
