@@ -28,6 +28,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use kfm_core::Environment;
 use kfm_ledger::Ledger;
 use kfm_policy::DecisionPoint;
@@ -292,8 +293,12 @@ pub async fn serve(
 }
 
 /// A body from bytes with a content type.
-pub(crate) fn bytes_response(status: StatusCode, ctype: &'static str, body: Vec<u8>) -> Response {
-    let mut r = Response::new(Body::from(body));
+pub(crate) fn bytes_response(
+    status: StatusCode,
+    ctype: &'static str,
+    body: impl Into<Bytes>,
+) -> Response {
+    let mut r = Response::new(Body::from(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));

@@ -14,6 +14,7 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::audit::AuditNote;
@@ -249,6 +250,7 @@ fn grant_on(
                     bboxes: Vec::new(),
                     ids: HashMap::new(),
                     generalized: false,
+                    pages: Default::default(),
                 }),
             )),
         },
@@ -504,6 +506,21 @@ pub(crate) async fn items(
             g.note,
         );
     }
+    // The page's bytes depend on the view (which release, which shape),
+    // the attribution this grant attaches, and the query; nothing else.
+    let page_key = {
+        let (lic, text) = g
+            .attribution
+            .as_ref()
+            .map_or(("", ""), |(l, t)| (l.as_str(), t.as_str()));
+        format!(
+            "{limit}\u{1f}{offset}\u{1f}{}\u{1f}{lic}\u{1f}{text}",
+            q.get("bbox").unwrap_or("")
+        )
+    };
+    if let Some(page) = view.pages.get(&page_key) {
+        return with_note(bytes_response(StatusCode::OK, GEOJSON, page), g.note);
+    }
     let b = base(&st);
     let mut qs = format!("limit={limit}");
     if let Some(bb) = q.get("bbox") {
@@ -542,7 +559,9 @@ pub(crate) async fn items(
         out.extend_from_slice(&view.json[i]);
     }
     out.extend_from_slice(b"]}");
-    with_note(bytes_response(StatusCode::OK, GEOJSON, out), g.note)
+    let page = Bytes::from(out);
+    view.pages.put(page_key, page.clone());
+    with_note(bytes_response(StatusCode::OK, GEOJSON, page), g.note)
 }
 
 #[utoipa::path(get, path = "/collections/{collection_id}/items/{feature_id}", tag = "OGC API - Features",
