@@ -35,6 +35,18 @@ fn entry(appender: usize, i: u64) -> Vec<u8> {
     e
 }
 
+/// This process's user + system CPU seconds so far (Linux; None elsewhere):
+/// how much of the machine an append costs, beside how fast it is.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks / 100.0)
+}
+
 fn kfm_appends(dir: &std::path::Path, secs: u64) -> (f64, u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -56,6 +68,7 @@ fn kfm_appends(dir: &std::path::Path, secs: u64) -> (f64, u64) {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
+        let cpu0 = cpu_seconds();
         let tasks: Vec<_> = (0..APPENDERS)
             .map(|a| {
                 let (l, stop, count) = (ledger.clone(), stop.clone(), count.clone());
@@ -75,10 +88,20 @@ fn kfm_appends(dir: &std::path::Path, secs: u64) -> (f64, u64) {
             t.await.unwrap();
         }
         let n = count.load(Ordering::Relaxed);
+        let wall = start.elapsed().as_secs_f64();
+        if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
+            eprintln!(
+                "  (kfm: {:.2} of 2 cores busy, {:.1} µs of CPU per append)",
+                (b - a) / wall,
+                (b - a) * 1e6 / n.max(1) as f64
+            );
+        }
         eprintln!(
-            "  (kfm: {} batches, {:.1} entries per batch)",
+            "  (kfm: {} batches, {:.1} entries per batch; {} syncs, {:.1} entries per sync)",
             ledger.batches(),
-            n as f64 / ledger.batches().max(1) as f64
+            n as f64 / ledger.batches().max(1) as f64,
+            ledger.syncs(),
+            n as f64 / ledger.syncs().max(1) as f64
         );
         (n as f64 / start.elapsed().as_secs_f64(), n)
     })

@@ -858,21 +858,30 @@ impl Audit {
 /// zone: a copy of the store that leaves it out loses only appends not yet
 /// written as tiles.
 ///
-/// The file is preallocated with zeros in 64 MiB steps, so that an append
-/// overwrites blocks that already exist: `fdatasync` then flushes data
-/// only, without a file-system journal commit for a size change. A record
-/// format must therefore treat a zero length as "end of journal".
+/// Two files take turns, so the journal stays bounded under unbroken load:
+/// the writer continues in a spare while the tiles catch up with the file
+/// it retired (`audit.journal.old`), and a retired file the tiles hold
+/// entirely becomes the next spare. Files are reused, never shrunk: after
+/// the first, nothing is zero-filled again.
+///
+/// Every byte an append overwrites was written before (zeros, or records of
+/// an earlier use), so `fdatasync` flushes data only, without a file-system
+/// journal commit for a size change. What follows the last record may
+/// therefore be zeros or stale records; the record format must tell those
+/// from its own (the ledger's records chain by tree size).
 #[derive(Debug)]
 pub struct Journal {
     file: std::fs::File,
     path: PathBuf,
     /// Logical end: where the next record goes.
     len: u64,
-    /// Bytes allocated (written with zeros) so far.
+    /// Bytes allocated (written with zeros or records) so far.
     allocated: u64,
 }
 
-const JOURNAL_STEP: u64 = 64 << 20;
+/// The smallest journal file, and the step it grows by when a round of
+/// appends does not fit.
+pub const JOURNAL_STEP: u64 = 64 << 20;
 
 impl Journal {
     fn io(&self) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -891,17 +900,15 @@ impl Journal {
         self.len == 0
     }
 
+    /// Bytes the file holds, records and padding: how large a spare must be
+    /// to take over from it without growing.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
     /// Sets where the next record goes (after reading the records back).
     pub fn set_len(&mut self, len: u64) {
         self.len = len.min(self.allocated);
-    }
-
-    /// The whole file, zero padding included.
-    pub fn read_all(&self) -> Result<Vec<u8>> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; usize::try_from(self.allocated).unwrap_or(usize::MAX)];
-        self.file.read_exact_at(&mut buf, 0).map_err(self.io())?;
-        Ok(buf)
     }
 
     /// Appends `bytes` and waits until they are on disk.
@@ -909,6 +916,8 @@ impl Journal {
         use std::os::unix::fs::FileExt;
         let end = self.len + bytes.len() as u64;
         if end > self.allocated {
+            // Rare: the tile writer rotates files long before this; only a
+            // burst larger than a whole file gets here.
             let target = end.div_ceil(JOURNAL_STEP) * JOURNAL_STEP;
             zero_fill(&self.file, self.allocated, target).map_err(self.io())?;
             self.file.sync_all().map_err(self.io())?;
@@ -920,66 +929,109 @@ impl Journal {
         Ok(())
     }
 
-    /// Empties the journal: a fresh zero-filled file replaces it atomically.
-    pub fn reset(&mut self) -> Result<()> {
-        let fresh = FreshJournal::prepare(&self.path)?;
-        self.swap_in(fresh)
+    /// Starts writing again at the beginning of this same file. The caller
+    /// guarantees that every record in it is held elsewhere (in tiles):
+    /// what follows the new records is then stale, and readers stop there.
+    pub fn restart(&mut self) {
+        self.len = 0;
     }
 
-    /// Where the journal lives (for [`FreshJournal::prepare`]).
+    /// Where the journal lives (for [`FreshJournal`]).
     pub fn path(&self) -> &FsPath {
         &self.path
     }
 
-    /// Empties the journal by putting `fresh` in its place: a rename and a
-    /// directory sync, nothing more, so the writer's lock on the journal is
-    /// held only briefly.
-    pub fn swap_in(&mut self, fresh: FreshJournal) -> Result<()> {
-        let io = |source| StoreError::Io {
-            path: fresh.path.display().to_string(),
-            source,
+    /// Retires this file as `audit.journal.old` and continues in `spare`:
+    /// two renames and a directory sync, so the writer's lock on the
+    /// journal is held only briefly. Refused while a retired file exists
+    /// (its records may not be in tiles yet).
+    pub fn rotate(&mut self, spare: FreshJournal) -> Result<()> {
+        let old = retired_path(&self.path);
+        let io = |p: &FsPath| {
+            let path = p.display().to_string();
+            move |source| StoreError::Io { path, source }
         };
-        std::fs::rename(&fresh.path, &self.path).map_err(io)?;
+        if old.exists() {
+            return Err(io(&old)(std::io::Error::other(
+                "a retired journal is still waiting for its tiles",
+            )));
+        }
+        std::fs::rename(&self.path, &old).map_err(io(&self.path))?;
+        std::fs::rename(&spare.path, &self.path).map_err(io(&spare.path))?;
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(io)?;
+                .map_err(io(dir))?;
         }
-        self.file = fresh.file;
+        self.file = spare.file;
+        self.allocated = spare.allocated;
         self.len = 0;
-        self.allocated = JOURNAL_STEP;
         Ok(())
     }
 }
 
-/// An empty journal file, zero-filled and synced beside the journal, ready
-/// to replace it ([`Journal::swap_in`]). Preparing it takes a 64 MiB write
-/// and a sync: done ahead, outside the writer's lock, that cost never
-/// stalls an append.
+fn retired_path(journal: &FsPath) -> PathBuf {
+    journal.with_extension("journal.old")
+}
+
+fn spare_path(journal: &FsPath) -> PathBuf {
+    journal.with_extension("journal.new")
+}
+
+/// A journal file ready to take over ([`Journal::rotate`]): beside the
+/// journal as `audit.journal.new`, every byte written, its size synced.
+/// Making one costs a zero-fill the first time and nothing after (a retired
+/// file is reused), and it is done ahead, outside the writer's lock, so it
+/// never stalls an append.
 #[derive(Debug)]
 pub struct FreshJournal {
     file: std::fs::File,
     path: PathBuf,
+    allocated: u64,
 }
 
 impl FreshJournal {
-    /// Creates (or recreates) `<journal>.new`, zero-filled and synced.
-    pub fn prepare(journal: &FsPath) -> Result<Self> {
-        let path = journal.with_extension("journal.new");
-        let io = |source| StoreError::Io {
-            path: path.display().to_string(),
-            source,
+    /// Bytes it holds: how much the writer can append before it grows.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// A spare of at least `min_len` bytes: the retired file when
+    /// `reuse_retired` (the caller knows the tiles hold all its records),
+    /// else a leftover spare, else a new zero-filled file.
+    pub fn prepare(journal: &FsPath, min_len: u64, reuse_retired: bool) -> Result<Self> {
+        let path = spare_path(journal);
+        let io = |p: &FsPath| {
+            let path = p.display().to_string();
+            move |source| StoreError::Io { path, source }
         };
+        let old = retired_path(journal);
+        if reuse_retired && old.exists() {
+            // No sync needed: after a crash either name holds only records
+            // the tiles already have.
+            std::fs::rename(&old, &path).map_err(io(&old))?;
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(&path)
-            .map_err(io)?;
-        zero_fill(&file, 0, JOURNAL_STEP).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        Ok(Self { file, path })
+            .map_err(io(&path))?;
+        let have = file.metadata().map_err(io(&path))?.len();
+        let want = min_len.max(JOURNAL_STEP).div_ceil(JOURNAL_STEP) * JOURNAL_STEP;
+        let allocated = if have < want {
+            zero_fill(&file, have, want).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+            want
+        } else {
+            have
+        };
+        Ok(Self {
+            file,
+            path,
+            allocated,
+        })
     }
 }
 
@@ -1052,45 +1104,87 @@ fn zero_fill(f: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
 
 impl Audit {
     /// The audit journal on a directory store (`None` on S3, where every
-    /// object write is durable on return and there is no local disk).
-    /// `writable`: create it if missing (the writer); otherwise a missing
-    /// journal is `None` (readers).
-    pub fn journal(&self, writable: bool) -> Result<Option<Journal>> {
-        let Backend::Local { dir } = &self.io.store.inner.backend else {
+    /// object write is durable on return and there is no local disk), for
+    /// its writer: created (zero-filled) if missing. Its content is not
+    /// interpreted here: read it with [`Audit::journal_files`].
+    pub fn journal(&self) -> Result<Option<Journal>> {
+        let Some(path) = self.journal_path() else {
             return Ok(None);
         };
-        let jdir = dir.join(".kfm-journal");
-        let path = jdir.join("audit.journal");
         let io = |source| StoreError::Io {
             path: path.display().to_string(),
             source,
         };
-        let file = if writable {
-            std::fs::create_dir_all(&jdir).map_err(io)?;
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io)?
-        } else {
-            match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(io(e)),
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        let mut allocated = file.metadata().map_err(io)?.len();
+        if allocated < JOURNAL_STEP {
+            zero_fill(&file, allocated, JOURNAL_STEP).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
             }
-        };
-        let allocated = file.metadata().map_err(io)?.len();
-        let mut j = Journal {
+            allocated = JOURNAL_STEP;
+        }
+        Ok(Some(Journal {
             file,
-            path: path.clone(),
+            path,
             len: 0,
             allocated,
-        };
-        if writable && allocated == 0 {
-            j.reset()?;
-        }
-        Ok(Some(j))
+        }))
     }
+
+    /// The bytes of every journal file there is (directory stores): the
+    /// current one first, then the retired one, each named. Read in that
+    /// order, a rotation in between shows records twice rather than not
+    /// at all.
+    pub fn journal_files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let Some(path) = self.journal_path() else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for p in [path.clone(), retired_path(&path)] {
+            match std::fs::read(&p) {
+                Ok(b) => out.push((format!(".kfm-journal/{}", file_name(&p)), b)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        path: p.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a retired journal file exists (its records may still be
+    /// waiting for their tiles).
+    pub fn journal_retired(&self) -> bool {
+        self.journal_path()
+            .is_some_and(|p| retired_path(&p).exists())
+    }
+
+    fn journal_path(&self) -> Option<PathBuf> {
+        let Backend::Local { dir } = &self.io.store.inner.backend else {
+            return None;
+        };
+        Some(dir.join(".kfm-journal").join("audit.journal"))
+    }
+}
+
+fn file_name(p: &FsPath) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
