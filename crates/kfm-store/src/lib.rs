@@ -879,6 +879,10 @@ pub struct Journal {
     allocated: u64,
 }
 
+/// Written after the last record: a zero length, which readers take as
+/// the end.
+const END_MARK: [u8; 4] = [0; 4];
+
 /// The smallest journal file, and the step it grows by when a round of
 /// appends does not fit.
 pub const JOURNAL_STEP: u64 = 64 << 20;
@@ -912,18 +916,28 @@ impl Journal {
     }
 
     /// Appends `bytes` and waits until they are on disk.
+    ///
+    /// Four zero bytes follow them in the same write, overwritten by the
+    /// next append: in a reused file, readers then find the end at a zero
+    /// length instead of in stale bytes, which they could only tell from
+    /// damage by scanning the rest of the file.
     pub fn append_durable(&mut self, bytes: &[u8]) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let end = self.len + bytes.len() as u64;
-        if end > self.allocated {
+        let mut framed = Vec::with_capacity(bytes.len() + END_MARK.len());
+        framed.extend_from_slice(bytes);
+        framed.extend_from_slice(&END_MARK);
+        if end + END_MARK.len() as u64 > self.allocated {
             // Rare: the tile writer rotates files long before this; only a
             // burst larger than a whole file gets here.
-            let target = end.div_ceil(JOURNAL_STEP) * JOURNAL_STEP;
+            let target = (end + END_MARK.len() as u64).div_ceil(JOURNAL_STEP) * JOURNAL_STEP;
             zero_fill(&self.file, self.allocated, target).map_err(self.io())?;
             self.file.sync_all().map_err(self.io())?;
             self.allocated = target;
         }
-        self.file.write_all_at(bytes, self.len).map_err(self.io())?;
+        self.file
+            .write_all_at(&framed, self.len)
+            .map_err(self.io())?;
         self.file.sync_data().map_err(self.io())?;
         self.len = end;
         Ok(())
