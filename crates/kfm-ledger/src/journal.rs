@@ -24,21 +24,23 @@ impl Record {
     }
 }
 
-pub(crate) fn encode(old_size: u64, entries: &[Vec<u8>], note: &[u8]) -> Vec<u8> {
-    let mut bundle = Vec::new();
+pub(crate) fn encode<E: AsRef<[u8]>>(old_size: u64, entries: &[E], note: &[u8]) -> Vec<u8> {
+    // One buffer, written once: this runs on the append path, between an
+    // appender's wake-up and its batch's sync.
+    let blen: usize = entries.iter().map(|e| 2 + e.as_ref().len()).sum();
+    let mut frame = Vec::with_capacity(36 + 16 + blen + note.len());
+    frame.extend_from_slice(&[0; 36]);
+    frame.extend_from_slice(&old_size.to_be_bytes());
+    frame.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&(blen as u32).to_be_bytes());
     for e in entries {
-        push_entry(&mut bundle, e);
+        push_entry(&mut frame, e.as_ref());
     }
-    let mut payload = Vec::with_capacity(12 + 4 + bundle.len() + note.len());
-    payload.extend_from_slice(&old_size.to_be_bytes());
-    payload.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-    payload.extend_from_slice(&(bundle.len() as u32).to_be_bytes());
-    payload.extend_from_slice(&bundle);
-    payload.extend_from_slice(note);
-    let mut frame = Vec::with_capacity(36 + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(Digest::of(&payload).as_bytes());
-    frame.extend_from_slice(&payload);
+    frame.extend_from_slice(note);
+    let len = (frame.len() - 36) as u32;
+    let digest = Digest::of(&frame[36..]);
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    frame[4..36].copy_from_slice(digest.as_bytes());
     frame
 }
 
