@@ -8,7 +8,9 @@
 //!
 //! Run: `cargo bench -p kfm-ledger --bench ledger` (or `bench/ledger.sh`).
 //! KFM_BENCH_ENTRIES sets N for the verify figure; KFM_BENCH_SECONDS the
-//! duration of each append run (default 5).
+//! duration of each append run (default 5); KFM_BENCH_ROUNDS how many
+//! pairs of append runs, ours then the anchor's (default 5; the median
+//! pair's ratio is the figure).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -217,16 +219,45 @@ fn main() {
     }
     let secs = env_u64("KFM_BENCH_SECONDS", 5);
     let n = env_u64("KFM_BENCH_ENTRIES", 1_000_000);
+    let rounds = env_u64("KFM_BENCH_ROUNDS", 5).max(1);
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
 
-    let (ours, total) = kfm_appends(dir.path(), secs);
-    let anchor = sqlite_appends(dir.path(), secs);
-    println!("durable appends/s, {APPENDERS} appenders, {ENTRY}-byte entries, {secs} s each:");
-    println!("  kfm ledger (group commit)        {ours:>10.0}/s  ({total} entries)");
-    println!("  SQLite WAL synchronous=FULL      {anchor:>10.0}/s");
+    // The disk's speed drifts from minute to minute on a shared machine, and
+    // both sides are bound by it: pair each run of ours with a run of the
+    // anchor next to it, and judge the median of the pairs.
     println!(
-        "  ratio kfm / SQLite               {:>10.1}x   (goal >= 20x, and >= 50,000/s)",
-        ours / anchor
+        "durable appends/s, {APPENDERS} appenders, {ENTRY}-byte entries, {secs} s per run, {rounds} rounds:"
+    );
+    let mut pairs = Vec::new();
+    for round in 1..=rounds {
+        let run = dir.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&run).unwrap();
+        // Alternate who goes first, so neither side always runs in the
+        // other's wake (writeback it left behind).
+        let ((ours, total), anchor) = if round % 2 == 1 {
+            let k = kfm_appends(&run, secs);
+            (k, sqlite_appends(&run, secs))
+        } else {
+            let a = sqlite_appends(&run, secs);
+            (kfm_appends(&run, secs), a)
+        };
+        println!(
+            "  round {round}: kfm ledger (group commit) {ours:>9.0}/s ({total} entries), SQLite WAL synchronous=FULL {anchor:>6.0}/s, ratio {:>5.1}x",
+            ours / anchor
+        );
+        pairs.push((ours / anchor, ours, anchor));
+        // Each round's files go before the next: they would only add to
+        // the disk's writeback.
+        let _ = std::fs::remove_dir_all(&run);
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (ratio, ours, anchor) = pairs[pairs.len() / 2];
+    println!("  median round: kfm ledger (group commit)  {ours:>10.0}/s");
+    println!("                SQLite WAL synchronous=FULL {anchor:>9.0}/s");
+    println!(
+        "  ratio kfm / SQLite, median of {rounds}   {ratio:>10.1}x   (lowest {:.1}x, highest {:.1}x; goal >= 20x, and >= 50,000/s)",
+        pairs[0].0,
+        pairs[pairs.len() - 1].0
     );
 
     let (verify_s, p50, p99) = verify_and_prove(dir.path(), n);
