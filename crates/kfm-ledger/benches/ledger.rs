@@ -30,8 +30,12 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// One entry, built in a single allocation (both sides build the same
+/// entries on their append path).
 fn entry(appender: usize, i: u64) -> Vec<u8> {
-    let mut e = format!("{{\"appender\":{appender},\"i\":{i},\"pad\":\"").into_bytes();
+    use std::io::Write as _;
+    let mut e = Vec::with_capacity(ENTRY);
+    let _ = write!(e, "{{\"appender\":{appender},\"i\":{i},\"pad\":\"");
     e.resize(ENTRY - 2, b'x');
     e.extend_from_slice(b"\"}");
     e

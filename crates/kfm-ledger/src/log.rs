@@ -195,7 +195,8 @@ async fn load(audit: &Audit, verifier_key: &str, origin: &str) -> Result<Loaded,
 /// corruption.
 fn read_journal(audit: &Audit, floor: u64) -> Result<Vec<crate::journal::Record>, LedgerError> {
     let mut all = Vec::new();
-    for (name, bytes) in audit.journal_files()? {
+    let ended = |b: &[u8]| crate::journal::ends_within(b, floor);
+    for (name, bytes) in audit.journal_files(ended)? {
         let d = crate::journal::decode(&bytes, floor).map_err(|e| corrupt(&name, e))?;
         all.extend(
             d.records
@@ -600,7 +601,7 @@ impl Ledger {
                 // stale, a torn last record included), and have the spare
                 // ready: the retired file, or one left from before, or (on
                 // a new store, once) a new one.
-                j.restart();
+                j.restart()?;
                 let spare = FreshJournal::prepare(j.path(), j.allocated(), true)?;
                 let st = JournalState {
                     journal: j,
@@ -891,7 +892,7 @@ async fn journal_upkeep(
         }
         if st.last_size == done {
             // The tiles hold every record in it: no need to move.
-            st.journal.restart();
+            st.journal.restart()?;
             return Ok(taken);
         }
         match (st.retired, taken) {
@@ -1212,7 +1213,7 @@ impl Writer {
             Ok(n) => Arc::new(n),
             Err(e) => return Err((e.into(), batch)),
         };
-        let record = crate::journal::encode(old, &entries, &note);
+        let record = crate::journal::encode(old, &entries, &leaves, &note);
         let answers = batch
             .into_iter()
             .zip(leaves)
