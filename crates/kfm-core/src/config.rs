@@ -187,6 +187,9 @@ struct RawLedger {
     origin: Option<String>,
     batch_max: Option<u64>,
     max_wait_us: Option<u64>,
+    witness: Option<String>,
+    give_up_after_s: Option<u64>,
+    tile_interval_ms: Option<u64>,
 }
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +219,14 @@ pub struct Config {
     pub ledger_batch_max: usize,
     /// Longest a batch waits for more entries once it has one.
     pub ledger_max_wait: std::time::Duration,
+    /// Where writers keep the newest checkpoint they acknowledged, outside
+    /// the store (relative paths: to the workspace).
+    pub ledger_witness: PathBuf,
+    /// How long the ledger writer retries failing writes before giving up.
+    pub ledger_give_up_after: std::time::Duration,
+    /// How long committed entries wait in the journal before a round of
+    /// tiles writes them to the audit zone (directory stores).
+    pub ledger_tile_interval: std::time::Duration,
     pub signing_key: Option<SecretRef>,
     /// Policy bundle directory, relative to the workspace.
     pub policy_bundle: PathBuf,
@@ -253,12 +264,15 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 9] = [
+pub const ENV_KEYS: [(&str, &str); 12] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
     ("ledger.batch_max", "KFM_LEDGER_BATCH_MAX"),
     ("ledger.max_wait_us", "KFM_LEDGER_MAX_WAIT_US"),
+    ("ledger.witness", "KFM_LEDGER_WITNESS"),
+    ("ledger.give_up_after_s", "KFM_LEDGER_GIVE_UP_AFTER_S"),
+    ("ledger.tile_interval_ms", "KFM_LEDGER_TILE_INTERVAL_MS"),
     ("signing.key", "KFM_SIGNING_KEY"),
     ("policy.bundle", "KFM_POLICY_BUNDLE"),
     ("policy.budget_ms", "KFM_POLICY_BUDGET_MS"),
@@ -381,6 +395,41 @@ impl Config {
             0..=1_000_000,
         )?);
 
+        let (v, src) = pick("ledger.witness", raw.ledger.witness);
+        let ledger_witness = PathBuf::from(v.unwrap_or_else(|| "ledger-witness/checkpoint".into()));
+        if ledger_witness.as_os_str().is_empty() {
+            return Err(err_at(
+                "ledger.witness",
+                src,
+                "give a file path (outside the store directory)".into(),
+            ));
+        }
+        if let StoreUrl::File(store_dir) = &store_url
+            && (ledger_witness.starts_with(store_dir) || store_dir.as_os_str() == ".")
+        {
+            return Err(err_at(
+                "ledger.witness",
+                src,
+                format!(
+                    "{} is inside the store directory {}: the witness must live outside the store, or deleting the store would delete it too",
+                    ledger_witness.display(),
+                    store_dir.display()
+                ),
+            ));
+        }
+        let ledger_give_up_after = std::time::Duration::from_secs(number(
+            "ledger.give_up_after_s",
+            raw.ledger.give_up_after_s,
+            120,
+            1..=86_400,
+        )?);
+        let ledger_tile_interval = std::time::Duration::from_millis(number(
+            "ledger.tile_interval_ms",
+            raw.ledger.tile_interval_ms,
+            200,
+            1..=86_400_000,
+        )?);
+
         let (v, src) = pick("signing.key", raw.signing.key);
         let signing_key = match v {
             None => None,
@@ -418,6 +467,9 @@ impl Config {
             ledger_origin,
             ledger_batch_max,
             ledger_max_wait,
+            ledger_witness,
+            ledger_give_up_after,
+            ledger_tile_interval,
             signing_key,
             policy_bundle,
             policy_budget,
@@ -456,6 +508,17 @@ origin = "kfm.local/dev"
 # more once it has one (microseconds). Each batch costs one durable sync.
 batch_max = 1024
 max_wait_us = 200
+# Where writers keep the newest checkpoint they acknowledged (relative to
+# this workspace). It must live outside the store directory: a ledger whose
+# checkpoint, tiles or journal were deleted, or restored from an older copy,
+# is then refused instead of looking like a shorter honest one.
+witness = "ledger-witness/checkpoint"
+# How long the writer retries writes that fail (a full disk, no file
+# descriptors left) before it gives up and the server reports unhealthy.
+give_up_after_s = 120
+# How long acknowledged entries wait in the local journal before a round of
+# tiles writes them to the audit zone (milliseconds; directory stores).
+tile_interval_ms = 200
 
 [signing]
 # Reference to the ledger signing key: env:NAME or file:PATH, never the key

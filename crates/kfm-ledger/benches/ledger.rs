@@ -205,11 +205,20 @@ fn verify_and_prove(dir: &std::path::Path, n: u64) -> (f64, Duration, Duration) 
         // `kfm ledger verify` runs over a ledger at rest: close the writer
         // (which writes the remaining tiles) before timing it.
         match Arc::try_unwrap(ledger) {
-            Ok(l) => l.close().await,
+            Ok(l) => {
+                l.close().await;
+            }
             Err(_) => panic!("ledger still shared"),
         }
         let t = Instant::now();
-        let report = verify(&store.audit(), &vkey, ORIGIN).await.unwrap();
+        let report = verify(
+            &store.audit(),
+            &vkey,
+            ORIGIN,
+            &kfm_ledger::Guards::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(report.size, n);
         (t.elapsed().as_secs_f64(), p50, p99)
     })

@@ -15,14 +15,16 @@ pub(crate) mod journal;
 pub mod log;
 pub mod merkle;
 pub mod tiles;
+pub mod witness;
 
 pub use checkpoint::{
     CheckpointError, LedgerSigner, VerifiedCheckpoint, generate_key, verify_checkpoint,
 };
 pub use log::{
-    Appended, CHECKPOINT, EntrySource, InclusionProof, Ledger, LedgerError, LedgerOptions,
-    LedgerView, VerifyReport, verify,
+    Appended, CHECKPOINT, Closed, EntrySource, Extends, Guards, Health, InclusionProof, Ledger,
+    LedgerError, LedgerOptions, LedgerView, Reference, VerifyReport, verify, verify_against,
 };
 pub use merkle::{
     Hash, MerkleTree, ProofError, leaf_hash, node_hash, verify_consistency, verify_inclusion,
 };
+pub use witness::{Witness, WitnessError, read_witness};

@@ -68,6 +68,29 @@ pub async fn next_version(
     Ok(max + 1)
 }
 
+/// Ledger indexes the store names outside the ledger: the entry that moved
+/// each release pointer. The ledger must hold every one of them, so a
+/// ledger that lost entries (deleted, truncated, restored from an older
+/// copy) is refused rather than trusted.
+pub async fn ledger_references(store: &Store) -> Result<Vec<kfm_ledger::Reference>, StoreError> {
+    let published = store.published();
+    let mut out = Vec::new();
+    for obj in published.list("").await? {
+        let Some(bytes) = published.get_opt(&obj.key).await? else {
+            continue;
+        };
+        // A pointer that does not parse names nothing; `kfm status` says
+        // it does not verify.
+        if let Ok(p) = serde_json::from_slice::<ReleasePointer>(&bytes) {
+            out.push(kfm_ledger::Reference {
+                what: format!("published/{}", obj.key),
+                index: p.ledger_index,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Checks a pointer against the store alone: it parses, names this
 /// dataset's manifest, and the manifest has the claimed digest and a valid
 /// signature by `key`.

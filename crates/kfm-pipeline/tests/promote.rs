@@ -218,9 +218,14 @@ async fn a_public_csv_is_published_with_all_gates_passing_and_verifies() {
     assert!(out.published, "{:#?}", out.gates);
     assert!(out.gates.iter().all(|g| g.status == Status::Pass));
     assert_eq!(out.version_id, "ds-ok@v1");
-    let view = LedgerView::open(&e.store.audit(), &e.verifier, "kfm.test/ledger")
-        .await
-        .unwrap();
+    let view = LedgerView::open(
+        &e.store.audit(),
+        &e.verifier,
+        "kfm.test/ledger",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let r = verify_release(&e.store, &view, "ds-ok", &e.signer.verifying_key())
         .await
         .unwrap()
@@ -586,9 +591,14 @@ async fn gate_g_loses_to_a_concurrent_promotion_and_cannot_evaluate_a_broken_poi
         .await
         .unwrap();
     let before = snapshot(&e);
-    let view = LedgerView::open(&e.store.audit(), &e.verifier, "kfm.test/ledger")
-        .await
-        .unwrap();
+    let view = LedgerView::open(
+        &e.store.audit(),
+        &e.verifier,
+        "kfm.test/ledger",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let err = verify_release(&e.store, &view, "ds-g", &e.signer.verifying_key())
         .await
         .unwrap_err();
@@ -656,9 +666,14 @@ async fn rollback_passes_the_gates_and_refuses_a_tampered_version() {
     };
     let out = rollback(back(1)).await.unwrap();
     assert!(out.rolled_back, "{:#?}", out.gates);
-    let view = LedgerView::open(&e.store.audit(), &e.verifier, "kfm.test/ledger")
-        .await
-        .unwrap();
+    let view = LedgerView::open(
+        &e.store.audit(),
+        &e.verifier,
+        "kfm.test/ledger",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let r = verify_release(&e.store, &view, "ds-r", &e.signer.verifying_key())
         .await
         .unwrap()
@@ -714,9 +729,14 @@ async fn metadata_only_publishes_the_catalog_and_no_data() {
             "{doc}"
         );
     }
-    let view = LedgerView::open(&e.store.audit(), &e.verifier, "kfm.test/ledger")
-        .await
-        .unwrap();
+    let view = LedgerView::open(
+        &e.store.audit(),
+        &e.verifier,
+        "kfm.test/ledger",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let r = verify_release(&e.store, &view, "ds-meta", &e.signer.verifying_key())
         .await
         .unwrap()

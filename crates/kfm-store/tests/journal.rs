@@ -1,9 +1,9 @@
 //! The audit journal's two ways of writing (direct synchronous writes of
-//! whole blocks, or `pwrite` + `fdatasync`) leave the same bytes: a direct
-//! write rewrites the start of the journal's last block, and must put back
-//! exactly what was there.
+//! whole blocks, or `pwrite` + `fdatasync`) put the same bytes at the same
+//! places: every write starts at a block boundary, holds its bytes and a
+//! zero length, and never touches a byte of an earlier write.
 
-use kfm_store::{FreshJournal, Journal, Store};
+use kfm_store::{FreshJournal, JOURNAL_BLOCK, Journal, Store};
 
 fn journal(dir: &std::path::Path, direct: bool) -> (Store, Journal) {
     let store = Store::open_local(dir).unwrap();
@@ -18,10 +18,10 @@ fn journal(dir: &std::path::Path, direct: bool) -> (Store, Journal) {
     (store, j)
 }
 
-/// The journal file's first 256 KiB (the records here stay well inside).
+/// The journal file's first 512 KiB (the records here stay well inside).
 fn file(j: &Journal) -> Vec<u8> {
     use std::io::Read;
-    let mut head = vec![0; 256 << 10];
+    let mut head = vec![0; 512 << 10];
     std::fs::File::open(j.path())
         .and_then(|mut f| f.read_exact(&mut head))
         .unwrap();
@@ -38,8 +38,13 @@ fn record(i: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Where the write after one of `len` bytes at `at` starts.
+fn next(at: u64, len: usize) -> u64 {
+    (at + len as u64 + 4).next_multiple_of(JOURNAL_BLOCK)
+}
+
 #[test]
-fn direct_and_buffered_appends_leave_the_same_bytes() {
+fn direct_and_buffered_appends_put_the_same_bytes_at_block_boundaries() {
     // A real disk where there is one (tmpfs refuses direct writes).
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let (_sa, mut a) = journal(&tmp.path().join("a"), true);
@@ -49,35 +54,50 @@ fn direct_and_buffered_appends_leave_the_same_bytes() {
         eprintln!("note: this file system refuses direct writes; both journals are buffered");
     }
 
-    let mut expect = Vec::new();
+    let mut at = 0u64;
+    let mut writes = Vec::new();
     for i in 0..40 {
         let r = record(i);
+        assert_eq!(a.len(), at);
         a.append_durable(&r).unwrap();
         b.append_durable(&r).unwrap();
-        expect.extend_from_slice(&r);
-        assert_eq!(a.len(), expect.len() as u64);
+        writes.push((at, r.clone()));
+        at = next(at, r.len());
+        assert_eq!(a.len(), at, "record {i}");
+        assert_eq!(b.len(), at, "record {i}");
         let (fa, fb) = (file(&a), file(&b));
-        assert_eq!(&fa[..expect.len()], &expect[..], "record {i}");
+        // Every earlier write is intact, followed by its zero length.
+        for (w, (o, bytes)) in writes.iter().enumerate() {
+            let o = *o as usize;
+            assert_eq!(&fa[o..o + bytes.len()], &bytes[..], "write {w} after {i}");
+            assert_eq!(&fa[o + bytes.len()..o + bytes.len() + 4], &[0; 4]);
+        }
         // Both files started as zeros: nothing else differs either.
         assert!(fa == fb, "record {i}: the two journals differ");
     }
 
-    // Restarted over the old records: the new ones, then a zero length.
+    // Restarted over the old records: a zero length at the start (readers
+    // of the idle journal stop at once), then new writes from offset 0.
     a.restart().unwrap();
     b.restart().unwrap();
-    // Readers of the restarted, idle journal stop at once.
     assert_eq!(&file(&a)[..4], &[0; 4]);
-    let mut expect = Vec::new();
+    assert_eq!(&file(&b)[..4], &[0; 4]);
+    let mut at = 0u64;
     for i in 0..7 {
         let r = record(i + 3);
         a.append_durable(&r).unwrap();
         b.append_durable(&r).unwrap();
-        expect.extend_from_slice(&r);
         let (fa, fb) = (file(&a), file(&b));
-        let end = expect.len();
-        assert_eq!(&fa[..end], &expect[..], "after restart, record {i}");
-        assert_eq!(&fa[..end + 4], &fb[..end + 4], "after restart, record {i}");
+        let o = at as usize;
+        let end = o + r.len();
+        assert_eq!(&fa[o..end], &r[..], "after restart, record {i}");
+        assert_eq!(
+            &fa[o..end + 4],
+            &fb[o..end + 4],
+            "after restart, record {i}"
+        );
         assert_eq!(&fa[end..end + 4], &[0; 4], "the end mark");
+        at = next(at, r.len());
     }
 
     // Rotated into a spare: the new file is written the same way.
@@ -88,9 +108,10 @@ fn direct_and_buffered_appends_leave_the_same_bytes() {
     assert_eq!(a.len(), 0);
     a.append_durable(&record(5)).unwrap();
     a.append_durable(&record(2)).unwrap();
-    let want = [record(5), record(2)].concat();
-    assert_eq!(
-        &file(&a)[..want.len() + 4],
-        &[want, vec![0; 4]].concat()[..]
-    );
+    let f = file(&a);
+    let (r5, r2) = (record(5), record(2));
+    assert_eq!(&f[..r5.len()], &r5[..]);
+    let o = next(0, r5.len()) as usize;
+    assert_eq!(&f[o..o + r2.len()], &r2[..]);
+    assert_eq!(&f[o + r2.len()..o + r2.len() + 4], &[0; 4]);
 }

@@ -278,9 +278,15 @@ A second writer on the same ledger is refused (exit 1)."
     Append(LedgerAppendArgs),
     /// Recompute every hash and check the checkpoint signature; exit 1 naming the first bad file.
     #[command(
-        after_help = "Example:\n  kfm ledger verify\n  kfm ledger verify --verifier-key auditor/ledger.pub --format json"
+        after_help = "Examples:\n  kfm ledger verify\n  kfm ledger verify --verifier-key auditor/ledger.pub --format json\n  \
+cp store/audit/checkpoint ~/kept-checkpoint     # an auditor keeps any checkpoint…\n  \
+kfm ledger verify --against ~/kept-checkpoint   # …and later proves the log still extends it\n\n\
+Also refused (exit 1, nothing changed): tiles or bundles beyond the checkpoint that no journal\n\
+record covers, a log smaller than (or inconsistent with) the checkpoint witnessed in\n\
+ledger.witness, journal damage that loses acknowledged entries, and a release pointer naming\n\
+an entry the log does not hold. Exit 2: the store or the witness cannot be read."
     )]
-    Verify(LedgerReadArgs),
+    Verify(LedgerVerifyArgs),
     /// Inclusion proof for an entry, by index or leaf hash.
     #[command(
         after_help = "Example:\n  kfm ledger prove 41\n  kfm ledger prove 9f2c…(64 hex digits) --format json"
@@ -311,6 +317,17 @@ pub struct LedgerReadArgs {
     /// File holding the ledger's verifier (public) key (default: keys/ledger.pub).
     #[arg(long, value_name = "FILE")]
     pub verifier_key: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LedgerVerifyArgs {
+    #[command(flatten)]
+    pub read: LedgerReadArgs,
+    /// A signed checkpoint kept earlier (a copy of store/audit/checkpoint,
+    /// or of any acknowledgement): also prove, by a consistency proof, that
+    /// the log extends it. A truncated, rolled-back or rewritten log fails.
+    #[arg(long, value_name = "CHECKPOINT_FILE")]
+    pub against: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

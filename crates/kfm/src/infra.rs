@@ -9,7 +9,7 @@ use kfm_infra::receipt::{
     self, Actor, ApplyReceipt, ENVIRONMENTS, Mode, PlanReceipt, ReceiptError, Tool,
 };
 use kfm_infra::{Options, render};
-use kfm_ledger::{Ledger, LedgerOptions};
+use kfm_ledger::Ledger;
 use serde::Serialize;
 
 use crate::cli::{ApplyArgs, Format, InfraCheckArgs, InfraCommand, PlanArgs, ReceiptCommand};
@@ -382,9 +382,7 @@ async fn apply(ws: Option<&Path>, a: &ApplyArgs, fmt: Format) -> Result<u8, Fail
     let payload = to_canonical_json(&r).map_err(|e| Failure::input(e.to_string()))?;
     let envelope = Signer::new(ls.signing_key()).sign(APPLY_PAYLOAD_TYPE, &payload);
     let store = ws.store()?;
-    let mut opts = LedgerOptions::new(&ws.config.ledger_origin);
-    opts.batch_max = ws.config.ledger_batch_max.max(1);
-    opts.max_wait = ws.config.ledger_max_wait;
+    let opts = ws.ledger_options(&store).await?;
     let ledger = Ledger::open(store.audit(), ls, opts).await?;
     let appended = ledger.append(envelope.to_bytes()).await;
     ledger.close().await;

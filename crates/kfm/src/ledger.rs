@@ -7,8 +7,7 @@ use std::sync::Arc;
 use kfm_core::SecretRef;
 use kfm_ledger::tiles::MAX_ENTRY;
 use kfm_ledger::{
-    Ledger, LedgerError, LedgerOptions, LedgerSigner, LedgerView, verify, verify_consistency,
-    verify_inclusion,
+    Ledger, LedgerError, LedgerSigner, verify, verify_against, verify_consistency, verify_inclusion,
 };
 use serde::Serialize;
 
@@ -24,7 +23,11 @@ fn hex(b: &[u8]) -> String {
 impl From<LedgerError> for Failure {
     fn from(e: LedgerError) -> Self {
         let code = match e {
-            LedgerError::EntryTooLarge { .. } | LedgerError::Store(_) => crate::failure::EXIT_INPUT,
+            LedgerError::EntryTooLarge { .. }
+            | LedgerError::Store(_)
+            | LedgerError::Witness(kfm_ledger::WitnessError::Io { .. }) => {
+                crate::failure::EXIT_INPUT
+            }
             _ => EXIT_RULE,
         };
         Failure {
@@ -97,9 +100,10 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
     let origin = ws.config.ledger_origin.clone();
     match cmd {
         LedgerCommand::Append(a) => {
-            let mut opts = LedgerOptions::new(&origin);
-            opts.batch_max = a.batch_max.unwrap_or(ws.config.ledger_batch_max).max(1);
-            opts.max_wait = ws.config.ledger_max_wait;
+            let mut opts = ws.ledger_options(&store).await?;
+            if let Some(b) = a.batch_max {
+                opts.batch_max = b.max(1);
+            }
             if a.lines {
                 return append_lines(Ledger::open(store.audit(), signer(&ws)?, opts).await?, fmt)
                     .await;
@@ -128,8 +132,26 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
             Ok(0)
         }
         LedgerCommand::Verify(a) => {
-            let vkey = verifier_key(&ws, a.verifier_key.as_deref())?;
-            let r = verify(&store.audit(), &vkey, &origin).await?;
+            let vkey = verifier_key(&ws, a.read.verifier_key.as_deref())?;
+            let guards = ws.ledger_guards(&store).await?;
+            let (r, extends) = match &a.against {
+                None => (verify(&store.audit(), &vkey, &origin, &guards).await?, None),
+                Some(p) => {
+                    let kept = std::fs::read(p).map_err(|e| {
+                        Failure::input(format!(
+                            "cannot read the kept checkpoint {}: {e}",
+                            p.display()
+                        ))
+                    })?;
+                    kfm_ledger::verify_checkpoint(&kept, &vkey, Some(&origin)).map_err(|e| {
+                        Failure::input(format!("{}: {e}", p.display()))
+                            .hint("give a signed checkpoint of this ledger (a copy of store/audit/checkpoint)")
+                    })?;
+                    let (r, x) =
+                        verify_against(&store.audit(), &vkey, &origin, &guards, &kept).await?;
+                    (r, Some(x))
+                }
+            };
             #[derive(Serialize)]
             struct Out {
                 ok: bool,
@@ -138,6 +160,15 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
                 bundles: u64,
                 hash_tiles: u64,
                 journal_entries: u64,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                witnessed: Option<u64>,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                extends: Option<ExtendsOut>,
+            }
+            #[derive(Serialize)]
+            struct ExtendsOut {
+                old_size: u64,
+                proof: Vec<String>,
             }
             let out = Out {
                 ok: true,
@@ -146,19 +177,43 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
                 bundles: r.bundles,
                 hash_tiles: r.hash_tiles,
                 journal_entries: r.journal_entries,
+                witnessed: r.witnessed,
+                extends: extends.map(|x| ExtendsOut {
+                    old_size: x.old_size,
+                    proof: x.proof.iter().map(|h| hex(h)).collect(),
+                }),
             };
             match fmt {
                 Format::Json => print_json(&out)?,
-                Format::Human => println!(
-                    "ledger verified: {} entries, root {}; checkpoint signature, {} entry bundles, {} hash tiles and {} journal entries (not yet in tiles) check out",
-                    out.size, out.root, out.bundles, out.hash_tiles, out.journal_entries
-                ),
+                Format::Human => {
+                    println!(
+                        "ledger verified: {} entries, root {}; checkpoint signature, {} entry bundles, {} hash tiles and {} journal entries (not yet in tiles) check out",
+                        out.size, out.root, out.bundles, out.hash_tiles, out.journal_entries
+                    );
+                    match out.witnessed {
+                        Some(w) => println!(
+                            "  it holds the {w} entries witnessed at {}",
+                            ws.witness_path().display()
+                        ),
+                        None => println!(
+                            "  no checkpoint witnessed yet at {} (a writer records one)",
+                            ws.witness_path().display()
+                        ),
+                    }
+                    if let Some(x) = &out.extends {
+                        println!(
+                            "  it extends the kept checkpoint of {} entries (consistency proof of {} hashes verified)",
+                            x.old_size,
+                            x.proof.len()
+                        );
+                    }
+                }
             }
             Ok(0)
         }
         LedgerCommand::Prove(a) => {
             let vkey = verifier_key(&ws, a.read.verifier_key.as_deref())?;
-            let view = LedgerView::open(&store.audit(), &vkey, &origin).await?;
+            let view = ws.ledger_view(&store, &vkey).await?;
             let index = match a.target.parse::<u64>() {
                 Ok(i) => i,
                 Err(_) => {
@@ -210,7 +265,7 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
         }
         LedgerCommand::Consistency(a) => {
             let vkey = verifier_key(&ws, a.read.verifier_key.as_deref())?;
-            let view = LedgerView::open(&store.audit(), &vkey, &origin).await?;
+            let view = ws.ledger_view(&store, &vkey).await?;
             let proof = view.tree().prove_consistency(a.old_size, a.new_size)?;
             let (r1, r2) = (
                 view.tree().root_at(a.old_size)?,
@@ -249,7 +304,7 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
         }
         LedgerCommand::Tail(a) => {
             let vkey = verifier_key(&ws, a.read.verifier_key.as_deref())?;
-            let view = LedgerView::open(&store.audit(), &vkey, &origin).await?;
+            let view = ws.ledger_view(&store, &vkey).await?;
             let size = view.size();
             #[derive(Serialize)]
             struct Row {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use chrono::Utc;
 use kfm_core::{DatasetId, Digest, Signer};
-use kfm_ledger::{Ledger, LedgerOptions};
+use kfm_ledger::{Ledger, LedgerError};
 use kfm_pipeline::gates::table;
 use kfm_pipeline::{Gate, PolicyInfo, PromoteError, PromoteRequest, RollbackRequest};
 
@@ -70,12 +70,17 @@ pub(crate) async fn deps(ws: &Workspace) -> Result<Deps, Failure> {
         Err(f) => (Err(f.message.clone()), Err(f.message)),
         Ok(ls) => {
             let dsse = Signer::new(ls.signing_key());
-            let mut opts = LedgerOptions::new(&ws.config.ledger_origin);
-            opts.batch_max = ws.config.ledger_batch_max.max(1);
-            opts.max_wait = ws.config.ledger_max_wait;
-            let ledger = Ledger::open(store.audit(), ls, opts)
-                .await
-                .map_err(|e| e.to_string());
+            let opts = ws.ledger_options(&store).await?;
+            let ledger = match Ledger::open(store.audit(), ls, opts).await {
+                Ok(l) => Ok(l),
+                // A ledger that shrank, vanished or is damaged stops every
+                // run before its first gate: no run may build on it, and
+                // its failure is not the dataset's.
+                Err(e @ (LedgerError::Refused(_) | LedgerError::Corrupt { .. })) => {
+                    return Err(Failure::from(e));
+                }
+                Err(e) => Err(e.to_string()),
+            };
             (Ok(dsse), ledger)
         }
     };

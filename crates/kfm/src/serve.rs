@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kfm_api::{ApiConfig, AppState, Releases, Tokens, Zones};
 use kfm_core::Environment;
-use kfm_ledger::{Ledger, LedgerOptions};
+use kfm_ledger::Ledger;
 use kfm_policy::{Bundle, DecisionPoint, Options};
 use serde::Serialize;
 
@@ -79,9 +79,7 @@ pub(crate) async fn prepare(
     let verifier = signer.verifier_key().to_owned();
     let key = crate::ledger::dsse_key(&verifier)?;
     let store = ws.store()?;
-    let mut opts = LedgerOptions::new(&ws.config.ledger_origin);
-    opts.batch_max = ws.config.ledger_batch_max.max(1);
-    opts.max_wait = ws.config.ledger_max_wait;
+    let opts = ws.ledger_options(&store).await?;
     let ledger = Ledger::open(store.audit(), signer, opts)
         .await
         .map_err(|e| match e {

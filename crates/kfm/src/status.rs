@@ -85,9 +85,10 @@ type Verifier = Result<(kfm_ledger::LedgerView, ed25519_dalek::VerifyingKey), St
 async fn verifier(ws: &Workspace, store: &kfm_store::Store) -> Verifier {
     let vk = crate::ledger::verifier_key(ws, None).map_err(|f| f.message)?;
     let key = crate::ledger::dsse_key(&vk).map_err(|f| f.message)?;
-    let view = kfm_ledger::LedgerView::open(&store.audit(), &vk, &ws.config.ledger_origin)
+    let view = ws
+        .ledger_view(store, &vk)
         .await
-        .map_err(|e| format!("the ledger cannot be read: {e}"))?;
+        .map_err(|f| format!("the ledger cannot be read: {}", f.message))?;
     Ok((view, key))
 }
 

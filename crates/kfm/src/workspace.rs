@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use kfm_core::Config;
+use kfm_ledger::{Guards, LedgerOptions, LedgerView};
 use kfm_store::Store;
 
 use crate::failure::Failure;
@@ -72,5 +73,48 @@ impl Workspace {
 
     pub fn datasets_dir(&self) -> PathBuf {
         self.dir.join("datasets")
+    }
+
+    /// Where this workspace's ledger writers keep the witnessed checkpoint.
+    pub fn witness_path(&self) -> PathBuf {
+        self.dir.join(&self.config.ledger_witness)
+    }
+
+    /// What vouches for this workspace's ledger from outside its audit
+    /// zone: the witness, and the entries release pointers name. Every
+    /// ledger this workspace opens, to write or to read, is checked
+    /// against them.
+    pub async fn ledger_guards(&self, store: &Store) -> Result<Guards, Failure> {
+        Ok(Guards {
+            witness: Some(self.witness_path()),
+            references: kfm_pipeline::release::ledger_references(store).await?,
+        })
+    }
+
+    /// The writer's options from kfm.toml, with the guards.
+    pub async fn ledger_options(&self, store: &Store) -> Result<LedgerOptions, Failure> {
+        let mut opts = LedgerOptions::new(&self.config.ledger_origin);
+        opts.batch_max = self.config.ledger_batch_max.max(1);
+        opts.max_wait = self.config.ledger_max_wait;
+        opts.give_up_after = self.config.ledger_give_up_after;
+        opts.tile_every = self.config.ledger_tile_interval;
+        opts.guards = self.ledger_guards(store).await?;
+        Ok(opts)
+    }
+
+    /// A checked read-only view of the ledger.
+    pub async fn ledger_view(
+        &self,
+        store: &Store,
+        verifier_key: &str,
+    ) -> Result<LedgerView, Failure> {
+        let guards = self.ledger_guards(store).await?;
+        Ok(LedgerView::open(
+            &store.audit(),
+            verifier_key,
+            &self.config.ledger_origin,
+            &guards,
+        )
+        .await?)
     }
 }

@@ -27,6 +27,11 @@ fn workspace() -> (tempfile::TempDir, PathBuf) {
 /// Starts `kfm [--format json] ledger append --lines` in `ws` with piped
 /// stdin and stdout.
 fn lines_writer(ws: &Path, json: bool) -> std::process::Child {
+    lines_writer_with(ws, json, &[])
+}
+
+/// [`lines_writer`] with extra environment variables.
+fn lines_writer_with(ws: &Path, json: bool, env: &[(&str, &str)]) -> std::process::Child {
     let mut args = if json {
         vec!["--format", "json"]
     } else {
@@ -37,6 +42,7 @@ fn lines_writer(ws: &Path, json: bool) -> std::process::Child {
         .args(args)
         .current_dir(ws)
         .env_remove("KFM_WORKSPACE")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -47,10 +53,15 @@ fn lines_writer(ws: &Path, json: bool) -> std::process::Child {
 fn view(ws: &Path, rt: &tokio::runtime::Runtime) -> LedgerView {
     let store = kfm_store::Store::open_local(&ws.join("store")).unwrap();
     let vkey = std::fs::read_to_string(ws.join("keys/ledger.pub")).unwrap();
+    let guards = kfm_ledger::Guards {
+        witness: Some(ws.join("ledger-witness/checkpoint")),
+        references: Vec::new(),
+    };
     rt.block_on(LedgerView::open(
         &store.audit(),
         vkey.trim(),
         "kfm.local/dev",
+        &guards,
     ))
     .unwrap()
 }
@@ -218,11 +229,11 @@ fn tampering_fails_verify_with_exit_1_naming_the_file() {
 #[test]
 fn damage_in_the_journal_fails_verify() {
     let (_d, ws) = workspace();
-    let mut child = lines_writer(&ws, true);
+    let mut child = lines_writer_with(&ws, true, &[("KFM_LEDGER_TILE_INTERVAL_MS", "3600000")]);
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    // Two batches, acknowledged one after the other, well within the tile
-    // writer's one-second interval: both live only in the journal.
+    // Two batches, acknowledged one after the other; tiles are not written
+    // for an hour: both live only in the journal.
     let mut sizes = std::collections::BTreeSet::new();
     let mut line = String::new();
     for i in 0..2 {
@@ -250,5 +261,236 @@ fn damage_in_the_journal_fails_verify() {
         .args(["ledger", "verify"])
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("journal record at byte 0"));
+        .stderr(predicate::str::contains("journal record at bytes 0.."));
+}
+
+/// Appends `n` lines one at a time (each acknowledged before the next is
+/// sent: one journal record per write) with tiles held back, then kills
+/// the writer: those entries live only in the journal.
+fn journal_only(ws: &Path, n: u64) {
+    let mut child = lines_writer_with(ws, true, &[("KFM_LEDGER_TILE_INTERVAL_MS", "3600000")]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for i in 0..n {
+        writeln!(stdin, "journal entry {i}").unwrap();
+        stdin.flush().unwrap();
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        assert!(line.contains("\"index\""), "{line}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn append_lines(ws: &Path, from: u64, n: u64) {
+    let input: String = (from..from + n).map(|i| format!("entry {i}\n")).collect();
+    kfm(ws)
+        .args(["ledger", "append", "--lines"])
+        .write_stdin(input)
+        .assert()
+        .success();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (p, t) = (e.path(), to.join(e.file_name()));
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
+/// Every file of the workspace but the lock files, with its bytes.
+fn snapshot(ws: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(d: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if !p.to_string_lossy().contains(".kfm-locks") {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(ws, &mut v);
+    v.sort();
+    v
+}
+
+/// The ledger cannot shrink or vanish unnoticed. From one ledger (300
+/// entries, then 200 more, then 40 acknowledged entries only in the
+/// journal), each way of erasing part of it gives a `ledger verify` that
+/// exits 1 naming the cause, no writer starts (`ledger append` exits 1),
+/// nothing is deleted or changed, and an auditor who kept an earlier
+/// checkpoint is refused by `verify --against` on every rollback.
+#[test]
+fn the_ledger_deletion_table() {
+    let (_d, base) = workspace();
+    append_lines(&base, 0, 300);
+    let kept_old = base.join("kept-300");
+    std::fs::copy(base.join("store/audit/checkpoint"), &kept_old).unwrap();
+    let old_audit = tempfile::tempdir().unwrap();
+    copy_dir(&base.join("store/audit"), old_audit.path());
+    append_lines(&base, 300, 200);
+    let kept = base.join("kept-500");
+    std::fs::copy(base.join("store/audit/checkpoint"), &kept).unwrap();
+    journal_only(&base, 40);
+    kfm(&base)
+        .args(["ledger", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("540 entries"));
+    for k in [&kept_old, &kept] {
+        kfm(&base)
+            .args(["ledger", "verify", "--against"])
+            .arg(k)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("extends the kept checkpoint"));
+    }
+    let journal_rel = "store/.kfm-journal/audit.journal";
+    let journal = std::fs::read(base.join(journal_rel)).unwrap();
+    let record = |k: usize| k * 4096; // one write per acknowledgement
+
+    type Mutation = Box<dyn Fn(&Path)>;
+    let rm = |rel: &'static str| -> Mutation {
+        Box::new(move |ws: &Path| {
+            let p = ws.join(rel);
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        })
+    };
+    let mut cases: Vec<(String, Mutation, &str, bool)> = vec![
+        (
+            "checkpoint deleted".into(),
+            rm("store/audit/checkpoint"),
+            "no checkpoint",
+            true,
+        ),
+        (
+            "audit zone deleted".into(),
+            rm("store/audit"),
+            "entries 0..500 are missing",
+            true,
+        ),
+        (
+            "audit zone restored from an older copy".into(),
+            Box::new({
+                let old = old_audit.path().to_path_buf();
+                move |ws: &Path| {
+                    std::fs::remove_dir_all(ws.join("store/audit")).unwrap();
+                    copy_dir(&old, &ws.join("store/audit"));
+                }
+            }),
+            "entries 300..500 are missing",
+            true,
+        ),
+        (
+            "audit zone and journal restored older, witness deleted".into(),
+            Box::new({
+                let old = old_audit.path().to_path_buf();
+                move |ws: &Path| {
+                    std::fs::remove_dir_all(ws.join("store/audit")).unwrap();
+                    copy_dir(&old, &ws.join("store/audit"));
+                    std::fs::remove_dir_all(ws.join("store/.kfm-journal")).unwrap();
+                    std::fs::remove_dir_all(ws.join("ledger-witness")).unwrap();
+                }
+            }),
+            // Nothing in the workspace vouches for more: only the auditor's
+            // kept checkpoint catches this one.
+            "",
+            true,
+        ),
+        (
+            "entry bundle deleted".into(),
+            rm("store/audit/tile/entries/000"),
+            "tile/entries/000: missing",
+            false,
+        ),
+        (
+            "hash tile deleted".into(),
+            rm("store/audit/tile/0/000"),
+            "tile/0/000: missing",
+            false,
+        ),
+        (
+            "journal deleted".into(),
+            rm(journal_rel),
+            "journal is missing",
+            false,
+        ),
+        (
+            "journal zeroed".into(),
+            Box::new(move |ws: &Path| {
+                std::fs::write(ws.join(journal_rel), vec![0u8; 1 << 20]).unwrap()
+            }),
+            "holds no record beyond entry 500",
+            false,
+        ),
+        (
+            "journal truncated".into(),
+            Box::new({
+                let j = journal.clone();
+                move |ws: &Path| {
+                    std::fs::write(ws.join(journal_rel), &j[..record(25) + 10]).unwrap()
+                }
+            }),
+            "entries 525..540",
+            false,
+        ),
+    ];
+    for k in 0..40 {
+        let j = journal.clone();
+        let want = if k == 39 {
+            "covers 540"
+        } else {
+            "is damaged: an intact record follows"
+        };
+        cases.push((
+            format!("journal record {k} with one byte flipped"),
+            Box::new(move |ws: &Path| {
+                let mut b = j.clone();
+                b[record(k) + 45] ^= 0x04;
+                std::fs::write(ws.join(journal_rel), b).unwrap();
+            }),
+            want,
+            false,
+        ));
+    }
+    for (what, mutate, cause, rollback) in &cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let ws = tmp.path().join("ws");
+        copy_dir(&base, &ws);
+        mutate(&ws);
+        let before = snapshot(&ws);
+        if cause.is_empty() {
+            // Consistent with itself: a plain verify cannot tell.
+            kfm(&ws).args(["ledger", "verify"]).assert().success();
+        } else {
+            let out = kfm(&ws).args(["ledger", "verify"]).assert().code(1);
+            let err = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+            assert!(err.contains(cause), "{what}: {cause:?} not in: {err}");
+            kfm(&ws)
+                .args(["ledger", "append"])
+                .write_stdin("a writer must not start")
+                .assert()
+                .code(1);
+            assert!(snapshot(&ws) == before, "{what}: something was changed");
+        }
+        if *rollback || cause.is_empty() {
+            kfm(&ws)
+                .args(["ledger", "verify", "--against"])
+                .arg(ws.join("kept-500"))
+                .assert()
+                .code(1);
+        }
+    }
 }
