@@ -62,11 +62,15 @@ fn kfm_appends(dir: &std::path::Path, secs: u64) -> (f64, u64) {
     rt.block_on(async {
         let store = Store::open_local(&dir.join("store")).unwrap();
         let (skey, _) = generate_key(ORIGIN).unwrap();
+        // As a workspace opens it: with a witness outside the store, which
+        // the writer records before answering each group.
+        let mut opts = LedgerOptions::new(ORIGIN);
+        opts.guards.witness = Some(dir.join("witness/checkpoint"));
         let ledger = Arc::new(
             Ledger::open(
                 store.audit(),
                 LedgerSigner::from_key_text(&skey).unwrap(),
-                LedgerOptions::new(ORIGIN),
+                opts,
             )
             .await
             .unwrap(),

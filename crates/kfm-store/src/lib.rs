@@ -425,6 +425,35 @@ impl ZoneIo {
         mode: PutMode,
     ) -> Result<object_store::PutResult> {
         let p = self.path(key)?;
+        if let Backend::Local { dir } = &self.store.inner.backend {
+            // Invariant: no temporary file is ever left in a zone. The
+            // bytes are staged in work/.staging and only then linked
+            // (create-only) or renamed (replace) into place: a crash
+            // leaves at most a staging file in work/, which is swept.
+            let root = dir.clone();
+            let target = dir.join(p.as_ref());
+            let (zone, key) = (self.zone, key.to_owned());
+            let create = matches!(mode, PutMode::Create);
+            return tokio::task::spawn_blocking(move || {
+                staged_write(&root, &target, &bytes, create).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => StoreError::AlreadyExists { zone, key },
+                    _ => StoreError::Io {
+                        path: target.display().to_string(),
+                        source: e,
+                    },
+                })
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map(|()| object_store::PutResult {
+                e_tag: None,
+                version: None,
+                extensions: Default::default(),
+            });
+        }
         let opts = PutOptions {
             mode,
             ..Default::default()
@@ -681,6 +710,40 @@ impl ZoneIo {
             }
         }
     }
+}
+
+/// Where a directory store stages bytes before linking or renaming them
+/// into a zone (inside `work/`, so on the same file system, and swept).
+pub(crate) const STAGING: &str = "work/.staging";
+
+/// Writes `bytes` to a staging file, syncs it, then links it at `target`
+/// (`create`: fails with `AlreadyExists` if anything is there) or renames
+/// it over `target`, and syncs the directory that now names it.
+fn staged_write(root: &FsPath, target: &FsPath, bytes: &[u8], create: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = root.join(STAGING);
+    std::fs::create_dir_all(&dir)?;
+    let staging = dir.join(uuid::Uuid::new_v4().simple().to_string());
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&staging)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        let parent = target.parent().unwrap_or(root);
+        std::fs::create_dir_all(parent)?;
+        if create {
+            std::fs::hard_link(&staging, target)?;
+        } else {
+            std::fs::rename(&staging, target)?;
+        }
+        std::fs::File::open(parent)?.sync_all()
+    })();
+    if create || result.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    result
 }
 
 /// Takes an exclusive OS lock named `name` under the store directory
