@@ -124,6 +124,11 @@ data_blocker := "input.malformed_resource" if {
 	not label_rule
 } else := "zone.not_served" if {
 	not input.resource.zone in data.kfm.served_zones
+} else := "release.withdrawn" if {
+	# A version the release pointer no longer names (superseded, or rolled
+	# back from): staff may still resolve it, marked as withdrawn.
+	input.resource.release == "withdrawn"
+	not staff
 } else := label_rule.blocker if {
 	not requirement_met
 } else := "distribution.metadata_only" if {

@@ -185,10 +185,27 @@ impl AuditSink {
         &self.ledger
     }
 
-    /// False once any append failed: the server stops answering governed
-    /// requests (it could no longer account for them).
+    /// False once the ledger writer has given up (or an append was
+    /// refused): the process can no longer account for answers and should
+    /// be restarted (`/healthz` says so).
     pub fn healthy(&self) -> bool {
         !self.failed.load(Ordering::Relaxed) && self.ledger.failure().is_none()
+    }
+
+    /// Why appends cannot be made durable right now, while the writer
+    /// retries (a full disk, no descriptors): governed answers are withheld
+    /// (503) until they can.
+    pub fn unavailable(&self) -> Option<String> {
+        let h = self.ledger.health();
+        if let Some(f) = h.failed {
+            return Some(format!("the ledger writer gave up: {f}"));
+        }
+        h.appends_retrying.map(|(e, for_)| {
+            format!(
+                "ledger writes have failed for {:.0} s and are being retried: {e}",
+                for_.as_secs_f64()
+            )
+        })
     }
 
     /// Appends and waits until the record is durable.

@@ -51,6 +51,11 @@ fn now_second() -> String {
 /// The policy input for `action` on a release (SPEC §4), at `second`.
 pub fn input(st: &AppState, who: &Principal, action: &str, rel: &Release, second: &str) -> Value {
     let m = &rel.manifest;
+    let release = if withdrawn(st, rel) {
+        "withdrawn"
+    } else {
+        "current"
+    };
     let mut license = json!({"id": m.license});
     if let Some(a) = &m.attribution {
         license["attribution"] = json!(a);
@@ -61,6 +66,7 @@ pub fn input(st: &AppState, who: &Principal, action: &str, rel: &Release, second
         "version_id": m.version_id,
         "policy_label": m.policy_label,
         "zone": "published",
+        "release": release,
         "license": license,
     });
     if let Some(d) = &m.distribution {
@@ -149,12 +155,25 @@ fn plan_of(g: &Generalization) -> Option<Plan> {
     }
 }
 
+/// Whether `rel` is not the version its dataset's pointer names now (a
+/// superseded version, read through the evidence resolver).
+fn withdrawn(st: &AppState, rel: &Release) -> bool {
+    st.releases
+        .get(&rel.dataset)
+        .is_none_or(|c| c.manifest_digest != rel.manifest_digest)
+}
+
 /// Asks the policy whether `who` may `action` this release.
 pub fn release(st: &AppState, who: &Principal, action: &'static str, rel: &Release) -> Verdict {
     let second = now_second();
     let key = format!(
-        "release\0{action}\0{}\0{}\0{}\0{:?}\0{:?}",
-        rel.dataset, rel.version_id, who.id, who.roles, who.approved_access
+        "release\0{action}\0{}\0{}\0{}\0{:?}\0{:?}\0{}",
+        rel.dataset,
+        rel.version_id,
+        who.id,
+        who.roles,
+        who.approved_access,
+        withdrawn(st, rel)
     );
     let (decision, record) = decide(
         st,

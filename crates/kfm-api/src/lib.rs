@@ -69,6 +69,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     decisions: enforce::DecisionCache,
+    /// Releases the last refresh did not serve, and why (for /readyz).
+    pub not_served: std::sync::RwLock<Vec<String>>,
 }
 
 impl AppState {
@@ -92,6 +94,7 @@ impl AppState {
             metrics,
             started: Instant::now(),
             decisions: enforce::DecisionCache::default(),
+            not_served: std::sync::RwLock::new(Vec::new()),
         })
     }
 
@@ -106,12 +109,21 @@ impl AppState {
                 "ledger: an audit append failed; the server can no longer account for answers"
                     .into(),
             );
+        } else if let Some(u) = self.audit.unavailable() {
+            why.push(format!("ledger: {u}"));
+        }
+        if let Some((e, for_)) = self.audit.ledger().health().tiles_retrying {
+            // Not a reason to stop serving (entries are durable in the
+            // journal), but said.
+            tracing::debug!(error = %e, secs = for_.as_secs(), "ledger tiles lag");
         }
         why
     }
 
     pub fn ready(&self) -> bool {
-        self.config.policy_problem.is_none() && self.audit.healthy()
+        self.config.policy_problem.is_none()
+            && self.audit.healthy()
+            && self.audit.unavailable().is_none()
     }
 }
 
@@ -272,6 +284,9 @@ pub async fn refresh_once(st: &AppState) -> Vec<String> {
     }
     st.metrics.releases.set(st.releases.all().len() as i64);
     st.metrics.ready.set(i64::from(st.ready()));
+    if let Ok(mut n) = st.not_served.write() {
+        n.clone_from(&problems);
+    }
     problems
 }
 

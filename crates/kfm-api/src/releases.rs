@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
 use geojson::{Feature, GeoJson, JsonValue};
-use kfm_core::{Digest, Envelope};
+use kfm_core::Digest;
 use kfm_ledger::Ledger;
 use kfm_pipeline::generalize::{Plan, generalize};
 use kfm_pipeline::records::{self, Manifest};
@@ -350,6 +350,10 @@ pub struct Releases {
     current: RwLock<HashMap<String, Arc<Release>>>,
     /// Versions read through the evidence resolver.
     versions: Mutex<HashMap<String, Arc<Release>>>,
+    /// Every pointer state a dataset's release history records, by its
+    /// store key (records are written once, so each is read once): the
+    /// versions a pointer ever named, and how.
+    history: RwLock<HashMap<String, records::ReleasePointer>>,
 }
 
 impl Releases {
@@ -359,6 +363,39 @@ impl Releases {
             key,
             current: RwLock::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            history: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The pointer state that once named `dataset` at `version`, if the
+    /// release history has one.
+    fn historical(&self, dataset: &str, version: u64) -> Option<records::ReleasePointer> {
+        self.history
+            .read()
+            .ok()?
+            .values()
+            .filter(|p| p.dataset == dataset && p.version == version)
+            .max_by_key(|p| p.ledger_index)
+            .cloned()
+    }
+
+    /// Reads the history records not read before.
+    async fn read_history(&self, keys: Vec<String>) {
+        for key in keys {
+            if self.history.read().is_ok_and(|h| h.contains_key(&key)) {
+                continue;
+            }
+            let Ok(bytes) = self.zones.published.get(&key).await else {
+                continue;
+            };
+            match serde_json::from_slice::<kfm_pipeline::runs::HistoryRecord>(&bytes) {
+                Ok(r) if key.starts_with(&format!("{}/history/", r.pointer.dataset)) => {
+                    if let Ok(mut h) = self.history.write() {
+                        h.insert(key, r.pointer);
+                    }
+                }
+                _ => tracing::warn!(key = %key, "not a release history record; ignored"),
+            }
         }
     }
 
@@ -391,6 +428,12 @@ impl Releases {
             Err(e) => return vec![format!("cannot list published/: {e}")],
         };
         let mut next: HashMap<String, Arc<Release>> = HashMap::new();
+        let history: Vec<String> = listed
+            .iter()
+            .filter(|o| o.key.split('/').nth(1) == Some("history"))
+            .map(|o| o.key.clone())
+            .collect();
+        self.read_history(history).await;
         for obj in listed {
             let Some(ds) = obj.key.strip_suffix(".json") else {
                 continue;
@@ -451,32 +494,53 @@ impl Releases {
         problems
     }
 
-    /// Any version of a dataset with a signed manifest (the evidence
-    /// resolver answers for superseded versions too).
-    pub async fn version(&self, dataset: &str, version: u64) -> Option<Arc<Release>> {
+    /// A version of a dataset that a release pointer named: the current
+    /// one, or a withdrawn (superseded) one from the release history, its
+    /// historical pointer verified end to end like a current one. A version
+    /// no pointer ever named (a run interrupted before its pointer moved)
+    /// is never served, whatever files it left.
+    pub async fn version(
+        &self,
+        ledger: &Ledger,
+        dataset: &str,
+        version: u64,
+    ) -> Option<Arc<Release>> {
         if let Some(cur) = self.get(dataset)
             && cur.manifest.version == version
         {
             return Some(cur);
         }
+        // Invariant: only versions a pointer named are resolvable.
+        let pointer = self.historical(dataset, version)?;
         let vid = format!("{dataset}@v{version}");
         if let Ok(m) = self.versions.lock()
             && let Some(r) = m.get(&vid)
         {
             return Some(r.clone());
         }
-        let key = records::manifest_key(dataset, version);
-        let rel = key.strip_prefix("catalog/")?;
-        let bytes = self.zones.catalog.get_opt(rel).await.ok()??;
-        let env = Envelope::parse(&bytes).ok()?;
-        let m = records::manifest_of(&env, &self.key).ok()?;
-        if m.dataset != dataset || m.version != version {
-            return None;
-        }
-        let r = load_version(&self.zones, m, Digest::of(&bytes).to_string(), None)
-            .await
-            .map_err(|e| tracing::warn!(error = %e, "version not servable"))
-            .ok()?;
+        let bytes = serde_json::to_vec(&pointer).ok()?;
+        let verified = kfm_pipeline::verify_pointer(
+            &self.zones.catalog,
+            ledger,
+            dataset,
+            &bytes,
+            &self.key,
+        )
+        .await
+        .map_err(
+            |e| tracing::warn!(version = %vid, error = %e, "withdrawn version does not verify"),
+        )
+        .ok()?;
+        let m = verified.manifest;
+        let r = load_version(
+            &self.zones,
+            m,
+            pointer.manifest_digest.clone(),
+            Some(pointer.ledger_index),
+        )
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "version not servable"))
+        .ok()?;
         let r = Arc::new(r);
         if let Ok(mut m) = self.versions.lock() {
             if m.len() >= 64 {

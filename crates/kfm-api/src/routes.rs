@@ -894,7 +894,7 @@ pub(crate) async fn evidence(
     let Ok(v) = v.parse::<u64>() else {
         return bad_request("version id must be <dataset>@v<N>");
     };
-    let Some(rel) = st.releases.version(ds, v).await else {
+    let Some(rel) = st.releases.version(st.audit.ledger(), ds, v).await else {
         return not_found(note("read"));
     };
     let (rel, g, view) = match grant_on(&st, &who, rel, "read") {
@@ -927,14 +927,18 @@ pub(crate) async fn evidence(
         })
         .unwrap_or_default();
     let m = &rel.manifest;
-    let current = st
-        .releases
-        .get(&rel.dataset)
+    let now = st.releases.get(&rel.dataset);
+    let current = now
+        .as_ref()
         .is_some_and(|c| c.manifest_digest == rel.manifest_digest);
     let doc = json!({
         "dataset_version_id": rel.version_id,
         "feature": view.features[i],
         "current_release": current,
+        // A superseded version, answered only where the policy allows it
+        // (the decision's input says `release: withdrawn`), and marked.
+        "release": if current { "current" } else { "withdrawn" },
+        "superseded_by": if current { None } else { now.map(|c| c.version_id.clone()) },
         "decision": {"reason": g.reason, "obligations": g.obligations},
         "provenance": {
             "manifest": {"path": format!("catalog/{}/v{}/release.dsse.json", m.dataset, m.version), "digest": rel.manifest_digest},
@@ -1012,16 +1016,47 @@ pub(crate) async fn audit(
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "Probes",
-    responses((status = 200, description = "The process is up")))]
-pub(crate) async fn healthz() -> Response {
-    json_answer(StatusCode::OK, JSON, &json!({"status": "ok"}), note("none"))
+    responses((status = 200, description = "The process is up and its ledger writer works (or is retrying)"),
+        (status = 503, description = "The ledger writer gave up: restart the process (reopening recovers every durable entry)")))]
+pub(crate) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
+    let h = st.audit.ledger().health();
+    match h.failed {
+        None => json_answer(
+            StatusCode::OK,
+            JSON,
+            &json!({
+                "status": "ok",
+                "ledger_retrying": h.appends_retrying.as_ref().map(|(e, _)| e),
+                "tiles_retrying": h.tiles_retrying.as_ref().map(|(e, _)| e),
+            }),
+            note("none"),
+        ),
+        Some(f) => json_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            JSON,
+            &json!({"status": "unhealthy", "reason": format!("the ledger writer gave up: {f}"),
+                "action": "restart the process: reopening the ledger recovers every durable entry"}),
+            note("none"),
+        ),
+    }
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "Probes",
-    responses((status = 200, description = "Pinned policy loaded, ledger open and healthy"),
+    responses((status = 200, description = "Pinned policy loaded, ledger open and healthy; releases that are not served are counted (named, with the reason, to callers the policy lets read the audit trail)"),
         (status = 503, description = "Not ready, with the reasons")))]
-pub(crate) async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+pub(crate) async fn readyz(
+    State(st): State<Arc<AppState>>,
+    Extension(who): Extension<Principal>,
+) -> Response {
     let why = st.not_ready();
+    let not_served = st.not_served.read().map(|n| n.clone()).unwrap_or_default();
+    // Naming a dataset would tell anyone it exists: only callers the
+    // policy lets read the audit trail see which releases and why.
+    let (details, n) = if not_served.is_empty() {
+        (false, note("none"))
+    } else {
+        enforce::audit_read(&st, &who)
+    };
     st.metrics.ready.set(i64::from(why.is_empty()));
     let status = if why.is_empty() {
         StatusCode::OK
@@ -1038,8 +1073,10 @@ pub(crate) async fn readyz(State(st): State<Arc<AppState>>) -> Response {
             "environment": st.config.environment.as_str(),
             "ledger_size": st.audit.ledger().size(),
             "releases": st.releases.all().len(),
+            "releases_not_served": not_served.len(),
+            "not_served": details.then_some(not_served),
         }),
-        note("none"),
+        n,
     )
 }
 

@@ -169,6 +169,14 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    work: RawWork,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWork {
+    keep_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +241,9 @@ pub struct Config {
     /// Longest one policy evaluation may run; past it the decision is a deny.
     pub policy_budget: std::time::Duration,
     pub listen: SocketAddr,
+    /// How long a run's scratch under work/ is kept before a later run of
+    /// its dataset removes it.
+    pub work_keep: std::time::Duration,
 }
 
 /// A configuration that could not be accepted. `line` is 0 when the value
@@ -264,7 +275,7 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 12] = [
+pub const ENV_KEYS: [(&str, &str); 13] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -277,6 +288,7 @@ pub const ENV_KEYS: [(&str, &str); 12] = [
     ("policy.bundle", "KFM_POLICY_BUNDLE"),
     ("policy.budget_ms", "KFM_POLICY_BUDGET_MS"),
     ("server.listen", "KFM_SERVER_LISTEN"),
+    ("work.keep_hours", "KFM_WORK_KEEP_HOURS"),
 ];
 
 impl Config {
@@ -461,6 +473,10 @@ impl Config {
             )
         })?;
 
+        let work_keep = std::time::Duration::from_secs(
+            3600 * number("work.keep_hours", raw.work.keep_hours, 168, 0..=87_600)?,
+        );
+
         Ok(Config {
             environment,
             store_url,
@@ -474,6 +490,7 @@ impl Config {
             policy_bundle,
             policy_budget,
             listen,
+            work_keep,
         })
     }
 
@@ -535,6 +552,12 @@ budget_ms = 50
 
 [server]
 listen = "127.0.0.1:8080"
+
+[work]
+# How long a run's scratch under the store's work/ zone (its normalised
+# intermediate and QA report) is kept; a later run of the same dataset
+# removes older runs' scratch (hours).
+keep_hours = 168
 "#;
 
 fn check_no_literal_secrets(

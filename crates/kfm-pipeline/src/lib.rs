@@ -9,8 +9,10 @@
 //!   compare-and-swap of the release pointer ([`records`], [`release`]).
 //! - [`release::rollback`]: back to an earlier version through the same gates.
 //! - [`quarantine`]: what failed, and why.
+//! - [`runs`]: claims, release history, interrupted and aborted runs.
 
 pub mod catalog;
+pub mod fault;
 pub mod fgb;
 pub mod gates;
 pub mod generalize;
@@ -21,6 +23,7 @@ pub mod qa;
 pub mod quarantine;
 pub mod records;
 pub mod release;
+pub mod runs;
 
 pub use gates::{Gate, GateResult, Status};
 pub use ingest::{

@@ -28,6 +28,7 @@ use crate::generalize::{Plan, generalize};
 use crate::ingest::{AcquisitionEntry, IngestError, acquisitions, load_spec};
 use crate::normalize::{NormalizeError, Normalized, normalize, to_geojson};
 use crate::qa::{self, QaReport};
+use crate::quarantine::{QUARANTINE_KIND, QuarantineReport};
 use crate::records::{
     self, DigestSet, LedgerRef, MANIFEST_KIND, MANIFEST_PAYLOAD_TYPE, Manifest, POINTER_KIND,
     PolicyRef, RECEIPT_PREDICATE, ReleasePointer, ResourceDescriptor, RunPredicate, STATEMENT_TYPE,
@@ -62,6 +63,9 @@ pub struct PromoteRequest<'a> {
     pub ledger: Result<&'a Ledger, String>,
     /// The run's clock: timestamps and embargo dates.
     pub now: DateTime<Utc>,
+    /// How long a run's scratch under work/ is kept; older runs' scratch
+    /// is removed when a run of the dataset starts.
+    pub work_keep: chrono::Duration,
     /// Called as each gate starts (progress display; tests use it to act
     /// at a precise point of the run).
     pub on_gate: &'a (dyn Fn(Gate) + Sync),
@@ -86,6 +90,16 @@ pub enum PromoteError {
         "dataset {dataset} has no version v{version} (no catalog/{dataset}/v{version}/release.dsse.json)"
     )]
     UnknownVersion { dataset: String, version: u64 },
+    #[error("{dataset} has no version v{version} that a release pointer ever named: {why}")]
+    NeverReleased {
+        dataset: String,
+        version: u64,
+        why: String,
+    },
+    #[error("before this run, interrupted runs of {dataset} must be recorded, and were not: {why}")]
+    Settle { dataset: String, why: String },
+    #[error(transparent)]
+    Quarantine(#[from] crate::quarantine::ReportError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -110,31 +124,11 @@ pub struct PromoteOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<ReleasePointer>,
     pub artifacts: Vec<Artifact>,
+    /// Earlier runs of this dataset found interrupted, recorded as aborted
+    /// (in the ledger) before this one began.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aborted: Vec<crate::runs::AbortedRecord>,
 }
-
-/// The quarantine report (`quarantine/<ds>/<run_id>/report.json`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct QuarantineReport {
-    pub kind: String,
-    pub run_id: String,
-    pub dataset: String,
-    pub operation: String,
-    pub acquisition: ResourceDescriptor,
-    pub spec_digest: String,
-    pub version_attempted: u64,
-    pub gates: Vec<GateResult>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qa: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub receipt: Option<LedgerRef>,
-    /// Objects a failed release step had already created (never pointed to).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub left_behind: Vec<String>,
-    pub started_at: String,
-    pub finished_at: String,
-}
-
-pub const QUARANTINE_KIND: &str = "kfm.quarantine-report/v1";
 
 pub fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -221,6 +215,20 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
     }
     let ds = req.dataset.as_str();
     let acq = pick_acquisition(req.store, req.dataset, req.acquisition.as_ref()).await?;
+    // Runs of one dataset take turns: what follows reads the versions and
+    // the pointer, and may call a claim without an outcome interrupted.
+    let _turn = req.store.lock_runs(ds).await?;
+    let aborted = crate::runs::before_run(crate::runs::RunStart {
+        store: req.store,
+        ledger: req.ledger.as_ref().ok().copied(),
+        signer: req.signer.as_ref().ok().copied(),
+        dataset: ds,
+        run_id: &run_id,
+        actor: &req.actor,
+        now: req.now,
+        work_keep: req.work_keep,
+    })
+    .await?;
     let published = req.store.published();
     let pointer_before = published.read(&records::pointer_key(ds)).await?;
     let version = next_version(req.store, req.dataset, pointer_before.as_ref()).await?;
@@ -474,6 +482,39 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
 
     // ---- Gate F: run receipt & audit record --------------------------
     (req.on_gate)(Gate::F);
+    // Invariant: a version number, once claimed by a run that reaches F,
+    // is never numbered again. The claim is made before the receipt, so
+    // the version exists (catalog/<ds>/v<N>/) whatever happens next.
+    let claim = crate::runs::RunClaim {
+        kind: crate::runs::CLAIM_KIND.into(),
+        run_id: run_id.clone(),
+        dataset: ds.to_owned(),
+        operation: "promote".into(),
+        version,
+        actor: req.actor.clone(),
+        started_at: ts(started),
+        acquisition: Some(acq.digest.to_string()),
+    };
+    if let Err(e) = crate::runs::claim(req.store, &claim).await {
+        gates.push(match e {
+            crate::runs::ClaimError::Taken { .. } => GateResult::fail(
+                Gate::F,
+                vec![format!(
+                    "{e}: this run loses and is quarantined, never merged"
+                )],
+            ),
+            crate::runs::ClaimError::Store(e) => {
+                GateResult::cannot(Gate::F, format!("the version claim cannot be written: {e}"))
+            }
+        });
+        gates.push(GateResult::not_run(Gate::G));
+        let mut out = ctx
+            .quarantine(gates, qa_report.as_ref(), Vec::new(), artifacts)
+            .await?;
+        out.aborted = aborted;
+        return Ok(out);
+    }
+    crate::fault::point("after-claim");
     let subjects: Vec<ResourceDescriptor> = artifacts
         .iter()
         .chain(&catalog_artifacts)
@@ -507,6 +548,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
         }
         Ok(x) => x,
     };
+    crate::fault::point("after-receipt");
     let receipt_ref = LedgerRef {
         digest: Digest::of(&receipt_bytes).to_string(),
         ledger_index: receipt_index,
@@ -540,6 +582,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                 .quarantine(gates, qa_report.as_ref(), left_behind, artifacts)
                 .await?;
             out.receipt.get_or_insert(receipt_ref);
+            out.aborted = aborted;
             Ok(out)
         }
         Ok((pointer, note)) => {
@@ -556,6 +599,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
                 receipt: Some(receipt_ref),
                 pointer: Some(pointer),
                 artifacts,
+                aborted,
             })
         }
     }
@@ -851,24 +895,17 @@ impl RunContext<'_, '_> {
             run_id: self.run_id.to_owned(),
             dataset: self.ds.to_owned(),
             operation: "promote".into(),
-            acquisition: self.acquisition.clone(),
-            spec_digest: self.spec_digest.to_string(),
+            acquisition: Some(self.acquisition.clone()),
+            spec_digest: Some(self.spec_digest.to_string()),
             version_attempted: self.version,
             gates: gates.clone(),
             qa: qa.and_then(|q| serde_json::to_value(q).ok()),
             receipt: receipt.clone(),
             left_behind,
-            started_at: ts(self.started),
+            started_at: Some(ts(self.started)),
             finished_at: ts(Utc::now()),
         };
-        let key = format!("{}/{}/report.json", self.ds, self.run_id);
-        let mut bytes = serde_json::to_vec_pretty(&report).unwrap_or_default();
-        bytes.push(b'\n');
-        self.req
-            .store
-            .quarantine()
-            .create(&key, Bytes::from(bytes))
-            .await?;
+        let key = report.write(self.req.store).await?;
         Ok(PromoteOutcome {
             run_id: self.run_id.to_owned(),
             dataset: self.ds.to_owned(),
@@ -877,10 +914,11 @@ impl RunContext<'_, '_> {
             version_id: self.version_id.to_owned(),
             acquisition: format!("sha256:{}", self.acquisition.digest.sha256),
             gates,
-            quarantine_report: Some(format!("quarantine/{key}")),
+            quarantine_report: Some(key),
             receipt,
             pointer: None,
             artifacts,
+            aborted: Vec::new(),
         })
     }
 
@@ -1019,14 +1057,18 @@ impl RunContext<'_, '_> {
         let mkey = records::manifest_key(ds, v);
         writes.push((mkey.clone(), Bytes::from(manifest_bytes.clone())));
         let mut left = Vec::new();
-        for (key, bytes) in writes {
+        for (i, (key, bytes)) in writes.into_iter().enumerate() {
+            crate::fault::point(&format!("before-write-{i}"));
             let (zone, rel) = key.split_once('/').unwrap_or(("", &key));
             let r = match zone {
                 "processed" => store.processed().create(rel, bytes).await,
                 _ => store.catalog().create(rel, bytes).await,
             };
             match r {
-                Ok(()) => left.push(key),
+                Ok(()) => {
+                    left.push(key);
+                    crate::fault::point(&format!("after-write-{i}"));
+                }
                 Err(StoreError::AlreadyExists { .. }) => {
                     return Err(fail(
                         format!(
@@ -1050,6 +1092,7 @@ impl RunContext<'_, '_> {
                 return Err(fail(format!("the ledger refused the manifest: {e}"), left));
             }
         };
+        crate::fault::point("after-manifest");
         let manifest_digest = Digest::of(&manifest_bytes).to_string();
         let pointer = ReleasePointer {
             kind: POINTER_KIND.into(),
@@ -1062,14 +1105,28 @@ impl RunContext<'_, '_> {
             ledger_entry_digest: manifest_digest.clone(),
             operation: "promote".into(),
             moved_at: ts(Utc::now()),
+            run_id: Some(self.run_id.to_owned()),
         };
         let mut pbytes = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
         pbytes.push(b'\n');
-        match store
+        crate::fault::point("before-swap");
+        let swapped = store
             .published()
-            .compare_and_swap(&records::pointer_key(ds), expected.as_ref(), Bytes::from(pbytes))
-            .await
-        {
+            .compare_and_swap(
+                &records::pointer_key(ds),
+                expected.as_ref(),
+                Bytes::from(pbytes),
+            )
+            .await;
+        if swapped.is_ok() {
+            crate::fault::point("after-swap");
+            // The history is also brought up to date by the next run, should
+            // this fail or a crash come first.
+            if let Err(e) = crate::runs::record_release(store, &pointer).await {
+                tracing::warn!(error = %e, "the release history could not be written now; the next run adds it");
+            }
+        }
+        match swapped {
             Ok(_) => Ok((
                 pointer,
                 vec![

@@ -144,6 +144,10 @@ pub struct ReleasePointer {
     pub ledger_entry_digest: String,
     pub operation: String,
     pub moved_at: String,
+    /// The run that moved the pointer (absent in pointers written before
+    /// runs were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 pub fn manifest_key(ds: &str, v: u64) -> String {

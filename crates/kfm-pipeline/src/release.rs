@@ -207,8 +207,23 @@ pub async fn verify_pointer(
                 p.ledger_index, p.manifest
             ));
         }
+        if p.run_id.as_ref().is_some_and(|r| *r != s.predicate.run_id) {
+            return Err(format!(
+                "the pointer names run {}, but ledger entry {} is the receipt of run {}",
+                p.run_id.as_deref().unwrap_or_default(),
+                p.ledger_index,
+                s.predicate.run_id
+            ));
+        }
     } else if p.operation != "promote" {
         return Err(format!("unknown pointer operation {:?}", p.operation));
+    } else if p.run_id.as_ref().is_some_and(|r| *r != m.run_id) {
+        return Err(format!(
+            "the pointer names run {}, but {} was made by run {}",
+            p.run_id.as_deref().unwrap_or_default(),
+            p.manifest,
+            m.run_id
+        ));
     }
     let r = ledger.entry(m.receipt.ledger_index).await.map_err(|e| {
         format!(
@@ -238,6 +253,8 @@ pub struct RollbackRequest<'a> {
     pub signer: Result<&'a Signer, String>,
     pub ledger: Result<&'a Ledger, String>,
     pub now: DateTime<Utc>,
+    /// How long runs' scratch under work/ is kept.
+    pub work_keep: chrono::Duration,
     pub on_gate: &'a (dyn Fn(Gate) + Sync),
 }
 
@@ -254,6 +271,9 @@ pub struct RollbackOutcome {
     pub pointer: Option<ReleasePointer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quarantine_report: Option<String>,
+    /// Earlier runs of this dataset found interrupted, recorded as aborted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aborted: Vec<crate::runs::AbortedRecord>,
 }
 
 async fn read_checked(store: &Store, a: &catalog::Artifact) -> Result<Vec<u8>, String> {
@@ -276,6 +296,36 @@ async fn read_checked(store: &Store, a: &catalog::Artifact) -> Result<Vec<u8>, S
         ));
     }
     Ok(got.to_vec())
+}
+
+/// Every file a manifest lists exists with the size it records: what a
+/// quick check can prove without re-reading the bytes (a truncated or
+/// missing artifact). Returns the problems, naming each file, and how many
+/// files were checked. Digests are re-computed by [`check_version`].
+pub async fn check_sizes(store: &Store, m: &Manifest) -> Result<(Vec<String>, usize), StoreError> {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for a in m.artifacts.iter().chain(&m.catalog) {
+        let (zone, rel) = a.path.split_once('/').unwrap_or(("", &a.path));
+        let head = match zone {
+            "processed" => store.processed().head(rel).await?,
+            "catalog" => store.catalog().head(rel).await?,
+            _ => {
+                problems.push(format!("{}: not a processed or catalog key", a.path));
+                continue;
+            }
+        };
+        checked += 1;
+        match head {
+            None => problems.push(format!("{} is missing", a.path)),
+            Some(o) if o.size != a.size => problems.push(format!(
+                "{} is {} bytes, the manifest records {} (truncated or replaced)",
+                a.path, o.size, a.size
+            )),
+            Some(_) => {}
+        }
+    }
+    Ok((problems, checked))
 }
 
 /// A version's signed manifest, as stored (`UnknownVersion` if absent).
@@ -351,6 +401,44 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
     let v = req.to;
     let run_id = new_run_id(req.now);
     let version_id = format!("{ds}@v{v}");
+    let _turn = req.store.lock_runs(ds).await?;
+    let aborted = crate::runs::before_run(crate::runs::RunStart {
+        store: req.store,
+        ledger: req.ledger.as_ref().ok().copied(),
+        signer: req.signer.as_ref().ok().copied(),
+        dataset: ds,
+        run_id: &run_id,
+        actor: &req.actor,
+        now: req.now,
+        work_keep: req.work_keep,
+    })
+    .await?;
+    // Invariant: only a version a release pointer has named may be
+    // restored. A version whose run stopped before its pointer moved was
+    // never released, whatever its files say.
+    if !crate::runs::ever_released(req.store, ds, v).await? {
+        let run = crate::runs::runs(req.store, ds, false)
+            .await?
+            .into_iter()
+            .find(|r| r.version == v && r.operation == "promote");
+        let why = match run {
+            Some(r) => format!(
+                "its run {} stopped before the pointer moved ({}); promote the dataset again instead",
+                r.run_id,
+                match r.state {
+                    crate::runs::RunState::Aborted { .. } => "recorded as aborted",
+                    crate::runs::RunState::Quarantined { .. } => "quarantined",
+                    _ => "interrupted",
+                }
+            ),
+            None => "no run made it (see `kfm status`)".to_owned(),
+        };
+        return Err(PromoteError::NeverReleased {
+            dataset: ds.to_owned(),
+            version: v,
+            why,
+        });
+    }
     let (mkey, mbytes) = manifest_bytes(req.store, ds, v).await?;
     let pointer_before = req
         .store
@@ -508,20 +596,24 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
         },
     );
 
+    let started = ts(req.now);
     let quarantine = |gates: Vec<GateResult>| async {
-        let report = serde_json::json!({
-            "kind": crate::promote::QUARANTINE_KIND,
-            "run_id": run_id,
-            "dataset": ds,
-            "operation": "rollback",
-            "version_attempted": v,
-            "gates": gates,
-            "finished_at": ts(Utc::now()),
-        });
-        let key = format!("{ds}/{run_id}/report.json");
-        let mut b = serde_json::to_vec_pretty(&report).unwrap_or_default();
-        b.push(b'\n');
-        req.store.quarantine().create(&key, Bytes::from(b)).await?;
+        let report = crate::quarantine::QuarantineReport {
+            kind: crate::quarantine::QUARANTINE_KIND.into(),
+            run_id: run_id.clone(),
+            dataset: ds.to_owned(),
+            operation: "rollback".into(),
+            acquisition: None,
+            spec_digest: None,
+            version_attempted: v,
+            gates: gates.clone(),
+            qa: None,
+            receipt: None,
+            left_behind: Vec::new(),
+            started_at: Some(started.clone()),
+            finished_at: ts(Utc::now()),
+        };
+        let key = report.write(req.store).await?;
         Ok::<_, PromoteError>(RollbackOutcome {
             run_id: run_id.clone(),
             dataset: ds.to_owned(),
@@ -530,7 +622,8 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
             gates,
             receipt: None,
             pointer: None,
-            quarantine_report: Some(format!("quarantine/{key}")),
+            quarantine_report: Some(key),
+            aborted: Vec::new(),
         })
     };
     let (Some(m), true) = (&m, gates.iter().all(GateResult::passed)) else {
@@ -540,6 +633,24 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
     };
 
     (req.on_gate)(Gate::F);
+    let claim = crate::runs::RunClaim {
+        kind: crate::runs::CLAIM_KIND.into(),
+        run_id: run_id.clone(),
+        dataset: ds.to_owned(),
+        operation: "rollback".into(),
+        version: v,
+        actor: req.actor.clone(),
+        started_at: ts(req.now),
+        acquisition: None,
+    };
+    if let Err(e) = crate::runs::claim(req.store, &claim).await {
+        gates.push(GateResult::cannot(
+            Gate::F,
+            format!("the rollback's run record cannot be written: {e}"),
+        ));
+        gates.push(GateResult::not_run(Gate::G));
+        return quarantine(gates).await;
+    }
     let receipt = match (&req.signer, &req.ledger, &req.policy) {
         (Err(e), _, _) => Err(GateResult::cannot(Gate::F, format!("no signing key: {e}"))),
         (_, Err(e), _) => Err(GateResult::cannot(
@@ -629,9 +740,11 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
         ledger_entry_digest: receipt.digest.clone(),
         operation: "rollback".into(),
         moved_at: ts(Utc::now()),
+        run_id: Some(run_id.clone()),
     };
     let mut pbytes = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
     pbytes.push(b'\n');
+    crate::fault::point("before-swap");
     let swap = req
         .store
         .published()
@@ -641,6 +754,12 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
             Bytes::from(pbytes),
         )
         .await;
+    if swap.is_ok() {
+        crate::fault::point("after-swap");
+        if let Err(e) = crate::runs::record_release(req.store, &pointer).await {
+            tracing::warn!(error = %e, "the release history could not be written now; the next run adds it");
+        }
+    }
     match swap {
         Ok(_) => {
             gates.push(GateResult::pass(
@@ -656,6 +775,7 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
                 receipt: Some(receipt),
                 pointer: Some(pointer),
                 quarantine_report: None,
+                aborted,
             })
         }
         Err(e) => {

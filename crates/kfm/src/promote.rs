@@ -30,7 +30,25 @@ impl From<PromoteError> for Failure {
                 let hint = format!("`kfm status` lists the versions of {dataset}");
                 Failure::input(e.to_string()).hint(hint)
             }
+            PromoteError::NeverReleased { ref dataset, .. } => {
+                let hint = format!("`kfm status` shows what each run of {dataset} became");
+                Failure::input(e.to_string()).hint(hint)
+            }
+            PromoteError::Quarantine(q) => q.into(),
             other => Failure::input(other.to_string()),
+        }
+    }
+}
+
+impl From<kfm_pipeline::quarantine::ReportError> for Failure {
+    fn from(e: kfm_pipeline::quarantine::ReportError) -> Self {
+        match e {
+            kfm_pipeline::quarantine::ReportError::Store(s) => s.into(),
+            other => Failure {
+                code: EXIT_RULE,
+                message: other.to_string(),
+                hint: None,
+            },
         }
     }
 }
@@ -53,6 +71,7 @@ pub(crate) struct Deps {
     signer: Result<Signer, String>,
     ledger: Result<Ledger, String>,
     policy: Result<PolicyInfo, String>,
+    work_keep: chrono::Duration,
 }
 
 impl Deps {
@@ -90,6 +109,8 @@ pub(crate) async fn deps(ws: &Workspace) -> Result<Deps, Failure> {
         signer,
         ledger,
         policy: policy_info(ws),
+        work_keep: chrono::Duration::from_std(ws.config.work_keep)
+            .unwrap_or(chrono::Duration::days(7)),
     })
 }
 
@@ -160,6 +181,7 @@ pub(crate) async fn run_promote(
         signer: d.signer.as_ref().map_err(Clone::clone),
         ledger: d.ledger.as_ref().map_err(Clone::clone),
         now: Utc::now(),
+        work_keep: d.work_keep,
         on_gate: &on_gate,
     })
     .await?)
@@ -167,6 +189,7 @@ pub(crate) async fn run_promote(
 
 /// The gate table and the result, for a terminal.
 pub(crate) fn print_outcome(out: &kfm_pipeline::PromoteOutcome) {
+    print_aborted(&out.aborted);
     println!(
         "{} run {}  acquisition {}",
         out.version_id, out.run_id, out.acquisition
@@ -185,6 +208,24 @@ pub(crate) fn print_outcome(out: &kfm_pipeline::PromoteOutcome) {
     }
     if let Some(r) = &out.receipt {
         println!("receipt: ledger index {} ({})", r.ledger_index, r.digest);
+    }
+}
+
+/// Earlier runs that a run found interrupted and recorded as aborted.
+fn print_aborted(aborted: &[kfm_pipeline::runs::AbortedRecord]) {
+    for a in aborted {
+        println!(
+            "recorded run {} ({} of v{}) as ABORTED: it stopped before its pointer moved; ledger index {}{}",
+            a.run_id,
+            a.operation,
+            a.version,
+            a.receipt.ledger_index,
+            if a.left.is_empty() {
+                String::new()
+            } else {
+                format!("; it left {} object(s) never pointed to", a.left.len())
+            }
+        );
     }
 }
 
@@ -210,6 +251,7 @@ pub async fn rollback(ws: Option<&Path>, a: &RollbackArgs, fmt: Format) -> Resul
         signer: d.signer.as_ref().map_err(Clone::clone),
         ledger: d.ledger.as_ref().map_err(Clone::clone),
         now: Utc::now(),
+        work_keep: d.work_keep,
         on_gate: &on_gate,
     })
     .await;
@@ -218,6 +260,7 @@ pub async fn rollback(ws: Option<&Path>, a: &RollbackArgs, fmt: Format) -> Resul
     match fmt {
         Format::Json => print_json(&out)?,
         Format::Human => {
+            print_aborted(&out.aborted);
             println!(
                 "rollback of {} to {}  run {}",
                 dataset, out.version_id, out.run_id
@@ -286,16 +329,17 @@ pub async fn quarantine(
                 Format::Human => {
                     println!(
                         "{key}\nrun {}  dataset {}  operation {}  version attempted v{}",
-                        report["run_id"].as_str().unwrap_or("?"),
-                        report["dataset"].as_str().unwrap_or("?"),
-                        report["operation"].as_str().unwrap_or("?"),
-                        report["version_attempted"]
+                        report.run_id, report.dataset, report.operation, report.version_attempted
                     );
-                    let gates: Vec<kfm_pipeline::GateResult> =
-                        serde_json::from_value(report["gates"].clone()).unwrap_or_default();
-                    print!("{}", table(&gates));
-                    if let Some(r) = report.get("receipt").filter(|r| !r.is_null()) {
-                        println!("receipt: ledger index {}", r["ledger_index"]);
+                    print!("{}", table(&report.gates));
+                    if let Some(r) = &report.receipt {
+                        println!("receipt: ledger index {}", r.ledger_index);
+                    }
+                    if !report.left_behind.is_empty() {
+                        println!(
+                            "left behind (never pointed to): {}",
+                            report.left_behind.join(", ")
+                        );
                     }
                 }
             }

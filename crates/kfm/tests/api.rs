@@ -233,7 +233,7 @@ fn policy_input(m: &Value, roles: &[&str], approved: &[&str], action: &str) -> V
         license["attribution"] = a.clone();
     }
     let mut resource = json!({"kind": "features", "dataset": m["dataset"], "version_id": m["version_id"],
-        "policy_label": m["policy_label"], "zone": "published", "license": license});
+        "policy_label": m["policy_label"], "zone": "published", "release": "current", "license": license});
     if let Some(d) = m.get("distribution") {
         resource["distribution"] = d.clone();
     }
@@ -861,4 +861,75 @@ fn jwt_bearer_tokens_from_the_configured_jwks_are_honoured() {
     assert_eq!(a.json()["entry"]["auth"], json!("jwt"));
     let (code, _) = srv.stop();
     assert_eq!(code, 0);
+}
+
+/// Only a version a release pointer named is resolvable: the current one
+/// for anyone the policy allows; a withdrawn (superseded) one for staff
+/// only, marked as withdrawn; one whose run was interrupted before its
+/// pointer moved (its files and manifest written, even its manifest in the
+/// ledger) for no one, and it cannot be rolled back to.
+#[test]
+fn only_versions_a_pointer_named_are_resolvable() {
+    let (_d, ws) = samples_promoted();
+    let o = kfm(&ws, &["promote", "ks-places"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = Command::new(bin())
+        .current_dir(&ws)
+        .env("KFM_WORKSPACE", &ws)
+        .env("KFM_FAULT_POINT", "after-manifest")
+        .args(["promote", "ks-places"])
+        .output()
+        .unwrap();
+    assert!(o.status.code().is_none(), "the run was not killed");
+    assert!(
+        ws.join("store/catalog/ks-places/v3/release.dsse.json")
+            .exists()
+    );
+    let steward = token(&ws, "steward", &[]);
+    let server = Server::start(&ws, &[]).unwrap();
+    let a = server.addr.clone();
+    let items = get(&a, "/collections/ks-places/items?limit=1", None, &[]).json();
+    assert_eq!(items["kfm:version_id"], "ks-places@v2", "{items}");
+    let id = &items["features"][0]["id"];
+    let fid = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
+
+    let current = get(&a, &format!("/evidence/ks-places@v2/{fid}"), None, &[]);
+    assert_eq!(current.status, 200, "{}", current.text());
+    assert_eq!(current.json()["release"], "current");
+
+    let public = get(&a, &format!("/evidence/ks-places@v1/{fid}"), None, &[]);
+    assert_eq!(public.status, 404, "{}", public.text());
+    let staff = get(
+        &a,
+        &format!("/evidence/ks-places@v1/{fid}"),
+        Some(&steward),
+        &[],
+    );
+    assert_eq!(staff.status, 200, "{}", staff.text());
+    let doc = staff.json();
+    assert_eq!(doc["release"], "withdrawn");
+    assert_eq!(doc["superseded_by"], "ks-places@v2");
+    assert_eq!(doc["current_release"], false);
+
+    for who in [None, Some(steward.as_str())] {
+        let r = get(&a, &format!("/evidence/ks-places@v3/{fid}"), who, &[]);
+        assert_eq!(r.status, 404, "never released, yet: {}", r.text());
+        // The same bytes as any unknown version.
+        let unknown = get(&a, &format!("/evidence/ks-places@v99/{fid}"), who, &[]);
+        assert_eq!(r.body, unknown.body);
+    }
+    let (code, _) = server.stop();
+    assert_eq!(code, 0);
+    let o = kfm(&ws, &["rollback", "ks-places", "--to", "v3"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("that a release pointer ever named"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
