@@ -14,7 +14,7 @@
 //! `/audit/{ref}` or `kfm ledger prove` to find the entry and its proof.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kfm_ledger::{Hash, Ledger, leaf_hash};
@@ -163,6 +163,30 @@ pub struct AuditSink {
     slots: Arc<Semaphore>,
     failed: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Records handed to the ledger, and what became of them: shutdown
+    /// reports exactly how many were recorded and how many were not.
+    started: AtomicU64,
+    recorded: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// What became of the access records of one server's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditTally {
+    /// Handed to the ledger.
+    pub started: u64,
+    /// Durable in the ledger.
+    pub recorded: u64,
+    /// Refused by the ledger (its writer had failed).
+    pub refused: u64,
+}
+
+impl AuditTally {
+    /// Still on their way when the count was taken (at shutdown: never
+    /// recorded).
+    pub fn unsettled(&self) -> u64 {
+        self.started.saturating_sub(self.recorded + self.refused)
+    }
 }
 
 /// The ledger refused or lost a record.
@@ -178,6 +202,26 @@ impl AuditSink {
             slots: Arc::new(Semaphore::new(MAX_PENDING)),
             failed: AtomicBool::new(false),
             metrics,
+            started: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// How many records were handed to the ledger, recorded, refused.
+    pub fn tally(&self) -> AuditTally {
+        AuditTally {
+            started: self.started.load(Ordering::SeqCst),
+            recorded: self.recorded.load(Ordering::SeqCst),
+            refused: self.refused.load(Ordering::SeqCst),
+        }
+    }
+
+    fn settled(&self, ok: bool) {
+        if ok {
+            self.recorded.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.refused.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -210,7 +254,10 @@ impl AuditSink {
 
     /// Appends and waits until the record is durable.
     pub async fn append_durable(&self, entry: Vec<u8>) -> Result<(), AuditError> {
-        match self.ledger.append(entry).await {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let r = self.ledger.append(entry).await;
+        self.settled(r.is_ok());
+        match r {
             Ok(_) => {
                 self.metrics.audit_append("durable", true);
                 Ok(())
@@ -240,9 +287,11 @@ impl AuditSink {
             p.insert(leaf, rx);
         }
         self.metrics.audit_pending.inc();
+        self.started.fetch_add(1, Ordering::SeqCst);
         let me = self.clone();
         tokio::spawn(async move {
             let ok = me.ledger.append(entry).await;
+            me.settled(ok.is_ok());
             if let Err(e) = &ok {
                 me.failed.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, "batched audit append failed");
@@ -267,9 +316,11 @@ impl AuditSink {
         }
     }
 
-    /// Waits until every batched record has been appended (shutdown).
-    pub async fn drain(&self) {
-        let _ = self.slots.acquire_many(MAX_PENDING as u32).await;
+    /// Waits (at most `within`) until every batched record has been
+    /// appended (shutdown), and returns what became of all of them.
+    pub async fn drain(&self, within: std::time::Duration) -> AuditTally {
+        let _ = tokio::time::timeout(within, self.slots.acquire_many(MAX_PENDING as u32)).await;
+        self.tally()
     }
 }
 

@@ -290,21 +290,126 @@ pub async fn refresh_once(st: &AppState) -> Vec<String> {
     problems
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests and
-/// waits for every batched audit record to be durable.
+/// Limits that keep one client from taking the server down.
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Most connections served at once; past it, new connections wait in
+    /// the listen queue until one closes.
+    pub max_connections: usize,
+    /// Longest a connection may take to deliver a complete request head,
+    /// counted from when it is accepted or its previous answer went out:
+    /// it bounds slow header senders (slowloris) and idle keep-alive
+    /// connections alike.
+    pub header_timeout: Duration,
+    /// How long shutdown waits for requests in flight (a long export)
+    /// before it closes their connections.
+    pub drain: Duration,
+}
+
+/// Descriptors kept out of the connection cap: the ledger (journal,
+/// witness, a round of tile files), the store's reads, the policy bundle,
+/// the listener and the runtime's own.
+pub const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// The connection cap: `configured` (0 = automatic), never above the
+/// process's descriptor limit minus [`RESERVED_DESCRIPTORS`], never below 1.
+/// Returns the cap and the descriptor limit it was derived from.
+pub fn connection_cap(configured: usize) -> (usize, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we own.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    let room = soft.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    let cap = match configured {
+        0 => room,
+        n => (n as u64).min(room),
+    };
+    (usize::try_from(cap).unwrap_or(usize::MAX), soft)
+}
+
+/// How serving ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    /// Every request in flight finished within the drain deadline.
+    pub drained: bool,
+    /// Connections closed at the deadline, their requests unfinished.
+    pub cut: usize,
+}
+
+/// Serves until `shutdown` resolves, then drains requests in flight (at
+/// most `limits.drain`; what is still running then is closed). Batched
+/// audit records are the caller's to drain, with [`AuditSink::drain`].
 pub async fn serve(
     st: Arc<AppState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+    limits: ServeLimits,
+) -> std::io::Result<Served> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     let refresher = spawn_refresh(st.clone());
-    let app = router(st.clone());
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let service = hyper_util::service::TowerToHyperService::new(router(st.clone()));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    st.metrics.connection_cap.set(limits.max_connections as i64);
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while conns.try_join_next().is_some() {}
+        // Invariant: at most `max_connections` are open, so descriptors
+        // stay for the ledger and the store whatever clients do.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = &mut shutdown => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors (something else took them), or a
+                // connection reset before it was accepted: wait a little
+                // rather than spin, and keep serving.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service.clone()));
+        let metrics = st.metrics.clone();
+        metrics.connections.inc();
+        conns.spawn(async move {
+            let _ = conn.await;
+            metrics.connections.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
     refresher.abort();
-    st.audit.drain().await;
-    r
+    let drained = tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_ok();
+    let cut = usize::try_from(st.metrics.connections.get()).unwrap_or(0);
+    // Invariant: shutdown is never held up by a client: what did not
+    // finish within the drain deadline is closed.
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+    Ok(Served { drained, cut })
 }
 
 /// A body from bytes with a content type.

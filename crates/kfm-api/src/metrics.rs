@@ -42,6 +42,8 @@ pub struct Metrics {
     pub loss_window_us: Gauge,
     pub ready: Gauge,
     pub releases: Gauge,
+    pub connections: Gauge,
+    pub connection_cap: Gauge,
 }
 
 impl Metrics {
@@ -59,6 +61,18 @@ impl Metrics {
         let loss_window_us = Gauge::default();
         let ready = Gauge::default();
         let releases = Gauge::default();
+        let connections = Gauge::default();
+        let connection_cap = Gauge::default();
+        registry.register(
+            "kfm_http_connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        registry.register(
+            "kfm_http_connection_limit",
+            "Most client connections served at once (kept below the descriptor limit, with descriptors reserved for the ledger and the store)",
+            connection_cap.clone(),
+        );
         registry.register(
             "kfm_http_requests",
             "Requests answered, by route template and status",
@@ -109,6 +123,8 @@ impl Metrics {
             loss_window_us,
             ready,
             releases,
+            connections,
+            connection_cap,
         }
     }
 

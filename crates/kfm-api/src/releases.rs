@@ -444,7 +444,14 @@ impl Releases {
             let bytes = match self.zones.published.get(&obj.key).await {
                 Ok(b) => b,
                 Err(e) => {
-                    problems.push(format!("{ds}: {e}"));
+                    // The pointer could not be read (an I/O error, no
+                    // descriptors left): what was verified before stays
+                    // served; only a pointer that reads and fails to
+                    // verify is taken out of service.
+                    problems.push(format!("{ds}: the release pointer cannot be read: {e}"));
+                    if let Some(cur) = self.get(ds) {
+                        next.insert(ds.to_owned(), cur);
+                    }
                     continue;
                 }
             };

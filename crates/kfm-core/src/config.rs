@@ -214,6 +214,10 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    max_connections: Option<u64>,
+    header_timeout_s: Option<u64>,
+    request_timeout_s: Option<u64>,
+    drain_s: Option<u64>,
 }
 
 /// The effective configuration of a workspace.
@@ -241,6 +245,16 @@ pub struct Config {
     /// Longest one policy evaluation may run; past it the decision is a deny.
     pub policy_budget: std::time::Duration,
     pub listen: SocketAddr,
+    /// Most client connections served at once (0: as many as the
+    /// descriptor limit allows, less those reserved for the ledger).
+    pub server_max_connections: usize,
+    /// Longest a connection may take to deliver a request head (from its
+    /// accept or its previous answer): slow and idle clients are closed.
+    pub server_header_timeout: std::time::Duration,
+    /// Longest a handler may take to produce its answer (503 after).
+    pub server_request_timeout: std::time::Duration,
+    /// How long shutdown waits for requests in flight before closing them.
+    pub server_drain: std::time::Duration,
     /// How long a run's scratch under work/ is kept before a later run of
     /// its dataset removes it.
     pub work_keep: std::time::Duration,
@@ -275,7 +289,7 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 13] = [
+pub const ENV_KEYS: [(&str, &str); 17] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -288,6 +302,10 @@ pub const ENV_KEYS: [(&str, &str); 13] = [
     ("policy.bundle", "KFM_POLICY_BUNDLE"),
     ("policy.budget_ms", "KFM_POLICY_BUDGET_MS"),
     ("server.listen", "KFM_SERVER_LISTEN"),
+    ("server.max_connections", "KFM_SERVER_MAX_CONNECTIONS"),
+    ("server.header_timeout_s", "KFM_SERVER_HEADER_TIMEOUT_S"),
+    ("server.request_timeout_s", "KFM_SERVER_REQUEST_TIMEOUT_S"),
+    ("server.drain_s", "KFM_SERVER_DRAIN_S"),
     ("work.keep_hours", "KFM_WORK_KEEP_HOURS"),
 ];
 
@@ -473,6 +491,20 @@ impl Config {
             )
         })?;
 
+        let server_max_connections = number(
+            "server.max_connections",
+            raw.server.max_connections,
+            0,
+            0..=1_000_000,
+        )? as usize;
+        let secs = |key: &'static str, file: Option<u64>, default: u64| {
+            number(key, file, default, 1..=3600).map(std::time::Duration::from_secs)
+        };
+        let server_header_timeout =
+            secs("server.header_timeout_s", raw.server.header_timeout_s, 15)?;
+        let server_request_timeout =
+            secs("server.request_timeout_s", raw.server.request_timeout_s, 30)?;
+        let server_drain = secs("server.drain_s", raw.server.drain_s, 10)?;
         let work_keep = std::time::Duration::from_secs(
             3600 * number("work.keep_hours", raw.work.keep_hours, 168, 0..=87_600)?,
         );
@@ -490,6 +522,10 @@ impl Config {
             policy_bundle,
             policy_budget,
             listen,
+            server_max_connections,
+            server_header_timeout,
+            server_request_timeout,
+            server_drain,
             work_keep,
         })
     }
@@ -552,6 +588,18 @@ budget_ms = 50
 
 [server]
 listen = "127.0.0.1:8080"
+# Most client connections served at once; 0 = as many as the process's
+# descriptor limit allows, less 128 kept for the ledger and the store.
+max_connections = 0
+# Seconds a connection may take to send a complete request head, counted
+# from its accept or its previous answer: slow (slowloris) and idle
+# keep-alive clients are closed after it.
+header_timeout_s = 15
+# Seconds a request may take to produce its answer (then 503).
+request_timeout_s = 30
+# Seconds shutdown waits for requests in flight (a long export) before it
+# closes their connections.
+drain_s = 10
 
 [work]
 # How long a run's scratch under the store's work/ zone (its normalised

@@ -77,8 +77,13 @@ impl Witness {
             .truncate(false)
             .open(path)
             .map_err(io)?;
-        if file.metadata().map_err(io)?.len() < 2 * SLOT {
-            file.set_len(2 * SLOT).map_err(io)?;
+        let have = file.metadata().map_err(io)?.len();
+        if have < 2 * SLOT {
+            // Real zeros, not a hole: recording later must never need a
+            // block the file system may not have (a full disk).
+            file.write_all_at(&vec![0u8; (2 * SLOT - have) as usize], have)
+                .and_then(|()| file.sync_all())
+                .map_err(io)?;
         }
         Ok(Self {
             path: path.to_path_buf(),

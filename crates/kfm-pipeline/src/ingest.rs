@@ -37,6 +37,14 @@ pub enum IngestError {
     },
     #[error("{spec}: source {path} is not a regular file")]
     SourceNotFile { spec: String, path: String },
+    #[error(
+        "{spec}: source {path} is outside the workspace {workspace}: a spec names only files under its workspace unless acquiring from elsewhere is asked for explicitly"
+    )]
+    SourceOutsideWorkspace {
+        spec: String,
+        path: String,
+        workspace: String,
+    },
     #[error("{spec}: source {path} is empty (0 bytes): nothing to acquire")]
     SourceEmpty { spec: String, path: String },
     /// The store failed or refused. Objects created before the failure are
@@ -51,6 +59,9 @@ pub enum IngestError {
 /// What to ingest and on whose behalf.
 pub struct IngestRequest<'a> {
     pub spec_path: &'a Path,
+    /// The source must resolve inside this directory (the workspace);
+    /// `None` allows any path (asked for explicitly).
+    pub within: Option<&'a Path>,
     /// Who is acquiring (recorded in acquisition.json).
     pub actor: String,
     /// Called once with the source size; returns the per-chunk progress sink.
@@ -137,6 +148,18 @@ pub async fn ingest(store: &Store, req: IngestRequest<'_>) -> Result<IngestOutco
         });
     }
     let abs = path.canonicalize().unwrap_or_else(|_| path.clone());
+    if let Some(root) = req.within {
+        // Symlinks resolved on both sides: a link inside the workspace to
+        // a file outside it is outside.
+        let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+        if !abs.starts_with(&root) {
+            return Err(IngestError::SourceOutsideWorkspace {
+                spec: spec_name,
+                path: abs.display().to_string(),
+                workspace: root.display().to_string(),
+            });
+        }
+    }
 
     match store
         .sweep_abandoned_ingests(&spec.id, ABANDONED_AFTER)

@@ -89,6 +89,7 @@ async fn env(spec_text: &str, source_name: &str, source: &[u8]) -> Env {
         &store,
         IngestRequest {
             spec_path: &spec_path,
+            within: Some(dir.path()),
             actor: "tester".into(),
             progress: Box::new(|_| no_progress()),
         },

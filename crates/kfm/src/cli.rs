@@ -82,9 +82,14 @@ start (exit 2). The ledger is held while serving: promotions wait until the serv
     },
 
     /// Stream a dataset's source into RAW, content-addressed, with an acquisition record.
-    #[command(after_help = "Example:\n  kfm ingest datasets/ks-places.yaml\n\n\
-Identical bytes again are a no-op that reports the earlier acquisition; different bytes are a\n\
-new acquisition. A missing or unreadable source, or a bad spec: exit 2, nothing written.")]
+    #[command(
+        after_help = "Examples:\n  kfm ingest datasets/ks-places.yaml\n  kfm ingest datasets/big.yaml --allow-outside-workspace   # source.uri: /data/big.csv\n\n\
+Identical bytes again are a no-op that reports the earlier acquisition (and, when they are\n\
+not the newest acquisition, the `kfm promote --acquisition` that promotes them); different\n\
+bytes are a new acquisition. A source outside the workspace needs --allow-outside-workspace.\n\
+A missing or unreadable source, a source outside the workspace, or a bad spec: exit 2,\n\
+nothing written."
+    )]
     Ingest(IngestArgs),
 
     /// Take a dataset's newest acquisition through gates A-G: published, or quarantined.
@@ -414,8 +419,17 @@ to a dataset (repeatable): what the policy asks before precise sensitive coordin
         approve: Vec<String>,
     },
     /// List tokens (ids, names, roles; never the tokens).
+    #[command(
+        after_help = "Examples:\n  kfm token list\n  kfm token list --format json\n\n\
+Lists id, name, role, creation time and, for revoked tokens, when. The tokens themselves\n\
+are never stored, only their sha256."
+    )]
     List,
     /// Revoke a token by id; takes effect on the server's next request.
+    #[command(
+        after_help = "Example:\n  kfm token list                 # find the id\n  kfm token revoke 3f9c2a1b\n\n\
+A running server refuses the token from its next request on (401). Exit 2 for an unknown id."
+    )]
     Revoke { id: String },
 }
 
@@ -432,6 +446,11 @@ pub struct IngestArgs {
     /// Who is acquiring, for the record (default: $KFM_ACTOR, then $USER).
     #[arg(long, env = "KFM_ACTOR")]
     pub actor: Option<String>,
+    /// Acquire a source.uri that resolves outside the workspace (refused
+    /// otherwise: a reviewed spec should not reach into the rest of the
+    /// machine unnoticed).
+    #[arg(long)]
+    pub allow_outside_workspace: bool,
 }
 
 #[derive(Args, Debug)]

@@ -63,6 +63,9 @@ impl From<IngestError> for Failure {
             IngestError::Store(s) => s.into(),
             IngestError::Spec(_) => Failure::input(e.to_string())
                 .hint("fix the spec, then check it with `kfm spec check`"),
+            IngestError::SourceOutsideWorkspace { .. } => Failure::input(e.to_string()).hint(
+                "move the file into the workspace, or pass --allow-outside-workspace to acquire it from where it is",
+            ),
             IngestError::CorruptRecord { .. } => Failure {
                 code: EXIT_RULE,
                 message: e.to_string(),

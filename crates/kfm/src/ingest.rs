@@ -21,6 +21,12 @@ const BAR_THRESHOLD: u64 = 16 << 20;
 struct Report<'a> {
     outcome: &'static str,
     acquisition: &'a kfm_core::Acquisition,
+    /// Whether this acquisition is its dataset's newest (the one `kfm
+    /// promote` takes by default).
+    newest: bool,
+    /// When it is not: the command that promotes exactly these bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    promote_with: Option<String>,
 }
 
 /// The actor recorded for an acquisition: `--actor`/`KFM_ACTOR`, else the
@@ -33,10 +39,12 @@ pub fn default_actor(explicit: Option<&str>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Ingests one spec into `store`, with a progress bar on a terminal.
+/// Ingests one spec into `store`, with a progress bar on a terminal. The
+/// source must lie inside `within` (the workspace) unless it is `None`.
 pub async fn ingest_one(
     store: &Store,
     spec: &Path,
+    within: Option<&Path>,
     actor: String,
 ) -> Result<IngestOutcome, Failure> {
     let progress = Box::new(|total: u64| -> IngestProgress {
@@ -61,6 +69,7 @@ pub async fn ingest_one(
     });
     let req = IngestRequest {
         spec_path: spec,
+        within,
         actor,
         progress,
     };
@@ -102,16 +111,61 @@ pub fn outcome_name(o: &IngestOutcome) -> &'static str {
     }
 }
 
+/// The newest recorded acquisition of the outcome's dataset, when it is not
+/// the outcome's own.
+async fn newer_than(
+    store: &Store,
+    o: &IngestOutcome,
+) -> Result<Option<kfm_core::Acquisition>, Failure> {
+    let a = o.acquisition();
+    let newest = kfm_pipeline::acquisitions(store, &a.dataset)
+        .await?
+        .into_iter()
+        .filter_map(|e| match e {
+            kfm_pipeline::AcquisitionEntry::Recorded(r) => Some(*r),
+            kfm_pipeline::AcquisitionEntry::Incomplete { .. } => None,
+        })
+        .next_back();
+    Ok(newest.filter(|n| n.digest != a.digest))
+}
+
 pub async fn run(ws: Option<&Path>, args: &IngestArgs, fmt: Format) -> Result<u8, Failure> {
     let ws = Workspace::find(ws)?;
     let store = ws.store()?;
-    let outcome = ingest_one(&store, &args.spec, default_actor(args.actor.as_deref())).await?;
+    let within = (!args.allow_outside_workspace).then_some(ws.dir.as_path());
+    let outcome = ingest_one(
+        &store,
+        &args.spec,
+        within,
+        default_actor(args.actor.as_deref()),
+    )
+    .await?;
+    // Bytes acquired before but not the newest acquisition: `kfm promote`
+    // would take the newest, so say how to promote these.
+    let newer = newer_than(&store, &outcome).await?;
+    let a = outcome.acquisition();
+    let promote_with = newer
+        .as_ref()
+        .map(|_| format!("kfm promote {} --acquisition {}", a.dataset, a.digest));
     match fmt {
         Format::Json => print_json(&Report {
             outcome: outcome_name(&outcome),
-            acquisition: outcome.acquisition(),
+            acquisition: a,
+            newest: newer.is_none(),
+            promote_with: promote_with.clone(),
         })?,
-        Format::Human => println!("{}", describe(&outcome)),
+        Format::Human => {
+            println!("{}", describe(&outcome));
+            if let (Some(n), Some(cmd)) = (&newer, &promote_with) {
+                println!(
+                    "  these bytes are not {}'s newest acquisition ({} of {}), which `kfm promote {}` takes; to promote these: {cmd}",
+                    a.dataset,
+                    n.digest,
+                    n.acquired_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                    a.dataset
+                );
+            }
+        }
     }
     Ok(0)
 }

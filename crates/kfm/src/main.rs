@@ -27,14 +27,94 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 
-use crate::cli::{Cli, Command, SpecCommand};
+use crate::cli::{Cli, Command, Format, InfraCommand, PolicyCommand, ReceiptCommand, SpecCommand};
 use crate::failure::Failure;
 
+/// Why `cmd` would ignore an explicit `--workspace` (it works on the
+/// directories it is given, or on none), if it would.
+fn ignores_workspace(cmd: &Command) -> Option<&'static str> {
+    match cmd {
+        Command::Init(_) => Some("kfm init creates the workspace named by its argument"),
+        Command::Up(_) => Some("kfm up works in the workspace named by --dir"),
+        Command::Openapi => {
+            Some("kfm openapi prints the API's document, which no workspace changes")
+        }
+        Command::Spec {
+            command: SpecCommand::Check(a),
+        } if !a.paths.is_empty() => Some("kfm spec check checks the paths it is given"),
+        Command::Infra { command } => match command {
+            InfraCommand::Receipt {
+                command: ReceiptCommand::Apply(_),
+            } => None,
+            _ => Some(
+                "kfm infra check, mode, render and receipt plan work on a repository, not a workspace",
+            ),
+        },
+        Command::Policy { command } => match command {
+            PolicyCommand::Diff(_) => Some("kfm policy diff compares the two bundles it is given"),
+            PolicyCommand::Test(a) if a.dir.is_some() => {
+                Some("kfm policy test with a bundle directory tests that bundle")
+            }
+            PolicyCommand::Digest(a) if a.dir.is_some() => {
+                Some("kfm policy digest with a bundle directory digests that bundle")
+            }
+            PolicyCommand::Sign(a) if a.dir.is_some() => {
+                Some("kfm policy sign with a bundle directory signs that bundle")
+            }
+            PolicyCommand::Eval(a) if a.bundle.is_some() => {
+                Some("kfm policy eval --bundle evaluates that bundle")
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Why `cmd` has no JSON output, if it has none.
+fn no_json(cmd: &Command) -> Option<&'static str> {
+    match cmd {
+        Command::Serve(_) => Some(
+            "kfm serve prints one line when it starts; its state is JSON at /readyz and /healthz",
+        ),
+        _ => None,
+    }
+}
+
+/// Refuses (exit 2) a global option the command would otherwise ignore.
+fn check_globals(cli: &Cli, workspace_given: bool) -> Result<(), Failure> {
+    if workspace_given && let Some(why) = ignores_workspace(&cli.command) {
+        return Err(
+            Failure::input(format!("--workspace is not used here: {why}"))
+                .hint("drop --workspace: this command does not read a workspace"),
+        );
+    }
+    if cli.format == Format::Json
+        && let Some(why) = no_json(&cli.command)
+    {
+        return Err(Failure::input(format!(
+            "--format json is not available here: {why}"
+        )));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     init_tracing();
+    // Only an explicit --workspace is refused where it would be ignored;
+    // KFM_WORKSPACE set for a whole session is not.
+    let workspace_given = matches.value_source("workspace") == Some(ValueSource::CommandLine);
+    if let Err(f) = check_globals(&cli, workspace_given) {
+        f.report();
+        return ExitCode::from(f.code);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // File I/O runs on blocking threads (one per object write in a

@@ -28,6 +28,9 @@ pub(crate) struct Prepared {
     pub state: Arc<AppState>,
     pub ledger: Arc<Ledger>,
     pub listen: SocketAddr,
+    pub limits: kfm_api::ServeLimits,
+    /// The descriptor limit the connection cap was derived from.
+    pub descriptors: u64,
 }
 
 /// Loads policy (with the parity check), key, ledger, releases and tokens.
@@ -103,7 +106,7 @@ pub(crate) async fn prepare(
         environment: env,
         policy_problem,
         base_url,
-        request_timeout: Duration::from_secs(30),
+        request_timeout: ws.config.server_request_timeout,
         refresh_every: Duration::from_secs(5),
         batch_interval: ws.config.ledger_max_wait,
         ledger_origin: ws.config.ledger_origin.clone(),
@@ -122,10 +125,17 @@ pub(crate) async fn prepare(
     for p in kfm_api::refresh_once(&state).await {
         eprintln!("warning: not serving {p}");
     }
+    let (max_connections, descriptors) = kfm_api::connection_cap(ws.config.server_max_connections);
     Ok(Prepared {
         state,
         ledger,
         listen,
+        limits: kfm_api::ServeLimits {
+            max_connections,
+            header_timeout: ws.config.server_header_timeout,
+            drain: ws.config.server_drain,
+        },
+        descriptors,
     })
 }
 
@@ -170,15 +180,27 @@ pub(crate) async fn run_prepared(p: Prepared, announce: bool) -> Result<u8, Fail
             p.state.releases.all().len()
         );
     }
-    let served = kfm_api::serve(p.state.clone(), listener, shutdown_signal()).await;
+    if announce {
+        println!(
+            "  at most {} connections at once (descriptor limit {}); a request head must arrive within {} s",
+            p.limits.max_connections,
+            p.descriptors,
+            p.limits.header_timeout.as_secs()
+        );
+    }
+    let drain = p.limits.drain;
+    let served = kfm_api::serve(p.state.clone(), listener, shutdown_signal(), p.limits).await;
+    // Every batched audit record still on its way gets the drain deadline
+    // to become durable; then the ledger is closed. What was and was not
+    // recorded is counted, not assumed.
+    let tally = p.state.audit.drain(drain).await;
     drop(p.state);
-    // Every batched audit record is durable (serve drained them); release
-    // the writer lock cleanly.
     let mut ledger = p.ledger;
+    let mut closed = None;
     for _ in 0..100 {
         match Arc::try_unwrap(ledger) {
             Ok(l) => {
-                l.close().await;
+                closed = Some(l.close().await);
                 break;
             }
             Err(l) => {
@@ -187,11 +209,62 @@ pub(crate) async fn run_prepared(p: Prepared, announce: bool) -> Result<u8, Fail
             }
         }
     }
-    served.map_err(|e| Failure::input(format!("server error: {e}")))?;
+    let served = served.map_err(|e| Failure::input(format!("server error: {e}")))?;
     if announce {
-        println!("stopped; every audit record is in the ledger");
+        report_shutdown(&served, &tally, closed.as_ref());
     }
     Ok(0)
+}
+
+/// Says exactly what was and was not recorded.
+fn report_shutdown(
+    served: &kfm_api::Served,
+    tally: &kfm_api::audit::AuditTally,
+    closed: Option<&kfm_ledger::Closed>,
+) {
+    if served.cut > 0 {
+        println!(
+            "stopped: {} connection(s) still running at the drain deadline were closed",
+            served.cut
+        );
+    }
+    let lost = tally.refused + tally.unsettled();
+    println!(
+        "stopped: {} access record(s) durable in the ledger{}",
+        tally.recorded,
+        if lost == 0 {
+            String::new()
+        } else {
+            format!(
+                "; {lost} NOT recorded ({} refused by the ledger, {} still on their way at the deadline)",
+                tally.refused,
+                tally.unsettled()
+            )
+        }
+    );
+    match closed {
+        Some(c) => {
+            let journal = c.size - c.in_tiles.min(c.size);
+            println!(
+                "ledger closed at {} entries{}{}",
+                c.size,
+                if journal > 0 {
+                    format!(
+                        " ({journal} durable in the journal, written as tiles when the ledger next opens)"
+                    )
+                } else {
+                    String::new()
+                },
+                c.failed
+                    .as_deref()
+                    .map(|f| format!("; its writer had failed: {f}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => println!(
+            "ledger not closed cleanly (still in use at exit); every acknowledged entry is durable and the next writer recovers it"
+        ),
+    }
 }
 
 pub async fn serve(ws: Option<&Path>, a: &ServeArgs) -> Result<u8, Failure> {

@@ -59,7 +59,13 @@ pub async fn run(args: &UpArgs, fmt: Format) -> Result<u8, Failure> {
     let store = ws.store()?;
     let mut ingested = Vec::new();
     for spec in SAMPLE_SPECS {
-        let outcome = ingest_one(&store, &datasets.join(spec), default_actor(None)).await?;
+        let outcome = ingest_one(
+            &store,
+            &datasets.join(spec),
+            Some(&ws.dir),
+            default_actor(None),
+        )
+        .await?;
         if fmt == Format::Human {
             println!("{}", describe(&outcome));
         }

@@ -512,3 +512,122 @@ fn ingest_into_an_s3_store_configured_from_the_environment() {
         .code(2)
         .stderr(predicate::str::contains("AWS_ALLOW_HTTP=true"));
 }
+
+/// A global option a command would ignore is refused (exit 2) rather than
+/// silently dropped; set for the session (KFM_WORKSPACE), it is not.
+#[test]
+fn global_options_a_command_would_ignore_are_refused() {
+    let (_d, ws) = workspace();
+    let refused: &[&[&str]] = &[
+        &["--workspace", ".", "init", "other"],
+        &["--workspace", ".", "up", "--dir", "x", "--no-serve"],
+        &["--workspace", ".", "openapi"],
+        &["--workspace", ".", "infra", "mode"],
+        &[
+            "--workspace",
+            ".",
+            "spec",
+            "check",
+            "datasets/ks-places.yaml",
+        ],
+        &["--workspace", ".", "policy", "digest", "policy"],
+        &["--format", "json", "serve"],
+    ];
+    for args in refused {
+        kfm(&ws).args(*args).assert().code(2).stderr(
+            predicate::str::contains("is not used here")
+                .or(predicate::str::contains("is not available here")),
+        );
+    }
+    assert!(!ws.join("other").exists() && !ws.join("x").exists());
+    // The same commands with options they use, and KFM_WORKSPACE for the
+    // session: accepted.
+    kfm(&ws)
+        .env("KFM_WORKSPACE", &ws)
+        .args(["--format", "json", "infra", "mode"])
+        .assert()
+        .code(predicate::in_iter([0, 1]));
+    kfm(&ws)
+        .args(["--workspace", ".", "--format", "json", "status"])
+        .assert()
+        .success();
+}
+
+/// A source outside the workspace needs --allow-outside-workspace; bytes
+/// acquired before that are not the newest say how to promote them.
+#[test]
+fn ingest_refuses_sources_outside_the_workspace_and_says_how_to_promote_older_bytes() {
+    let (d, ws) = workspace();
+    let outside = d.path().join("elsewhere.csv");
+    std::fs::write(&outside, PLACES_CSV).unwrap();
+    let spec = PLACES_SPEC.replace("uri: ks-places.csv", &format!("uri: {}", outside.display()));
+    assert_ne!(spec, PLACES_SPEC, "the sample's source line changed");
+    std::fs::write(ws.join("datasets/outside.yaml"), &spec).unwrap();
+    kfm(&ws)
+        .args(["ingest", "datasets/outside.yaml"])
+        .assert()
+        .code(2)
+        .stderr(
+            predicate::str::contains("is outside the workspace")
+                .and(predicate::str::contains("--allow-outside-workspace")),
+        );
+    assert!(files_under(&ws.join("store/raw")).is_empty());
+    kfm(&ws)
+        .args([
+            "ingest",
+            "datasets/outside.yaml",
+            "--allow-outside-workspace",
+        ])
+        .assert()
+        .success();
+
+    // Newer bytes (the last place dropped), then the older ones again.
+    let mut lines: Vec<&str> = PLACES_CSV.lines().collect();
+    lines.pop();
+    std::fs::write(ws.join("datasets/ks-places.csv"), lines.join("\n") + "\n").unwrap();
+    kfm(&ws)
+        .args(["ingest", "datasets/ks-places.yaml"])
+        .assert()
+        .success();
+    std::fs::write(&outside, PLACES_CSV).unwrap();
+    let out = kfm(&ws)
+        .args([
+            "ingest",
+            "datasets/outside.yaml",
+            "--allow-outside-workspace",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(
+            "not ks-places's newest acquisition",
+        ))
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let cmd = text
+        .lines()
+        .find_map(|l| l.split("to promote these: ").nth(1))
+        .unwrap()
+        .to_owned();
+    assert!(
+        cmd.starts_with("kfm promote ks-places --acquisition sha256:"),
+        "{cmd}"
+    );
+    let json = kfm(&ws)
+        .args([
+            "--format",
+            "json",
+            "ingest",
+            "datasets/outside.yaml",
+            "--allow-outside-workspace",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["newest"], false);
+    assert_eq!(v["promote_with"], cmd.as_str());
+}

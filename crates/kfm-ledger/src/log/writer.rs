@@ -750,12 +750,21 @@ fn answer_all(group: Vec<Prepared>, witness: Option<&Mutex<Witness>>) {
         && let Ok(mut w) = w.lock()
         && let Err(e) = w.record(last.new_size, &last.note)
     {
-        tracing::error!(error = %e, "cannot record the witnessed checkpoint");
+        witness_failed(&e);
     }
     for p in group {
         for (tx, a) in p.answers {
             let _ = tx.send(Ok(a));
         }
+    }
+}
+
+/// A witness record that could not be written (its file is preallocated,
+/// so only an I/O error gets here): said once, not once per batch.
+fn witness_failed(e: &crate::witness::WitnessError) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        tracing::error!(error = %e, "cannot record the witnessed checkpoint; appends continue (the journal and tiles still hold every entry)");
     }
 }
 
@@ -852,7 +861,7 @@ impl Writer {
                         && let (Some(a), Ok(mut w)) = (results.last(), w.lock())
                         && let Err(e) = w.record(a.size, &a.checkpoint)
                     {
-                        tracing::error!(error = %e, "cannot record the witnessed checkpoint");
+                        witness_failed(&e);
                     }
                     for (r, a) in batch.into_iter().zip(results) {
                         let _ = r.done.send(Ok(a));
