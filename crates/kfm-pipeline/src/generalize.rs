@@ -102,29 +102,35 @@ pub fn generalize(features: &[Feature], plan: &Plan) -> Vec<Feature> {
     let describe = plan.describe();
     features
         .iter()
-        .map(|f| {
-            let mut out = f.clone();
-            out.bbox = None;
-            let mut props = out.properties.take().unwrap_or_default();
-            if let Some((geometry, uncertainty)) =
-                f.geometry.as_ref().and_then(|g| point_for(g, plan))
-            {
-                out.geometry = Some(geometry);
-                props.insert(
-                    "coordinateUncertaintyInMeters".into(),
-                    JsonValue::from(uncertainty),
-                );
-            } else {
-                out.geometry = None;
-            }
-            props.insert(
-                "dataGeneralizations".into(),
-                JsonValue::from(describe.clone()),
-            );
-            out.properties = Some(props);
-            out
-        })
+        .map(|f| generalize_one(f, plan, &describe))
         .collect()
+}
+
+/// One feature of the generalised derivative (`describe` is
+/// [`Plan::describe`], computed once by the caller): the derivative is
+/// built feature by feature, so a large dataset streams through it.
+pub fn generalize_one(f: &Feature, plan: &Plan, describe: &str) -> Feature {
+    let mut out = Feature {
+        bbox: None,
+        geometry: None,
+        id: f.id.clone(),
+        properties: None,
+        foreign_members: f.foreign_members.clone(),
+    };
+    let mut props = f.properties.clone().unwrap_or_default();
+    if let Some((geometry, uncertainty)) = f.geometry.as_ref().and_then(|g| point_for(g, plan)) {
+        out.geometry = Some(geometry);
+        props.insert(
+            "coordinateUncertaintyInMeters".into(),
+            JsonValue::from(uncertainty),
+        );
+    }
+    props.insert(
+        "dataGeneralizations".into(),
+        JsonValue::from(describe.to_owned()),
+    );
+    out.properties = Some(props);
+    out
 }
 
 fn point_for(g: &Geometry, plan: &Plan) -> Option<(Geometry, u64)> {

@@ -18,11 +18,15 @@ pub mod gates;
 pub mod generalize;
 pub mod ingest;
 pub mod normalize;
+pub mod prepare;
+pub mod process;
 pub mod promote;
+mod publish;
 pub mod qa;
 pub mod quarantine;
 pub mod records;
 pub mod release;
+mod rollback;
 pub mod runs;
 
 pub use gates::{Gate, GateResult, Status};

@@ -6,10 +6,12 @@
 //! function of the input bytes and the spec: no clock, no randomness, no
 //! hash-map iteration order — gate A relies on that.
 
-use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::io::Read;
 
 use geojson::{Feature, Geometry, GeometryValue, JsonObject, JsonValue};
 use kfm_core::{DatasetSpec, SourceFormat};
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
 /// At most this many problems are listed; the rest are counted.
 pub const MAX_PROBLEMS: usize = 20;
@@ -67,14 +69,57 @@ impl Problems {
     }
 }
 
-/// Normalises `bytes` as the spec's source format says.
+/// Normalises `bytes` as the spec's source format says, into memory (for
+/// small inputs and tests; promotion streams with [`for_each_feature`]).
 pub fn normalize(spec: &DatasetSpec, bytes: &[u8]) -> Result<Normalized, NormalizeError> {
-    let features = match spec.source.format {
-        SourceFormat::Csv => from_csv(spec, bytes)?,
-        SourceFormat::Geojson => from_geojson(bytes)?,
-    };
+    let mut features = Vec::new();
+    match for_each_feature(spec, bytes, |_, f| {
+        features.push(f);
+        Ok(())
+    }) {
+        Ok(()) => {}
+        Err(StreamError::Invalid(e)) => return Err(e),
+        Err(StreamError::Sink(e)) => {
+            return Err(NormalizeError {
+                problems: vec![e],
+                more: 0,
+            });
+        }
+    }
     let bbox = bbox_of(&features);
     Ok(Normalized { features, bbox })
+}
+
+/// Why streaming a source stopped.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The source does not normalise: its problems, located.
+    Invalid(NormalizeError),
+    /// The callback refused a feature (its own error, such as a write that
+    /// failed).
+    Sink(String),
+}
+
+/// Streams the source through normalisation, calling `on` with each
+/// normalised feature and its index, in source order, holding one feature
+/// at a time. Problems are collected as they are met (features with one
+/// are not passed on) and reported together at the end; so `on` may have
+/// seen features of a source that is then refused, and a caller writing
+/// artifacts keeps them only when this returns `Ok`.
+///
+/// Memory: a CSV streams in constant space. A GeoJSON source keeps 24 bytes
+/// per feature to find duplicate ids (a 128-bit digest of each id and
+/// where it was met), never the features.
+pub fn for_each_feature<R: Read>(
+    spec: &DatasetSpec,
+    source: R,
+    on: impl FnMut(usize, Feature) -> Result<(), String>,
+) -> Result<(), StreamError> {
+    let mut on = on;
+    match spec.source.format {
+        SourceFormat::Csv => csv_stream(spec, source, &mut on),
+        SourceFormat::Geojson => geojson_stream(source, &mut on),
+    }
 }
 
 /// Serialises features as a compact GeoJSON FeatureCollection, one feature
@@ -94,7 +139,11 @@ pub fn to_geojson(features: &[Feature]) -> Vec<u8> {
     out
 }
 
-fn from_csv(spec: &DatasetSpec, bytes: &[u8]) -> Result<Vec<Feature>, NormalizeError> {
+fn csv_stream<R: Read>(
+    spec: &DatasetSpec,
+    source: R,
+    on: &mut dyn FnMut(usize, Feature) -> Result<(), String>,
+) -> Result<(), StreamError> {
     let lat_col = spec
         .source
         .lat_column
@@ -109,12 +158,13 @@ fn from_csv(spec: &DatasetSpec, bytes: &[u8]) -> Result<Vec<Feature>, NormalizeE
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
-        .from_reader(bytes);
+        .buffer_capacity(1 << 16)
+        .from_reader(source);
     let headers = match rdr.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
             problems.push(format!("line 1: cannot read the CSV header: {e}"));
-            return problems.finish(Vec::new());
+            return problems.finish(()).map_err(StreamError::Invalid);
         }
     };
     let find = |name: &str, key: &str| {
@@ -131,11 +181,11 @@ fn from_csv(spec: &DatasetSpec, bytes: &[u8]) -> Result<Vec<Feature>, NormalizeE
             for e in [a.err(), b.err()].into_iter().flatten() {
                 problems.push(e);
             }
-            return problems.finish(Vec::new());
+            return problems.finish(()).map_err(StreamError::Invalid);
         }
     };
     let names: Vec<String> = headers.iter().map(str::to_owned).collect();
-    let mut features = Vec::new();
+    let mut emitted = 0usize;
     let mut record = csv::StringRecord::new();
     let mut row = 0u64;
     loop {
@@ -186,7 +236,7 @@ fn from_csv(spec: &DatasetSpec, bytes: &[u8]) -> Result<Vec<Feature>, NormalizeE
             };
             props.insert(name.clone(), v);
         }
-        features.push(Feature {
+        let f = Feature {
             bbox: None,
             geometry: Some(Geometry::new(GeometryValue::Point {
                 coordinates: vec![lon, lat].into(),
@@ -194,52 +244,42 @@ fn from_csv(spec: &DatasetSpec, bytes: &[u8]) -> Result<Vec<Feature>, NormalizeE
             id: Some(geojson::feature::Id::Number(row.into())),
             properties: Some(props),
             foreign_members: None,
-        });
+        };
+        if problems.list.is_empty() {
+            on(emitted, f).map_err(StreamError::Sink)?;
+        }
+        emitted += 1;
     }
-    problems.finish(features)
+    problems.finish(()).map_err(StreamError::Invalid)
 }
 
-fn from_geojson(bytes: &[u8]) -> Result<Vec<Feature>, NormalizeError> {
-    let mut problems = Problems::new();
-    let doc: JsonValue = match serde_json::from_slice(bytes) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(format!(
-                "line {} column {}: not JSON: {e}",
-                e.line(),
-                e.column()
-            ));
-            return problems.finish(Vec::new());
-        }
-    };
-    let raw_features: Vec<JsonValue> = match doc.get("type").and_then(JsonValue::as_str) {
-        Some("FeatureCollection") => match doc.get("features") {
-            Some(JsonValue::Array(a)) => a.clone(),
-            _ => {
-                problems.push("the FeatureCollection has no \"features\" array".into());
-                return problems.finish(Vec::new());
-            }
-        },
-        Some("Feature") => vec![doc],
-        Some(other) => {
-            problems.push(format!(
-                "top-level type is {other:?}: expected a FeatureCollection or a Feature (a bare geometry has no properties to govern)"
-            ));
-            return problems.finish(Vec::new());
-        }
-        None => {
-            problems.push("the document has no \"type\": not GeoJSON".into());
-            return problems.finish(Vec::new());
-        }
-    };
-    let mut features = Vec::with_capacity(raw_features.len());
-    let mut seen_ids: HashSet<String> = HashSet::new();
-    for (index, raw) in raw_features.into_iter().enumerate() {
+/// Where a streamed GeoJSON stands.
+struct GeoState<'a> {
+    on: &'a mut dyn FnMut(usize, Feature) -> Result<(), String>,
+    problems: Problems,
+    index: usize,
+    /// Every id met: two digests (keyed SipHash, 128 bits together), and
+    /// the feature index with the top bit set when the id was assigned.
+    ids: Vec<(u64, u64, u64)>,
+    hashers: (
+        std::collections::hash_map::RandomState,
+        std::collections::hash_map::RandomState,
+    ),
+    /// The callback's error, which stops the stream.
+    sink: Option<String>,
+}
+
+const ASSIGNED: u64 = 1 << 63;
+
+impl GeoState<'_> {
+    fn feature(&mut self, raw: JsonValue) {
+        let index = self.index;
+        self.index += 1;
         let mut f: Feature = match serde_json::from_value(raw) {
             Ok(f) => f,
             Err(e) => {
-                problems.push(format!("feature {index}: {e}"));
-                continue;
+                self.problems.push(format!("feature {index}: {e}"));
+                return;
             }
         };
         let label = match &f.id {
@@ -247,38 +287,194 @@ fn from_geojson(bytes: &[u8]) -> Result<Vec<Feature>, NormalizeError> {
             None => format!("feature {index}"),
         };
         if let Some(g) = &f.geometry {
-            check_geometry(&g.value, &label, &mut problems);
+            check_geometry(&g.value, &label, &mut self.problems);
         }
-        match &f.id {
-            Some(id) => {
-                if !seen_ids.insert(id_string(id)) {
-                    problems.push(format!(
-                        "{label}: duplicate id: feature ids must be unique (the evidence resolver addresses features by id)"
-                    ));
+        let assigned = f.id.is_none();
+        if assigned {
+            f.id = Some(geojson::feature::Id::Number(((index as u64) + 1).into()));
+        }
+        if let Some(id) = &f.id {
+            let text = id_string(id);
+            let (a, b) = (
+                self.hashers.0.hash_one(&text),
+                self.hashers.1.hash_one(&text),
+            );
+            self.ids
+                .push((a, b, index as u64 | if assigned { ASSIGNED } else { 0 }));
+        }
+        if self.problems.list.is_empty()
+            && self.sink.is_none()
+            && let Err(e) = (self.on)(index, f)
+        {
+            self.sink = Some(e);
+        }
+    }
+
+    /// Duplicate ids, found once every id is known: each pair named by the
+    /// later feature (an assigned id colliding with a source id says so).
+    fn check_ids(&mut self) {
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.sort_unstable();
+        for w in ids.windows(2) {
+            let ((a1, b1, i1), (a2, b2, i2)) = (w[0], w[1]);
+            if (a1, b1) != (a2, b2) {
+                continue;
+            }
+            let (first, second) = if i1 & !ASSIGNED < i2 & !ASSIGNED {
+                (i1, i2)
+            } else {
+                (i2, i1)
+            };
+            let (fi, si) = (first & !ASSIGNED, second & !ASSIGNED);
+            if (first | second) & ASSIGNED != 0 {
+                let assigned = if first & ASSIGNED != 0 { fi } else { si };
+                self.problems.push(format!(
+                    "feature {assigned}: the id {} assigned to a feature without one collides with a source id; give every feature an id",
+                    assigned + 1
+                ));
+            } else {
+                self.problems.push(format!(
+                    "feature {si}: duplicate id (feature {fi} has it too): feature ids must be unique (the evidence resolver addresses features by id)"
+                ));
+            }
+        }
+    }
+}
+
+/// The top-level document: a FeatureCollection (its `features` streamed
+/// one by one as they are parsed), or a single Feature (buffered: it is
+/// one feature).
+struct Top<'s, 'a>(&'s mut GeoState<'a>);
+
+/// What the top level held besides its features.
+struct TopSeen {
+    kind: Option<String>,
+    features: bool,
+    rest: JsonObject,
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = TopSeen;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<TopSeen, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_, '_> {
+    type Value = TopSeen;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a GeoJSON object")
+    }
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<TopSeen, M::Error> {
+        let mut seen = TopSeen {
+            kind: None,
+            features: false,
+            rest: JsonObject::new(),
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "type" => match map.next_value::<JsonValue>()? {
+                    JsonValue::String(s) => seen.kind = Some(s),
+                    other => seen.kind = Some(other.to_string()),
+                },
+                "features" => {
+                    seen.features = true;
+                    map.next_value_seed(Features(&mut *self.0))?;
+                }
+                _ => {
+                    let v: JsonValue = map.next_value()?;
+                    seen.rest.insert(key, v);
                 }
             }
-            None => {
-                f.id = Some(geojson::feature::Id::Number(((index as u64) + 1).into()));
+        }
+        Ok(seen)
+    }
+}
+
+/// The `features` array, each element handed on as it is parsed.
+struct Features<'s, 'a>(&'s mut GeoState<'a>);
+
+impl<'de> DeserializeSeed<'de> for Features<'_, '_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Features<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the FeatureCollection's \"features\" array")
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        while let Some(raw) = seq.next_element::<JsonValue>()? {
+            self.0.feature(raw);
+            if self.0.sink.is_some() {
+                return Err(serde::de::Error::custom("stopped by the sink"));
             }
         }
-        features.push(f);
+        Ok(())
     }
-    // Assigned ids must not collide with ids the source gave.
-    if problems.list.is_empty() {
-        let mut all = HashSet::new();
-        for (index, f) in features.iter().enumerate() {
-            if let Some(id) = &f.id
-                && !all.insert(id_string(id))
-            {
-                problems.push(format!(
-                    "feature {index}: the id {} assigned to a feature without one collides with a source id; give every feature an id",
-                    id_string(id)
-                ));
-                break;
-            }
+}
+
+fn geojson_stream<R: Read>(
+    source: R,
+    on: &mut dyn FnMut(usize, Feature) -> Result<(), String>,
+) -> Result<(), StreamError> {
+    let mut st = GeoState {
+        on,
+        problems: Problems::new(),
+        index: 0,
+        ids: Vec::new(),
+        hashers: Default::default(),
+        sink: None,
+    };
+    let mut de =
+        serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, source));
+    let top = Top(&mut st)
+        .deserialize(&mut de)
+        .and_then(|t| de.end().map(|()| t));
+    if let Some(e) = st.sink.take() {
+        return Err(StreamError::Sink(e));
+    }
+    let seen = match top {
+        Ok(t) => t,
+        Err(e) => {
+            st.problems
+                .push(if e.is_data() && e.to_string().contains("features") {
+                    format!("the FeatureCollection's \"features\" member is not an array: {e}")
+                } else {
+                    format!("line {} column {}: not JSON: {e}", e.line(), e.column())
+                });
+            return st.problems.finish(()).map_err(StreamError::Invalid);
         }
+    };
+    match seen.kind.as_deref() {
+        Some("FeatureCollection") if !seen.features => {
+            st.problems
+                .push("the FeatureCollection has no \"features\" array".into());
+        }
+        Some("FeatureCollection") => {}
+        Some("Feature") if !seen.features => {
+            let mut doc = seen.rest;
+            doc.insert("type".into(), JsonValue::String("Feature".into()));
+            st.feature(JsonValue::Object(doc));
+        }
+        Some("Feature") => st
+            .problems
+            .push("a Feature has no \"features\" member: expected a FeatureCollection".into()),
+        Some(other) => st.problems.push(format!(
+            "top-level type is {other:?}: expected a FeatureCollection or a Feature (a bare geometry has no properties to govern)"
+        )),
+        None => st
+            .problems
+            .push("the document has no \"type\": not GeoJSON".into()),
     }
-    problems.finish(features)
+    if let Some(e) = st.sink.take() {
+        return Err(StreamError::Sink(e));
+    }
+    st.check_ids();
+    st.problems.finish(()).map_err(StreamError::Invalid)
 }
 
 /// A feature id as text (numbers as written).
@@ -499,7 +695,10 @@ mod tests {
             "a valid coordinate beside a bad one is not quoted"
         );
         assert!(all.contains("feature 3:"), "{all}");
-        assert!(all.contains("feature 4 (id a): duplicate id"), "{all}");
+        assert!(
+            all.contains("feature 4: duplicate id (feature 0 has it too)"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -46,120 +46,165 @@ fn label(i: usize, f: &Feature) -> String {
 
 /// Evaluates every threshold of `qa` (all of them, so the report is whole).
 pub fn evaluate(qa: &Qa, features: &[Feature]) -> QaReport {
-    let n = features.len();
-    let mut checks = Vec::new();
-    let mut cannot = Vec::new();
+    let mut m = Measure::new(qa);
+    for (i, f) in features.iter().enumerate() {
+        m.feature(i, f);
+    }
+    m.report()
+}
 
-    if let Some(min) = qa.min_features {
-        checks.push(Check {
-            name: "min_features".into(),
-            pass: n as u64 >= min,
-            detail: format!("{n} features, at least {min} required"),
-        });
+/// The thresholds measured one feature at a time (a large dataset streams
+/// through): memory grows with the number of thresholds, never with the
+/// number of features. [`Measure::report`] gives what [`evaluate`] gives.
+pub struct Measure<'a> {
+    qa: &'a Qa,
+    n: usize,
+    invalid: usize,
+    invalid_list: Vec<String>,
+    outside: usize,
+    outside_first: Option<String>,
+    /// Per required property: features lacking it, and the first.
+    missing: Vec<(usize, Option<String>)>,
+    /// Per max_null_ratio entry: null values seen.
+    nulls: Vec<usize>,
+}
+
+impl<'a> Measure<'a> {
+    pub fn new(qa: &'a Qa) -> Self {
+        Self {
+            qa,
+            n: 0,
+            invalid: 0,
+            invalid_list: Vec::new(),
+            outside: 0,
+            outside_first: None,
+            missing: vec![(0, None); qa.required_properties.len()],
+            nulls: vec![0; qa.max_null_ratio.len()],
+        }
     }
 
-    if qa.geometry_valid {
-        let mut bad = Vec::new();
-        let mut count = 0usize;
-        for (i, f) in features.iter().enumerate() {
-            let Some(g) = &f.geometry else { continue };
+    /// Measures feature number `i`.
+    pub fn feature(&mut self, i: usize, f: &Feature) {
+        let qa = self.qa;
+        self.n += 1;
+        if qa.geometry_valid
+            && let Some(g) = &f.geometry
+        {
             let reason = match geo::Geometry::<f64>::try_from(&g.value) {
                 Ok(geom) => geom.check_validation().err().map(|e| e.to_string()),
                 Err(e) => Some(e.to_string()),
             };
             if let Some(r) = reason {
-                count += 1;
-                if bad.len() < MAX_PROBLEMS {
-                    bad.push(format!("{}: {r}", label(i, f)));
+                self.invalid += 1;
+                if self.invalid_list.len() < MAX_PROBLEMS {
+                    self.invalid_list.push(format!("{}: {r}", label(i, f)));
                 }
             }
         }
-        checks.push(Check {
-            name: "geometry_valid".into(),
-            pass: count == 0,
-            detail: if count == 0 {
-                "every geometry is valid (OGC simple features rules)".into()
-            } else {
-                format!("{count} invalid geometries: {}", bad.join("; "))
-            },
-        });
-    }
-
-    if let Some(b) = &qa.bbox {
-        let mut outside = 0usize;
-        let mut first = None;
-        for (i, f) in features.iter().enumerate() {
-            let Some(g) = &f.geometry else { continue };
-            if let Some([w, s, e, nn]) = geometry_bbox(&g.value)
-                && (w < b.west || s < b.south || e > b.east || nn > b.north)
-            {
-                outside += 1;
-                first.get_or_insert_with(|| label(i, f));
+        if let Some(b) = &qa.bbox
+            && let Some(g) = &f.geometry
+            && let Some([w, s, e, nn]) = geometry_bbox(&g.value)
+            && (w < b.west || s < b.south || e > b.east || nn > b.north)
+        {
+            self.outside += 1;
+            if self.outside_first.is_none() {
+                self.outside_first = Some(label(i, f));
             }
         }
-        checks.push(Check {
-            name: "bbox".into(),
-            pass: outside == 0,
-            detail: match first {
-                None => format!(
-                    "every feature within [{}, {}, {}, {}]",
-                    b.west, b.south, b.east, b.north
-                ),
-                Some(f) => format!(
-                    "{outside} features extend outside [{}, {}, {}, {}], first {f}",
-                    b.west, b.south, b.east, b.north
-                ),
-            },
-        });
-    }
-
-    for prop in &qa.required_properties {
-        let prop = prop.as_str();
-        let missing: Vec<usize> = features
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| is_null(f, prop))
-            .map(|(i, _)| i)
-            .collect();
-        checks.push(Check {
-            name: format!("required_properties.{prop}"),
-            pass: missing.is_empty(),
-            detail: match missing.first() {
-                None => format!("every feature has {prop:?}"),
-                Some(&i) => format!(
-                    "{} features lack {prop:?}, first {}",
-                    missing.len(),
-                    label(i, &features[i])
-                ),
-            },
-        });
-    }
-
-    for (prop, max) in &qa.max_null_ratio {
-        if !(0.0..=1.0).contains(max) {
-            cannot.push(format!(
-                "max_null_ratio.{prop} is {max}: a ratio must be between 0 and 1"
-            ));
-            continue;
+        for (slot, prop) in self.missing.iter_mut().zip(&qa.required_properties) {
+            if is_null(f, prop.as_str()) {
+                slot.0 += 1;
+                if slot.1.is_none() {
+                    slot.1 = Some(label(i, f));
+                }
+            }
         }
-        if n == 0 {
-            cannot.push(format!(
-                "max_null_ratio.{prop}: the null ratio is undefined over 0 features"
-            ));
-            continue;
+        for (count, (prop, _)) in self.nulls.iter_mut().zip(&qa.max_null_ratio) {
+            if is_null(f, prop) {
+                *count += 1;
+            }
         }
-        let nulls = features.iter().filter(|f| is_null(f, prop)).count();
-        let ratio = nulls as f64 / n as f64;
-        checks.push(Check {
-            name: format!("max_null_ratio.{prop}"),
-            pass: ratio <= *max,
-            detail: format!("{nulls}/{n} null ({ratio:.4}), at most {max} allowed"),
-        });
     }
 
-    QaReport {
-        feature_count: n,
-        checks,
-        cannot_evaluate: cannot,
+    /// The report over every feature measured.
+    pub fn report(self) -> QaReport {
+        let qa = self.qa;
+        let n = self.n;
+        let mut checks = Vec::new();
+        let mut cannot = Vec::new();
+        if let Some(min) = qa.min_features {
+            checks.push(Check {
+                name: "min_features".into(),
+                pass: n as u64 >= min,
+                detail: format!("{n} features, at least {min} required"),
+            });
+        }
+        if qa.geometry_valid {
+            checks.push(Check {
+                name: "geometry_valid".into(),
+                pass: self.invalid == 0,
+                detail: if self.invalid == 0 {
+                    "every geometry is valid (OGC simple features rules)".into()
+                } else {
+                    format!(
+                        "{} invalid geometries: {}",
+                        self.invalid,
+                        self.invalid_list.join("; ")
+                    )
+                },
+            });
+        }
+        if let Some(b) = &qa.bbox {
+            checks.push(Check {
+                name: "bbox".into(),
+                pass: self.outside == 0,
+                detail: match &self.outside_first {
+                    None => format!(
+                        "every feature within [{}, {}, {}, {}]",
+                        b.west, b.south, b.east, b.north
+                    ),
+                    Some(f) => format!(
+                        "{} features extend outside [{}, {}, {}, {}], first {f}",
+                        self.outside, b.west, b.south, b.east, b.north
+                    ),
+                },
+            });
+        }
+        for ((count, first), prop) in self.missing.into_iter().zip(&qa.required_properties) {
+            let prop = prop.as_str();
+            checks.push(Check {
+                name: format!("required_properties.{prop}"),
+                pass: count == 0,
+                detail: match first {
+                    None => format!("every feature has {prop:?}"),
+                    Some(first) => format!("{count} features lack {prop:?}, first {first}"),
+                },
+            });
+        }
+        for (nulls, (prop, max)) in self.nulls.into_iter().zip(&qa.max_null_ratio) {
+            if !(0.0..=1.0).contains(max) {
+                cannot.push(format!(
+                    "max_null_ratio.{prop} is {max}: a ratio must be between 0 and 1"
+                ));
+                continue;
+            }
+            if n == 0 {
+                cannot.push(format!(
+                    "max_null_ratio.{prop}: the null ratio is undefined over 0 features"
+                ));
+                continue;
+            }
+            let ratio = nulls as f64 / n as f64;
+            checks.push(Check {
+                name: format!("max_null_ratio.{prop}"),
+                pass: ratio <= *max,
+                detail: format!("{nulls}/{n} null ({ratio:.4}), at most {max} allowed"),
+            });
+        }
+        QaReport {
+            feature_count: n,
+            checks,
+            cannot_evaluate: cannot,
+        }
     }
 }

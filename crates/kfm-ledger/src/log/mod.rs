@@ -24,6 +24,7 @@
 
 mod guard;
 mod load;
+mod sync;
 mod tiles;
 mod verify;
 mod view;
