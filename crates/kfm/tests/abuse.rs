@@ -302,3 +302,66 @@ fn a_full_disk_is_ridden_out_and_a_writer_that_gives_up_turns_unhealthy() {
     assert_recorded(&ws, &refs);
     drop(fs);
 }
+
+/// A large export to a client that stops reading: shutdown waits at most
+/// its drain deadline, closes the connection, exits 0 and says what it
+/// closed; the export's audit record was durable before its first byte.
+#[test]
+fn an_export_to_a_client_that_stops_reading_does_not_hold_up_shutdown() {
+    let (_d, ws) = samples_promoted();
+    // Ten points with 400,000 distinct property names: a ~10 MB CSV,
+    // more than socket buffers hold.
+    let per = 40_000;
+    let features: Vec<serde_json::Value> = (0..10)
+        .map(|i| {
+            let props: serde_json::Map<String, serde_json::Value> = (0..per)
+                .map(|j| (format!("k{:07}", i * per + j), serde_json::json!("value")))
+                .collect();
+            serde_json::json!({"type": "Feature", "id": i + 1, "properties": props,
+                "geometry": {"type": "Point", "coordinates": [-98.0 + f64::from(i) * 0.1, 38.5]}})
+        })
+        .collect();
+    std::fs::write(
+        ws.join("datasets/wide.geojson"),
+        serde_json::to_vec(&serde_json::json!({"type": "FeatureCollection", "features": features}))
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        ws.join("datasets/wide.yaml"),
+        "id: wide\ntitle: Wide\ndescription: Many properties.\npublisher: {name: KFM, url: \"https://kfm.example.org/\"}\ncontact: {name: S, email: s@example.org}\nsource: {uri: wide.geojson, format: geojson}\nlicense: {spdx: CC0-1.0, rights_holder: KFM}\nsensitivity: {policy_label: public}\nqa: {min_features: 10}\n",
+    )
+    .unwrap();
+    for args in [&["ingest", "datasets/wide.yaml"][..], &["promote", "wide"]] {
+        let o = kfm(&ws, args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    }
+    let server = Server::start(&ws, &[("KFM_SERVER_DRAIN_S", "2")]).unwrap();
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(b"GET /collections/wide/export?format=csv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 4096];
+    s.read_exact(&mut first).unwrap();
+    let head = String::from_utf8_lossy(&first);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("kfm-audit-ref"),
+        "{head}"
+    );
+    // Stop reading; stop the server.
+    let pid = server.pid();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let (code, out) = server.stop();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("still running at the drain deadline were closed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("access record(s) durable in the ledger"),
+        "{out}"
+    );
+    drop(s);
+}
