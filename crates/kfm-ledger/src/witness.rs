@@ -67,24 +67,9 @@ impl Witness {
             path: path.display().to_string(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        let have = file.metadata().map_err(io)?.len();
-        if have < 2 * SLOT {
-            // Real zeros, not a hole: recording later must never need a
-            // block the file system may not have (a full disk).
-            file.write_all_at(&vec![0u8; (2 * SLOT - have) as usize], have)
-                .and_then(|()| file.sync_all())
-                .map_err(io)?;
-        }
+        // Real zeros, not a hole: recording later must never need a block
+        // the file system may not have (a full disk).
+        let (file, _) = kfm_store::open_zero_filled(path, 2 * SLOT).map_err(io)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,

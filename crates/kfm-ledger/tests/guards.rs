@@ -85,20 +85,7 @@ impl Ws {
     }
     /// Every file under the store and the witness, with its bytes.
     fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        fn walk(d: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if !p.to_string_lossy().contains(".kfm-locks") {
-                    out.push((p.clone(), std::fs::read(&p).unwrap()));
-                }
-            }
-        }
-        let mut v = Vec::new();
-        walk(self.dir.path(), &mut v);
-        v.sort();
-        v
+        kfm_store::testing::snapshot(self.dir.path())
     }
 
     /// A writer that appends `n` entries from `from` one batch at a time,

@@ -290,22 +290,8 @@ impl FreshJournal {
             // the tiles already have.
             std::fs::rename(&old, &path).map_err(io(&old))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
-        let have = file.metadata().map_err(io(&path))?.len();
         let want = min_len.max(JOURNAL_STEP).div_ceil(JOURNAL_STEP) * JOURNAL_STEP;
-        let allocated = if have < want {
-            zero_fill(&file, have, want).map_err(io(&path))?;
-            file.sync_all().map_err(io(&path))?;
-            want
-        } else {
-            have
-        };
+        let (file, allocated) = open_zero_filled(&path, want).map_err(io(&path))?;
         let direct = open_direct(&path);
         Ok(Self {
             file,
@@ -314,6 +300,38 @@ impl FreshJournal {
             direct,
         })
     }
+}
+
+/// Opens (creating it and its directory) a file of at least `len` bytes,
+/// zero-filling and syncing what it lacks, and returns it with its length.
+/// A file that lacked bytes is synced, and so is its directory entry.
+///
+/// The ledger's journal and its witness use it: both overwrite preallocated
+/// bytes only, so that recording never needs a block the file system may
+/// no longer have (a full disk) or a metadata change to be durable.
+pub fn open_zero_filled(path: &FsPath, len: u64) -> std::io::Result<(std::fs::File, u64)> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let have = file.metadata()?.len();
+    if have >= len {
+        return Ok((file, have));
+    }
+    zero_fill(&file, have, len)?;
+    file.sync_all()?;
+    // The file may be new (or a crash may have come before its directory
+    // was synced): make its name as durable as its zeros.
+    if let Some(dir) = dir {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok((file, len))
 }
 
 /// Writes zeros over `[from, to)` (real blocks, not a hole or an unwritten
@@ -343,27 +361,7 @@ impl Audit {
             path: path.display().to_string(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        let mut allocated = file.metadata().map_err(io)?.len();
-        if allocated < JOURNAL_STEP {
-            zero_fill(&file, allocated, JOURNAL_STEP).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
-            }
-            allocated = JOURNAL_STEP;
-        }
+        let (file, allocated) = open_zero_filled(&path, JOURNAL_STEP).map_err(io)?;
         let direct = open_direct(&path);
         Ok(Some(Journal {
             file,

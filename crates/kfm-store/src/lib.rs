@@ -48,7 +48,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 pub use audit::{Audit, WriterLock};
 pub use error::{Result, StoreError};
 pub use ingest::{IngestProgress, StagedIngest};
-pub use journal::{FreshJournal, JOURNAL_BLOCK, JOURNAL_STEP, Journal, JournalFile};
+pub use journal::{
+    FreshJournal, JOURNAL_BLOCK, JOURNAL_STEP, Journal, JournalFile, open_zero_filled,
+};
 pub use key::check_key;
 
 /// Marker types naming a zone at the type level, so that a handle's zone

@@ -32,3 +32,25 @@ pub fn s3_settings(prefix: &str) -> Option<S3Settings> {
         allow_http: true,
     })
 }
+
+/// Every file below `dir` but the lock files (`.kfm-locks`), with its
+/// bytes, sorted by path: what a test compares to show that a refused
+/// command changed nothing.
+pub fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    fn walk(d: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if !p.to_string_lossy().contains(".kfm-locks") {
+                let bytes = std::fs::read(&p)
+                    .unwrap_or_else(|e| panic!("snapshot: reading {}: {e}", p.display()));
+                out.push((p, bytes));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, &mut v);
+    v.sort();
+    v
+}

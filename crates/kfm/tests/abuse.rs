@@ -156,6 +156,21 @@ fn idle_and_slowloris_connections_cannot_exhaust_the_server() {
 /// requests arrive over a connection it already accepted: the ledger's
 /// tile writer meets EMFILE, keeps every acknowledged entry in its journal,
 /// says so on /healthz, and resumes once the limit is lifted.
+/// Governed reads, each answered 200 and its audit reference kept, until
+/// `/healthz` says the tile writer is retrying after an error containing
+/// `error` (false if it never does within a minute).
+fn read_until_tiles_retry(k: &mut KeepAlive, refs: &mut Vec<String>, error: &str) -> bool {
+    eventually(Duration::from_secs(60), || {
+        let r = k.get("/collections/ks-places/items?limit=2", None).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        refs.push(r.audit_ref());
+        let h = k.get("/healthz", None).unwrap().json();
+        h["tiles_retrying"]
+            .as_str()
+            .is_some_and(|e| e.contains(error))
+    })
+}
+
 #[test]
 fn the_ledger_writer_rides_out_a_descriptor_squeeze() {
     let (_d, ws) = samples_promoted();
@@ -166,15 +181,7 @@ fn the_ledger_writer_rides_out_a_descriptor_squeeze() {
     assert_eq!(k.get("/healthz", None).unwrap().status, 200);
     set_soft_nofile(pid, open_fds(pid), hard);
     let mut refs = Vec::new();
-    let squeezed = eventually(Duration::from_secs(60), || {
-        let r = k.get("/collections/ks-places/items?limit=2", None).unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        refs.push(r.audit_ref());
-        let h = k.get("/healthz", None).unwrap().json();
-        h["tiles_retrying"]
-            .as_str()
-            .is_some_and(|e| e.contains("Too many open files"))
-    });
+    let squeezed = read_until_tiles_retry(&mut k, &mut refs, "Too many open files");
     assert!(squeezed, "the tile writer never met EMFILE");
     set_soft_nofile(pid, soft, hard);
     let resumed = eventually(Duration::from_secs(60), || {
@@ -255,15 +262,7 @@ fn a_full_disk_is_ridden_out_and_a_writer_that_gives_up_turns_unhealthy() {
     let mut refs = Vec::new();
     // Phase 1: full, then freed before the writer gives up.
     fill(&filler);
-    let full = eventually(Duration::from_secs(60), || {
-        let r = k.get("/collections/ks-places/items?limit=2", None).unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
-        refs.push(r.audit_ref());
-        let h = k.get("/healthz", None).unwrap().json();
-        h["tiles_retrying"]
-            .as_str()
-            .is_some_and(|e| e.contains("No space left"))
-    });
+    let full = read_until_tiles_retry(&mut k, &mut refs, "No space left");
     assert!(full, "the tile writer never met ENOSPC");
     std::fs::remove_file(&filler).unwrap();
     let resumed = eventually(Duration::from_secs(60), || {

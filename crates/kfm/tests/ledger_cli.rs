@@ -304,24 +304,6 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Every file of the workspace but the lock files, with its bytes.
-fn snapshot(ws: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    fn walk(d: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if !p.to_string_lossy().contains(".kfm-locks") {
-                out.push((p.clone(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(ws, &mut v);
-    v.sort();
-    v
-}
-
 /// The ledger cannot shrink or vanish unnoticed. From one ledger (300
 /// entries, then 200 more, then 40 acknowledged entries only in the
 /// journal), each way of erasing part of it gives a `ledger verify` that
@@ -470,7 +452,7 @@ fn the_ledger_deletion_table() {
         let ws = tmp.path().join("ws");
         copy_dir(&base, &ws);
         mutate(&ws);
-        let before = snapshot(&ws);
+        let before = kfm_store::testing::snapshot(&ws);
         if cause.is_empty() {
             // Consistent with itself: a plain verify cannot tell.
             kfm(&ws).args(["ledger", "verify"]).assert().success();
@@ -483,7 +465,10 @@ fn the_ledger_deletion_table() {
                 .write_stdin("a writer must not start")
                 .assert()
                 .code(1);
-            assert!(snapshot(&ws) == before, "{what}: something was changed");
+            assert!(
+                kfm_store::testing::snapshot(&ws) == before,
+                "{what}: something was changed"
+            );
         }
         if *rollback || cause.is_empty() {
             kfm(&ws)
