@@ -158,6 +158,18 @@ async fn run(e: &Env) -> PromoteOutcome {
 }
 
 /// Every object under processed/, catalog/ and published/, with its digest.
+/// The test ledger, loaded and verified (no guards: the tests own it).
+async fn ledger_view(e: &Env) -> LedgerView {
+    LedgerView::open(
+        &e.store.audit(),
+        &e.verifier,
+        "kfm.test/ledger",
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
 fn snapshot(e: &Env) -> BTreeMap<String, Digest> {
     let mut out = BTreeMap::new();
     let root = e.dir.path().join("store");
@@ -231,14 +243,7 @@ async fn a_public_csv_is_published_with_all_gates_passing_and_verifies() {
     assert!(out.published, "{:#?}", out.gates);
     assert!(out.gates.iter().all(|g| g.status == Status::Pass));
     assert_eq!(out.version_id, "ds-ok@v1");
-    let view = LedgerView::open(
-        &e.store.audit(),
-        &e.verifier,
-        "kfm.test/ledger",
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let view = ledger_view(&e).await;
     let r = verify_release(&e.store, &view, "ds-ok", &e.signer.verifying_key())
         .await
         .unwrap()
@@ -604,14 +609,7 @@ async fn gate_g_loses_to_a_concurrent_promotion_and_cannot_evaluate_a_broken_poi
         .await
         .unwrap();
     let before = snapshot(&e);
-    let view = LedgerView::open(
-        &e.store.audit(),
-        &e.verifier,
-        "kfm.test/ledger",
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let view = ledger_view(&e).await;
     let err = verify_release(&e.store, &view, "ds-g", &e.signer.verifying_key())
         .await
         .unwrap_err();
@@ -680,14 +678,7 @@ async fn rollback_passes_the_gates_and_refuses_a_tampered_version() {
     };
     let out = rollback(back(1)).await.unwrap();
     assert!(out.rolled_back, "{:#?}", out.gates);
-    let view = LedgerView::open(
-        &e.store.audit(),
-        &e.verifier,
-        "kfm.test/ledger",
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let view = ledger_view(&e).await;
     let r = verify_release(&e.store, &view, "ds-r", &e.signer.verifying_key())
         .await
         .unwrap()
@@ -743,14 +734,7 @@ async fn metadata_only_publishes_the_catalog_and_no_data() {
             "{doc}"
         );
     }
-    let view = LedgerView::open(
-        &e.store.audit(),
-        &e.verifier,
-        "kfm.test/ledger",
-        &Default::default(),
-    )
-    .await
-    .unwrap();
+    let view = ledger_view(&e).await;
     let r = verify_release(&e.store, &view, "ds-meta", &e.signer.verifying_key())
         .await
         .unwrap()
