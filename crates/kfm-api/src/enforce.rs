@@ -48,7 +48,8 @@ fn now_second() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// The policy input for `action` on a release (SPEC §4), at `second`.
+/// The policy input for `action` on a release, at `second`: the input
+/// contract the policy bundle is written against.
 pub fn input(st: &AppState, who: &Principal, action: &str, rel: &Release, second: &str) -> Value {
     let m = &rel.manifest;
     let release = if withdrawn(st, rel) {

@@ -1,4 +1,4 @@
-//! The governed API: KFM's trust membrane (SPEC §1.1, §6).
+//! The governed API: KFM's trust membrane: the only way to the published data.
 //!
 //! Every request passes one tower layer ([`govern`]) that authenticates the
 //! caller, lets the handler ask the policy decision point and apply its

@@ -18,8 +18,9 @@ use kfm_pipeline::generalize::{Plan, generalize};
 use kfm_pipeline::records::{self, Manifest};
 use kfm_store::{ReadOnly, zones};
 
-/// Read handles on exactly the zones the API may read (SPEC §3): it has no
-/// way to name `raw` or `work`, and none of these can write.
+/// Read handles on exactly the zones the API may read (published, catalog,
+/// processed): it has no way to name `raw` or `work`, and none of these can
+/// write.
 #[derive(Clone)]
 pub struct Zones {
     pub published: ReadOnly<zones::Published>,

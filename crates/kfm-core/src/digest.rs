@@ -1,6 +1,6 @@
 //! Content digests: `sha256:<64 lowercase hex>` of the exact bytes.
 //!
-//! Bytes are never normalised before hashing (SPEC §2): a digest names one
+//! Bytes are never normalised before hashing: a digest names one
 //! exact byte string, so two files that differ only in line endings are two
 //! different acquisitions.
 

@@ -1,4 +1,4 @@
-//! Policy labels: the controlled vocabulary of SPEC §2.
+//! Policy labels: a controlled vocabulary (public, restricted, sensitive-location, …).
 //!
 //! The enum is closed on purpose: a label that is not listed here does not
 //! parse, so an unknown label can never reach the policy engine as if it

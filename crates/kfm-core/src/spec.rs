@@ -1,4 +1,4 @@
-//! Dataset specs (`datasets/<id>.yaml`, SPEC §4): what a dataset is, where it
+//! Dataset specs (`datasets/<id>.yaml`): what a dataset is, where it
 //! comes from, under which license, how sensitive it is, and the QA it must
 //! pass.
 //!

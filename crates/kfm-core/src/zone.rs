@@ -1,4 +1,4 @@
-//! The store's zones (SPEC §2) and what each allows.
+//! The store's zones along the truth path and what each allows.
 
 use std::fmt;
 

@@ -1,5 +1,5 @@
 //! Kubernetes manifests: strict reading of the kinds the gate knows, and the
-//! workload rules of SPEC §7.
+//! platform's workload rules.
 //!
 //! Known kinds are deserialised into the `k8s-openapi` types through
 //! `serde_ignored`, so a field Kubernetes does not define (a typo such as

@@ -1,4 +1,4 @@
-//! The infrastructure gate (`kfm infra check`, SPEC §7).
+//! The infrastructure gate (`kfm infra check`): keeps a deployment from weakening the platform.
 //!
 //! One pass over whole trees, hermetic (no network, no cluster, no cloud)
 //! and deterministic (sorted output, byte-identical reruns):

@@ -43,7 +43,7 @@ pub mod reasons {
     pub const TIMEOUT: &str = "policy.timeout";
 }
 
-/// What the policy decided: the contract of SPEC §4.
+/// What the policy decided: the contract every bundle answers with (allow, reasons, obligations).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {

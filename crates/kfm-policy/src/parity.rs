@@ -1,5 +1,6 @@
 //! Policy parity: a bundle loaded *for an environment* must be the bundle
-//! that environment pins, byte for byte (SPEC §1.4). There is no flag to
+//! that environment pins, byte for byte, so that every place an environment
+//! runs decides with the same rules. There is no flag to
 //! skip the check; an unpinned environment is refused like a mismatch.
 
 use std::path::Path;

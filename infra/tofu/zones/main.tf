@@ -1,4 +1,4 @@
-# The object-store zones of the truth path (SPEC §3), one bucket each:
+# The object-store zones of the truth path, one bucket each:
 # private (all four public-access blocks, owner-enforced ownership, no ACLs),
 # encrypted at rest with a dedicated KMS key, versioned; raw and audit are
 # also write-once (object lock, COMPLIANCE mode) so neither an acquisition

@@ -1,4 +1,5 @@
-//! The routes of SPEC §6. Each governed handler: readiness check, strict
+//! The governed routes (OGC API – Features, catalog, evidence, exports).
+//! Each governed handler: readiness check, strict
 //! parameter parsing (400 naming the parameter), policy decision through
 //! [`enforce`], obligations applied, and an [`AuditNote`] for the layer.
 //!
