@@ -75,7 +75,11 @@ impl AccessRecord<'_> {
     /// serde_json writes exactly as RFC 8785 does; the obligations (which
     /// may hold floats) go through the canonicaliser. The test
     /// `entries_match_the_general_canonicaliser` holds the two equal.
-    pub fn to_entry(&self) -> Vec<u8> {
+    ///
+    /// Fails only if the obligations cannot be canonicalised (a number
+    /// RFC 8785 cannot write): the caller then withholds the answer rather
+    /// than sign a record with a hole in it.
+    pub fn to_entry(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut out = Vec::with_capacity(1024);
         let mut o = Obj::new(&mut out);
         o.field("action", self.action);
@@ -93,7 +97,7 @@ impl AccessRecord<'_> {
             r.field("input_digest", &d.input_digest);
             r.field("kind", &d.kind);
             r.key("obligations");
-            let obligations = kfm_core::to_canonical_json(&d.obligations).unwrap_or_default();
+            let obligations = kfm_core::to_canonical_json(&d.obligations)?;
             r.out.extend_from_slice(&obligations);
             r.field("reason", &d.reason);
             r.field("time", &d.time);
@@ -115,7 +119,7 @@ impl AccessRecord<'_> {
             o.field("version_id", v);
         }
         o.end();
-        out
+        Ok(out)
     }
 }
 
@@ -411,7 +415,7 @@ mod tests {
                 };
                 let want = kfm_core::to_canonical_json(&r).unwrap();
                 assert_eq!(
-                    String::from_utf8(r.to_entry()).unwrap(),
+                    String::from_utf8(r.to_entry().unwrap()).unwrap(),
                     String::from_utf8(want).unwrap()
                 );
                 checked += 1;

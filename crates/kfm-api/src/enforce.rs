@@ -112,7 +112,7 @@ fn decide(
     second: String,
     input: impl FnOnce() -> Value,
     action: &'static str,
-) -> (Decision, DecisionRecord) {
+) -> (Decision, Option<DecisionRecord>) {
     let hit = st.decisions.inner.lock().ok().and_then(|c| {
         if c.0 == second {
             c.1.get(&key).cloned()
@@ -124,8 +124,22 @@ fn decide(
         Some(h) => h,
         None => {
             let input = input();
+            // Invariant: a decision is recorded with the digest of the input
+            // it was taken on, or not taken at all. An input without a
+            // canonical form is refused (fail closed) and its access record
+            // carries no decision rather than a digest of nothing.
+            let digest = match kfm_policy::input_digest(&input) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, action, "policy input has no canonical form; refusing");
+                    st.metrics.decision(false, action);
+                    return (
+                        Decision::deny("the policy input could not be encoded"),
+                        None,
+                    );
+                }
+            };
             let d = st.policy.decide(&input);
-            let digest = kfm_policy::input_digest(&input);
             if let Ok(mut c) = st.decisions.inner.lock() {
                 if c.0 != second || c.1.len() > 4096 {
                     c.1.clear();
@@ -139,7 +153,7 @@ fn decide(
     st.metrics.decision(decision.allow, action);
     let record =
         DecisionRecord::for_input_digest(&st.policy, digest, &decision, chrono::Utc::now());
-    (decision, record)
+    (decision, Some(record))
 }
 
 fn plan_of(g: &Generalization) -> Option<Plan> {
@@ -187,7 +201,7 @@ pub fn release(st: &AppState, who: &Principal, action: &'static str, rel: &Relea
         action,
         dataset: Some(rel.dataset.clone()),
         version_id: Some(rel.version_id.clone()),
-        decision: Some(record),
+        decision: record,
         durable: false,
     };
     if !decision.allow {
@@ -260,7 +274,7 @@ pub fn audit_read(st: &AppState, who: &Principal) -> (bool, AuditNote) {
             action: "audit",
             dataset: None,
             version_id: None,
-            decision: Some(record),
+            decision: record,
             durable: durable || !decision.allow,
         },
     )

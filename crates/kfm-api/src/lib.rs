@@ -131,7 +131,7 @@ impl AppState {
 /// the client and never carry restricted metadata.
 pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
     let body = serde_json::json!({"code": code, "description": description});
-    let mut r = (status, serde_json::to_vec(&body).unwrap_or_default()).into_response();
+    let mut r = (status, body.to_string()).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -216,7 +216,29 @@ pub async fn govern(State(st): State<Arc<AppState>>, mut req: Request, next: Nex
         version_id: note.version_id.as_deref(),
         decision: note.decision.as_ref(),
     };
-    let entry = record.to_entry();
+    // Invariant: every answer is audited, and no record is signed with a
+    // part missing. A decision that cannot be encoded withholds the answer
+    // and is recorded without it (that record has no obligations to fail).
+    let entry = match record.to_entry() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(%route, error = %e, "the decision could not be encoded for the audit record; the answer is withheld");
+            resp = error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "AuditUnavailable",
+                "the access record could not be written, so the answer is withheld",
+            );
+            let withheld = audit::AccessRecord {
+                status: resp.status().as_u16(),
+                decision: None,
+                ..record
+            };
+            match withheld.to_entry() {
+                Ok(e) => e,
+                Err(_) => return resp,
+            }
+        }
+    };
     let (leaf, reference) = audit::reference(&entry);
     if note.durable {
         if st.audit.append_durable(entry).await.is_err() {

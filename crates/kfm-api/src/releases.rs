@@ -191,10 +191,12 @@ impl Release {
                 }
             }
         }
+        // A feature that cannot be encoded makes the view unavailable (the
+        // request is then answered as not available), never an empty item.
         let json = features
             .iter()
-            .map(|f| Bytes::from(serde_json::to_vec(f).unwrap_or_default()))
-            .collect();
+            .map(|f| serde_json::to_vec(f).ok().map(Bytes::from))
+            .collect::<Option<Vec<_>>>()?;
         let bboxes = features.iter().map(bbox_of).collect();
         let ids = features
             .iter()
@@ -411,11 +413,10 @@ impl Releases {
 
     /// Every served release, sorted by dataset id.
     pub fn all(&self) -> Vec<Arc<Release>> {
-        let mut v: Vec<_> = self
-            .current
-            .read()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> = match self.current.read() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(poisoned) => poisoned.into_inner().values().cloned().collect(),
+        };
         v.sort_by(|a, b| a.dataset.cmp(&b.dataset));
         v
     }

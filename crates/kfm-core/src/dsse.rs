@@ -24,6 +24,8 @@ pub enum DsseError {
     WrongType { expected: String, found: String },
     #[error("no signature by key {0} verifies this envelope")]
     BadSignature(String),
+    #[error("the envelope cannot be encoded: {0}")]
+    Encode(String),
 }
 
 /// A DSSE envelope as stored (JSON).
@@ -114,10 +116,12 @@ impl Envelope {
     }
 
     /// The envelope as stored: compact JSON with a trailing newline.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(self).unwrap_or_default();
+    /// Fallible in type only (every field is a string), so that nothing
+    /// signed is ever stored from a default.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, DsseError> {
+        let mut v = serde_json::to_vec(self).map_err(|e| DsseError::Encode(e.to_string()))?;
         v.push(b'\n');
-        v
+        Ok(v)
     }
 
     /// Checks that `key` signed this envelope as `payload_type`, and returns
@@ -171,7 +175,7 @@ mod tests {
     fn round_trip_and_every_tamper_is_refused() {
         let s = signer();
         let env = s.sign(IN_TOTO_PAYLOAD_TYPE, b"{\"a\":1}");
-        let bytes = env.to_bytes();
+        let bytes = env.to_bytes().unwrap();
         let back = Envelope::parse(&bytes).unwrap();
         assert_eq!(
             back.verify(IN_TOTO_PAYLOAD_TYPE, &s.verifying_key())

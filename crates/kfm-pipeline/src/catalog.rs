@@ -348,11 +348,8 @@ pub fn build(input: &CatalogInput<'_>) -> Result<Triplet, String> {
         "wasAssociatedWith": associated,
     });
 
-    let ser = |v: &Value| {
-        let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
-        b.push(b'\n');
-        b
-    };
+    // `{:#}` is serde_json's pretty form of a `Value` (infallible).
+    let ser = |v: &Value| format!("{v:#}\n").into_bytes();
     Ok(Triplet {
         dcat: ser(&dcat),
         stac: ser(&stac),

@@ -394,6 +394,9 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
             crate::runs::ClaimError::Store(e) => {
                 GateResult::cannot(Gate::F, format!("the version claim cannot be written: {e}"))
             }
+            crate::runs::ClaimError::Encode(e) => {
+                GateResult::cannot(Gate::F, format!("the version claim cannot be encoded: {e}"))
+            }
         });
         gates.push(GateResult::not_run(Gate::G));
         let mut out = ctx

@@ -80,7 +80,10 @@ impl RunContext<'_, '_> {
         let payload = serde_json::to_vec(&statement).map_err(|e| e.to_string())?;
         // Size is the ledger's to judge: it refuses entries over its limit,
         // and gate F fails on that answer.
-        Ok(signer.sign(IN_TOTO_PAYLOAD_TYPE, &payload).to_bytes())
+        signer
+            .sign(IN_TOTO_PAYLOAD_TYPE, &payload)
+            .to_bytes()
+            .map_err(|e| e.to_string())
     }
 
     /// Ends the run in quarantine: report in quarantine/, a receipt in the
@@ -250,7 +253,10 @@ impl RunContext<'_, '_> {
         };
         let payload = serde_json::to_vec(&manifest)
             .map_err(|e| cannot(format!("the manifest cannot be serialised: {e}")))?;
-        let manifest_bytes = signer.sign(MANIFEST_PAYLOAD_TYPE, &payload).to_bytes();
+        let manifest_bytes = signer
+            .sign(MANIFEST_PAYLOAD_TYPE, &payload)
+            .to_bytes()
+            .map_err(|e| cannot(e.to_string()))?;
         if manifest_bytes.len() > MAX_ENTRY {
             return Err(cannot(format!(
                 "the manifest is {} bytes, over the ledger's entry limit",
@@ -341,8 +347,10 @@ impl RunContext<'_, '_> {
             moved_at: ts(Utc::now()),
             run_id: Some(self.run_id.to_owned()),
         };
-        let mut pbytes = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
-        pbytes.push(b'\n');
+        let pbytes = match records::record_bytes(&pointer) {
+            Ok(b) => b,
+            Err(e) => return Err(fail(format!("the pointer cannot be encoded: {e}"), left)),
+        };
         crate::fault::point("before-swap");
         let swapped = store
             .published()

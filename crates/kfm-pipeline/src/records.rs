@@ -150,6 +150,15 @@ pub struct ReleasePointer {
     pub run_id: Option<String>,
 }
 
+/// A record as KFM stores it: pretty JSON and a newline. Fallible in type
+/// (our records have string keys only), so that a record that could not be
+/// encoded is never stored as a default.
+pub fn record_bytes<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut b = serde_json::to_vec_pretty(v)?;
+    b.push(b'\n');
+    Ok(b)
+}
+
 pub fn manifest_key(ds: &str, v: u64) -> String {
     format!("catalog/{ds}/v{v}/release.dsse.json")
 }

@@ -358,17 +358,31 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
                     finished_at: ts(Utc::now()),
                 },
             };
-            let payload = serde_json::to_vec(&statement).unwrap_or_default();
-            let bytes = signer.sign(IN_TOTO_PAYLOAD_TYPE, &payload).to_bytes();
-            match ledger.append(bytes.clone()).await {
-                Ok(a) => Ok(LedgerRef {
-                    digest: Digest::of(&bytes).to_string(),
-                    ledger_index: a.index,
-                }),
-                Err(e) => Err(GateResult::fail(
+            // Invariant: a signed receipt is the statement, whole; one that
+            // cannot be encoded is not signed (gate F cannot evaluate).
+            let bytes = serde_json::to_vec(&statement)
+                .map_err(|e| e.to_string())
+                .and_then(|payload| {
+                    signer
+                        .sign(IN_TOTO_PAYLOAD_TYPE, &payload)
+                        .to_bytes()
+                        .map_err(|e| e.to_string())
+                });
+            match bytes {
+                Err(e) => Err(GateResult::cannot(
                     Gate::F,
-                    vec![format!("the ledger refused the receipt: {e}")],
+                    format!("the rollback receipt cannot be encoded: {e}"),
                 )),
+                Ok(bytes) => match ledger.append(bytes.clone()).await {
+                    Ok(a) => Ok(LedgerRef {
+                        digest: Digest::of(&bytes).to_string(),
+                        ledger_index: a.index,
+                    }),
+                    Err(e) => Err(GateResult::fail(
+                        Gate::F,
+                        vec![format!("the ledger refused the receipt: {e}")],
+                    )),
+                },
             }
         }
     };
@@ -402,8 +416,18 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
         moved_at: ts(Utc::now()),
         run_id: Some(run_id.clone()),
     };
-    let mut pbytes = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
-    pbytes.push(b'\n');
+    let pbytes = match records::record_bytes(&pointer) {
+        Ok(b) => b,
+        Err(e) => {
+            gates.push(GateResult::cannot(
+                Gate::G,
+                format!("the pointer cannot be encoded: {e}"),
+            ));
+            let mut out = quarantine(gates).await?;
+            out.receipt = Some(receipt);
+            return Ok(out);
+        }
+    };
     crate::fault::point("before-swap");
     let swap = req
         .store

@@ -94,10 +94,8 @@ fn history_key(ds: &str, ledger_index: u64) -> String {
     format!("{ds}/history/{ledger_index:020}.json")
 }
 
-fn json(v: &impl Serialize) -> Bytes {
-    let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
-    b.push(b'\n');
-    Bytes::from(b)
+fn json(v: &impl Serialize) -> Result<Bytes, serde_json::Error> {
+    crate::records::record_bytes(v).map(Bytes::from)
 }
 
 /// Why a claim was not made.
@@ -107,6 +105,8 @@ pub enum ClaimError {
     Taken { dataset: String, version: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the claim cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// Records a run's claim (create-only). A promotion's claim on a version
@@ -117,7 +117,7 @@ pub async fn claim(store: &Store, c: &RunClaim) -> Result<(), ClaimError> {
     } else {
         claim_key(&c.dataset, c.version)
     };
-    match store.catalog().create(&key, json(c)).await {
+    match store.catalog().create(&key, json(c)?).await {
         Ok(()) => Ok(()),
         Err(StoreError::AlreadyExists { .. }) => Err(ClaimError::Taken {
             dataset: c.dataset.clone(),
@@ -129,7 +129,7 @@ pub async fn claim(store: &Store, c: &RunClaim) -> Result<(), ClaimError> {
 
 /// Adds the pointer's state to the dataset's release history (nothing if
 /// it is there already).
-pub async fn record_release(store: &Store, p: &ReleasePointer) -> Result<(), StoreError> {
+pub async fn record_release(store: &Store, p: &ReleasePointer) -> Result<(), String> {
     let rec = HistoryRecord {
         kind: HISTORY_KIND.into(),
         pointer: p.clone(),
@@ -138,11 +138,11 @@ pub async fn record_release(store: &Store, p: &ReleasePointer) -> Result<(), Sto
     let key = history_key(&p.dataset, p.ledger_index);
     match store
         .published()
-        .compare_and_swap(&key, None, json(&rec))
+        .compare_and_swap(&key, None, json(&rec).map_err(|e| e.to_string())?)
         .await
     {
         Ok(_) | Err(StoreError::Conflict { .. }) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
-        Err(e) => Err(e),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -350,9 +350,7 @@ pub async fn settle(
         if let Ok(Some(v)) =
             crate::release::verify_release(store, &view, ds, &signer.verifying_key()).await
         {
-            record_release(store, &v.pointer)
-                .await
-                .map_err(|e| e.to_string())?;
+            record_release(store, &v.pointer).await?;
         }
     }
     let mut out = Vec::new();
@@ -389,7 +387,10 @@ pub async fn settle(
             },
         };
         let payload = serde_json::to_vec(&statement).map_err(|e| e.to_string())?;
-        let bytes = signer.sign(IN_TOTO_PAYLOAD_TYPE, &payload).to_bytes();
+        let bytes = signer
+            .sign(IN_TOTO_PAYLOAD_TYPE, &payload)
+            .to_bytes()
+            .map_err(|e| e.to_string())?;
         let a = ledger.append(bytes.clone()).await.map_err(|e| {
             format!(
                 "the ledger refused the aborted record of run {}: {e}",
@@ -412,7 +413,10 @@ pub async fn settle(
         };
         store
             .catalog()
-            .create(&aborted_key(ds, r.version, &r.run_id), json(&rec))
+            .create(
+                &aborted_key(ds, r.version, &r.run_id),
+                json(&rec).map_err(|e| e.to_string())?,
+            )
             .await
             .map_err(|e| e.to_string())?;
         tracing::warn!(run = %r.run_id, version = r.version, "an interrupted run was recorded as aborted");

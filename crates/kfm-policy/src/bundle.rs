@@ -301,7 +301,10 @@ pub fn sign(dir: &Path, key: &SigningKey) -> Result<Digest, BundleError> {
         signature: B64.encode(sig.to_bytes()),
     };
     let path = dir.join(SIGNATURE_FILE);
-    let mut text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&doc).map_err(|e| BundleError::Manifest {
+        path: path.clone(),
+        reason: format!("the signature could not be encoded: {e}"),
+    })?;
     text.push('\n');
     std::fs::write(&path, text).map_err(|source| BundleError::Io { path, source })?;
     Ok(digest)

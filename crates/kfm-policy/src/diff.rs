@@ -51,24 +51,27 @@ pub fn read_inputs(path: &Path) -> Result<Vec<(Option<usize>, serde_json::Value)
 }
 
 /// Every input whose decision differs between `old` and `new`.
+///
+/// Fails with the (0-based) index of the first changed input that has no
+/// canonical form, since its digest would identify nothing.
 pub fn diff(
     old: &DecisionPoint,
     new: &DecisionPoint,
     inputs: &[(Option<usize>, serde_json::Value)],
-) -> Vec<Change> {
-    inputs
-        .iter()
-        .enumerate()
-        .filter_map(|(index, (line, input))| {
-            let before = old.decide(input);
-            let after = new.decide(input);
-            (before != after).then(|| Change {
+) -> Result<Vec<Change>, (usize, serde_json::Error)> {
+    let mut out = Vec::new();
+    for (index, (line, input)) in inputs.iter().enumerate() {
+        let before = old.decide(input);
+        let after = new.decide(input);
+        if before != after {
+            out.push(Change {
                 index,
                 line: *line,
-                input_digest: input_digest(input),
+                input_digest: input_digest(input).map_err(|e| (index, e))?,
                 before,
                 after,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(out)
 }

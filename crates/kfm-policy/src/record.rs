@@ -38,8 +38,13 @@ impl DecisionRecord {
         input: &serde_json::Value,
         decision: &Decision,
         time: chrono::DateTime<chrono::Utc>,
-    ) -> Self {
-        Self::for_input_digest(point, input_digest(input), decision, time)
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self::for_input_digest(
+            point,
+            input_digest(input)?,
+            decision,
+            time,
+        ))
     }
 
     /// Records a decision whose input digest the caller already holds (an
@@ -64,13 +69,18 @@ impl DecisionRecord {
     }
 
     /// The bytes to append to the ledger (canonical JSON, RFC 8785).
-    pub fn to_ledger_entry(&self) -> Vec<u8> {
-        // Serialising plain strings, bools and finite numbers cannot fail.
-        to_canonical_json(self).unwrap_or_default()
+    ///
+    /// An error is returned, never empty bytes: a record that cannot be
+    /// encoded must not be signed into the ledger as something else.
+    pub fn to_ledger_entry(&self) -> Result<Vec<u8>, serde_json::Error> {
+        to_canonical_json(self)
     }
 }
 
 /// sha256 over the canonical JSON of `input`.
-pub fn input_digest(input: &serde_json::Value) -> Digest {
-    Digest::of(&to_canonical_json(input).unwrap_or_default())
+///
+/// Fails (rather than hashing empty bytes) when the input has no canonical
+/// form, so that two different inputs can never share a digest by accident.
+pub fn input_digest(input: &serde_json::Value) -> Result<Digest, serde_json::Error> {
+    Ok(Digest::of(&to_canonical_json(input)?))
 }

@@ -152,8 +152,8 @@ fn a_decision_record_holds_a_digest_of_the_input_never_the_input() {
         "context": {"environment": "dev", "time": "2026-11-22T00:00:00Z"}
     });
     let d = point.decide(&input);
-    let r = DecisionRecord::new(&point, &input, &d, chrono::Utc::now());
-    let entry = String::from_utf8(r.to_ledger_entry()).unwrap();
+    let r = DecisionRecord::new(&point, &input, &d, chrono::Utc::now()).unwrap();
+    let entry = String::from_utf8(r.to_ledger_entry().unwrap()).unwrap();
     assert!(
         !entry.contains("researcher-42") && !entry.contains("ks-nest-sites"),
         "{entry}"
@@ -164,7 +164,10 @@ fn a_decision_record_holds_a_digest_of_the_input_never_the_input() {
     // Key order does not change the input digest (canonical JSON).
     let reordered: serde_json::Value =
         serde_json::from_str(&serde_json::to_string_pretty(&input).unwrap()).unwrap();
-    assert_eq!(kfm_policy::input_digest(&reordered), r.input_digest);
+    assert_eq!(
+        kfm_policy::input_digest(&reordered).unwrap(),
+        r.input_digest
+    );
     let back: DecisionRecord = serde_json::from_str(&entry).unwrap();
     assert_eq!(back, r);
     assert!(entry.len() < 1024);

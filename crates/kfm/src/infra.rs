@@ -384,7 +384,10 @@ async fn apply(ws: Option<&Path>, a: &ApplyArgs, fmt: Format) -> Result<u8, Fail
     let store = ws.store()?;
     let opts = ws.ledger_options(&store).await?;
     let ledger = Ledger::open(store.audit(), ls, opts).await?;
-    let appended = ledger.append(envelope.to_bytes()).await;
+    let bytes = envelope
+        .to_bytes()
+        .map_err(|e| Failure::input(e.to_string()))?;
+    let appended = ledger.append(bytes).await;
     ledger.close().await;
     let appended = appended?;
     let leaf = hex::encode(appended.leaf_hash);

@@ -444,7 +444,14 @@ fn diff(a: &PolicyDiffArgs, fmt: Format) -> Result<u8, Failure> {
         Failure::input(e)
             .hint("give decision inputs as a JSON array or as JSON Lines (one per line)")
     })?;
-    let changed = kfm_policy::diff::diff(&old, &new, &inputs);
+    let changed = kfm_policy::diff::diff(&old, &new, &inputs).map_err(|(i, e)| {
+        let at = match inputs.get(i).and_then(|(line, _)| *line) {
+            Some(line) => format!("{}:{line}", a.inputs.display()),
+            None => format!("{} (input {})", a.inputs.display(), i + 1),
+        };
+        Failure::input(format!("{at}: the input has no canonical JSON form: {e}"))
+            .hint("give each decision input as plain JSON without duplicate keys")
+    })?;
     let report = DiffReport {
         from: old_b.digest().to_string(),
         to: new_b.digest().to_string(),

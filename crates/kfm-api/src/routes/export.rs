@@ -62,7 +62,7 @@ pub(crate) async fn export(
         head.insert("type".into(), json!("FeatureCollection"));
         head.extend(governance(&rel, &g, &view));
         head.insert("kfm:manifest_digest".into(), json!(rel.manifest_digest));
-        let mut out = serde_json::to_vec(&Value::Object(head)).unwrap_or_default();
+        let mut out = Value::Object(head).to_string().into_bytes();
         out.pop();
         out.extend_from_slice(b",\"features\":[");
         let v = view.clone();
@@ -173,11 +173,13 @@ fn export_csv(rel: Arc<Release>, g: &Grant, view: Arc<View>) -> Result<Body, Str
                         row[2] = c[1].to_string();
                     }
                     Some(_) => {
-                        row[3] = f
-                            .geometry
-                            .as_ref()
-                            .and_then(|g| serde_json::to_string(g).ok())
-                            .unwrap_or_default();
+                        // A geometry that cannot be written stops the export
+                        // with an error: never a row with an empty geometry.
+                        match f.geometry.as_ref().map(serde_json::to_string) {
+                            Some(Ok(g)) => row[3] = g,
+                            Some(Err(e)) => return Some((Err(std::io::Error::other(e)), None)),
+                            None => {}
+                        }
                     }
                     None => {}
                 }

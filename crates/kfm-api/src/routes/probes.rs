@@ -105,7 +105,12 @@ pub(crate) async fn readyz(
     Extension(who): Extension<Principal>,
 ) -> Response {
     let why = st.not_ready();
-    let not_served = st.not_served.read().map(|n| n.clone()).unwrap_or_default();
+    // A poisoned lock still holds the list: report it rather than an empty
+    // one (a panic elsewhere must not make the probe claim all is served).
+    let not_served = match st.not_served.read() {
+        Ok(n) => n.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
     // Naming a dataset would tell anyone it exists: only callers the
     // policy lets read the audit trail see which releases and why.
     let (details, n) = if not_served.is_empty() {
