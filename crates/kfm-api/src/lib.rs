@@ -287,11 +287,28 @@ pub fn router(st: Arc<AppState>) -> Router {
         .with_state(st)
 }
 
-/// Keeps releases in step with the published zone.
+/// Keeps releases in step with the published zone: at once when any
+/// process of the workspace announces an event through the ledger (a
+/// pointer moved), and every `refresh_every` in case an announcement was
+/// missed (the process that moved a pointer died before announcing it, or
+/// the ledger's writer was changing hands).
 pub fn spawn_refresh(st: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut events = Some(st.audit.ledger().events());
         loop {
-            tokio::time::sleep(st.config.refresh_every).await;
+            match events.as_mut() {
+                Some(rx) => tokio::select! {
+                    () = tokio::time::sleep(st.config.refresh_every) => {}
+                    ev = rx.recv() => match ev {
+                        // Several events, one refresh.
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            while rx.try_recv().is_ok() {}
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => events = None,
+                    },
+                },
+                None => tokio::time::sleep(st.config.refresh_every).await,
+            }
             refresh_once(&st).await;
         }
     })

@@ -198,6 +198,7 @@ struct RawLedger {
     witness: Option<String>,
     give_up_after_s: Option<u64>,
     tile_interval_ms: Option<u64>,
+    reach_writer_s: Option<u64>,
 }
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +237,9 @@ pub struct Config {
     pub ledger_witness: PathBuf,
     /// How long the ledger writer retries failing writes before giving up.
     pub ledger_give_up_after: std::time::Duration,
+    /// How long a process waits to reach the workspace's ledger writer
+    /// (another process), or to become it, before its command fails.
+    pub ledger_reach_writer: std::time::Duration,
     /// How long committed entries wait in the journal before a round of
     /// tiles writes them to the audit zone (directory stores).
     pub ledger_tile_interval: std::time::Duration,
@@ -289,7 +293,7 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 17] = [
+pub const ENV_KEYS: [(&str, &str); 18] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -298,6 +302,7 @@ pub const ENV_KEYS: [(&str, &str); 17] = [
     ("ledger.witness", "KFM_LEDGER_WITNESS"),
     ("ledger.give_up_after_s", "KFM_LEDGER_GIVE_UP_AFTER_S"),
     ("ledger.tile_interval_ms", "KFM_LEDGER_TILE_INTERVAL_MS"),
+    ("ledger.reach_writer_s", "KFM_LEDGER_REACH_WRITER_S"),
     ("signing.key", "KFM_SIGNING_KEY"),
     ("policy.bundle", "KFM_POLICY_BUNDLE"),
     ("policy.budget_ms", "KFM_POLICY_BUDGET_MS"),
@@ -453,6 +458,12 @@ impl Config {
             120,
             1..=86_400,
         )?);
+        let ledger_reach_writer = std::time::Duration::from_secs(number(
+            "ledger.reach_writer_s",
+            raw.ledger.reach_writer_s,
+            60,
+            1..=3_600,
+        )?);
         let ledger_tile_interval = std::time::Duration::from_millis(number(
             "ledger.tile_interval_ms",
             raw.ledger.tile_interval_ms,
@@ -517,6 +528,7 @@ impl Config {
             ledger_max_wait,
             ledger_witness,
             ledger_give_up_after,
+            ledger_reach_writer,
             ledger_tile_interval,
             signing_key,
             policy_bundle,
@@ -572,6 +584,11 @@ give_up_after_s = 120
 # How long acknowledged entries wait in the local journal before a round of
 # tiles writes them to the audit zone (milliseconds; directory stores).
 tile_interval_ms = 200
+# While one process writes the ledger (a running `kfm serve`), the others
+# (promotions, rollbacks, more servers) append through it over
+# run/ledger.sock. How long they wait to reach it, or to take over when it
+# stops, before their command fails with "cannot evaluate" (seconds).
+reach_writer_s = 60
 
 [signing]
 # Reference to the ledger signing key: env:NAME or file:PATH, never the key

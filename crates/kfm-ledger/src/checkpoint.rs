@@ -34,6 +34,8 @@ pub enum CheckpointError {
 
 /// The ledger's signing key, loaded from its private-key text.
 pub struct LedgerSigner {
+    /// The key text it was loaded from, for [`LedgerSigner::try_clone`].
+    text: String,
     signer: StandardSigner,
     name: String,
     verifier_key: String,
@@ -78,11 +80,18 @@ impl LedgerSigner {
         let name = signer.name().to_owned();
         let verifier_key = signed_note::new_ed25519_verifier_key(&name, &vk);
         Ok(Self {
+            text: text.to_owned(),
             signer,
             name,
             verifier_key,
             seed,
         })
+    }
+
+    /// A second signer with the same key (a process that takes over as the
+    /// ledger's writer needs its own).
+    pub fn try_clone(&self) -> Result<Self, CheckpointError> {
+        Self::from_key_text(&self.text)
     }
 
     /// The public key that verifies this signer's checkpoints.

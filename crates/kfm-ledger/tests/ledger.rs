@@ -177,38 +177,44 @@ async fn entries_over_64_kib_are_refused() {
 #[tokio::test]
 async fn flipping_any_byte_of_any_ledger_file_fails_verification_naming_it() {
     let (d, store, skey, vkey) = setup();
-    let l = open(&store, &skey).await.unwrap();
-    for i in 0..300 {
-        l.append(format!("entry number {i}").into_bytes())
-            .await
-            .unwrap();
+    // Two writers one after the other: the first leaves partial tiles of
+    // 100 entries that the second's tiles supersede (and keep).
+    for (from, to) in [(0, 100), (100, 300)] {
+        let l = open(&store, &skey).await.unwrap();
+        for i in from..to {
+            l.append(format!("entry number {i}").into_bytes())
+                .await
+                .unwrap();
+        }
+        l.close().await;
     }
-    l.close().await;
     let root = std::fs::canonicalize(d.path().join("store")).unwrap();
     verify(&store.audit(), &vkey, ORIGIN, &store).await.unwrap();
 
-    // Only the files the checkpoint covers are read: superseded partial
-    // tiles are history. Flip bytes at several offsets of each live file.
-    let live: Vec<_> = ledger_files(&root)
-        .into_iter()
-        .filter(|p| {
-            let rel = p
-                .strip_prefix(root.join("audit"))
+    // Every file: the ones the checkpoint covers, and the superseded
+    // partial tiles, which must be prefixes of what replaced them.
+    let live = ledger_files(&root);
+    let names: Vec<String> = live
+        .iter()
+        .map(|p| {
+            p.strip_prefix(root.join("audit"))
                 .unwrap()
                 .to_string_lossy()
-                .to_string();
-            [
-                "checkpoint",
-                "tile/entries/000",
-                "tile/entries/001.p/44",
-                "tile/0/000",
-                "tile/0/001.p/44",
-                "tile/1/000.p/1",
-            ]
-            .contains(&rel.as_str())
+                .to_string()
         })
         .collect();
-    assert_eq!(live.len(), 6, "{live:?}");
+    for must in [
+        "checkpoint",
+        "tile/entries/000",
+        "tile/entries/001.p/44",
+        "tile/0/000",
+        "tile/0/001.p/44",
+        "tile/1/000.p/1",
+        "tile/entries/000.p/100",
+        "tile/0/000.p/100",
+    ] {
+        assert!(names.iter().any(|n| n == must), "{must} not in {names:?}");
+    }
     for path in &live {
         let original = std::fs::read(path).unwrap();
         let name = path

@@ -92,6 +92,12 @@ pub enum PromoteError {
     },
     #[error("before this run, interrupted runs of {dataset} must be recorded, and were not: {why}")]
     Settle { dataset: String, why: String },
+    /// The ledger could not take the run's receipt: nothing about the
+    /// dataset was judged, so no quarantine report is written. The run's
+    /// claim shows it as interrupted until the next run records it as
+    /// aborted.
+    #[error("cannot evaluate: {0}; the run stopped before publishing anything")]
+    Ledger(String),
     #[error(transparent)]
     Quarantine(#[from] crate::quarantine::ReportError),
     #[error(transparent)]
@@ -147,6 +153,19 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
             declared: spec.id.to_string(),
             requested: req.dataset.to_string(),
         });
+    }
+    // Invariant: without a ledger or a signing key nothing can be recorded,
+    // so nothing is written at all (no claim, no scratch, no quarantine
+    // report): the operator's problem, not the dataset's.
+    if let Err(e) = &req.ledger {
+        return Err(PromoteError::Ledger(format!(
+            "the ledger is not available: {e}"
+        )));
+    }
+    if let Err(e) = &req.signer {
+        return Err(PromoteError::Ledger(format!(
+            "receipts cannot be signed: {e}"
+        )));
     }
     let ds = req.dataset.as_str();
     let acq = pick_acquisition(req.store, req.dataset, req.acquisition.as_ref()).await?;
@@ -415,18 +434,28 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
         })
         .collect();
     let receipt_env = ctx.receipt(signer, "gates-passed", subjects, &gates, Some(policy));
+    // Invariant: a run whose receipt cannot reach the ledger is "cannot
+    // evaluate" for the operator, never a quarantine of the dataset.
     let receipt = match (receipt_env, req.ledger.as_ref()) {
         (Err(e), _) => Err(GateResult::cannot(Gate::F, e)),
-        (_, Err(e)) => Err(GateResult::cannot(
-            Gate::F,
-            format!("the ledger is not available: {e}"),
-        )),
+        (_, Err(e)) => {
+            return Err(PromoteError::Ledger(format!(
+                "the ledger is not available: {e}"
+            )));
+        }
         (Ok(env), Ok(ledger)) => match ledger.append(env.clone()).await {
             Ok(a) => Ok((env, a.index)),
-            Err(e) => Err(GateResult::fail(
+            // Reached, and refused on what the receipt holds: the run's own
+            // failure.
+            Err(e @ kfm_ledger::LedgerError::EntryTooLarge { .. }) => Err(GateResult::fail(
                 Gate::F,
                 vec![format!("the ledger refused the receipt: {e}")],
             )),
+            Err(e) => {
+                return Err(PromoteError::Ledger(format!(
+                    "the ledger did not take the receipt: {e}"
+                )));
+            }
         },
     };
     let (receipt_bytes, receipt_index) = match receipt {

@@ -361,6 +361,7 @@ impl RunContext<'_, '_> {
             )
             .await;
         if swapped.is_ok() {
+            records::announce_release(ledger, ds).await;
             crate::fault::point("after-swap");
             // The history is also brought up to date by the next run, should
             // this fail or a crash come first.

@@ -203,3 +203,21 @@ pub fn manifest_of(env: &Envelope, key: &ed25519_dalek::VerifyingKey) -> Result<
     }
     Ok(m)
 }
+
+/// Type of the event announced when a release pointer moves.
+pub const RELEASE_MOVED: &str = "kfm.release.moved.v1";
+
+/// The event every process sharing the ledger receives when `dataset`'s
+/// pointer has moved (servers then serve the version it names).
+pub fn release_moved(dataset: &str) -> Vec<u8> {
+    let v = serde_json::json!({"type": RELEASE_MOVED, "dataset": dataset});
+    v.to_string().into_bytes()
+}
+
+/// Announces that `dataset`'s pointer moved. Advisory: a server that
+/// misses it catches up at its next periodic check.
+pub(crate) async fn announce_release(ledger: &kfm_ledger::Ledger, dataset: &str) {
+    if let Err(e) = ledger.announce(release_moved(dataset)).await {
+        tracing::warn!(error = %e, "the moved pointer could not be announced; servers pick it up at their next check");
+    }
+}

@@ -61,6 +61,18 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
     let v = req.to;
     let run_id = new_run_id(req.now);
     let version_id = format!("{ds}@v{v}");
+    // Invariant: without a ledger or a key nothing can be recorded, so
+    // nothing is written (as for a promotion).
+    if let Err(e) = &req.ledger {
+        return Err(PromoteError::Ledger(format!(
+            "the ledger is not available: {e}"
+        )));
+    }
+    if let Err(e) = &req.signer {
+        return Err(PromoteError::Ledger(format!(
+            "receipts cannot be signed: {e}"
+        )));
+    }
     let _turn = req.store.lock_runs(ds).await?;
     let aborted = crate::runs::before_run(crate::runs::RunStart {
         store: req.store,
@@ -378,10 +390,18 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
                         digest: Digest::of(&bytes).to_string(),
                         ledger_index: a.index,
                     }),
-                    Err(e) => Err(GateResult::fail(
-                        Gate::F,
-                        vec![format!("the ledger refused the receipt: {e}")],
-                    )),
+                    Err(e @ kfm_ledger::LedgerError::EntryTooLarge { .. }) => {
+                        Err(GateResult::fail(
+                            Gate::F,
+                            vec![format!("the ledger refused the receipt: {e}")],
+                        ))
+                    }
+                    // Cannot evaluate: nothing about the version was judged.
+                    Err(e) => {
+                        return Err(PromoteError::Ledger(format!(
+                            "the ledger did not take the rollback receipt: {e}"
+                        )));
+                    }
                 },
             }
         }
@@ -439,6 +459,9 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
         )
         .await;
     if swap.is_ok() {
+        if let Ok(l) = req.ledger.as_ref() {
+            records::announce_release(l, ds).await;
+        }
         crate::fault::point("after-swap");
         if let Err(e) = crate::runs::record_release(req.store, &pointer).await {
             tracing::warn!(error = %e, "the release history could not be written now; the next run adds it");

@@ -12,8 +12,8 @@ use kfm_core::{DatasetId, Digest, Signer};
 use kfm_ledger::{Ledger, LedgerOptions, LedgerSigner, LedgerView, generate_key};
 use kfm_pipeline::ingest::no_progress;
 use kfm_pipeline::{
-    Gate, IngestRequest, PolicyInfo, PromoteOutcome, PromoteRequest, RollbackRequest, Status,
-    ingest, promote, rollback, verify_release,
+    Gate, IngestRequest, PolicyInfo, PromoteError, PromoteOutcome, PromoteRequest, RollbackRequest,
+    Status, ingest, promote, rollback, verify_release,
 };
 use kfm_store::Store;
 use tempfile::TempDir;
@@ -136,6 +136,10 @@ fn defaults(e: &Env) -> Run<'_> {
 }
 
 async fn run_with(e: &Env, r: Run<'_>) -> PromoteOutcome {
+    try_run_with(e, r).await.unwrap()
+}
+
+async fn try_run_with(e: &Env, r: Run<'_>) -> Result<PromoteOutcome, PromoteError> {
     promote(PromoteRequest {
         store: &e.store,
         spec_path: &e.spec_path,
@@ -150,7 +154,6 @@ async fn run_with(e: &Env, r: Run<'_>) -> PromoteOutcome {
         on_gate: r.on_gate,
     })
     .await
-    .unwrap()
 }
 
 async fn run(e: &Env) -> PromoteOutcome {
@@ -541,15 +544,25 @@ async fn gate_f_fails_when_the_ledger_refuses_and_cannot_evaluate_without_ledger
         out.gates[5]
     );
 
-    let mut r = defaults(&e);
-    r.ledger = Err("locked by another writer".into());
-    let out = run_with(&e, r).await;
-    assert_quarantined(&e, &out, &before, Gate::F, Status::CannotEvaluate).await;
-
-    let mut r = defaults(&e);
-    r.signer = Err("no signing key configured".into());
-    let out = run_with(&e, r).await;
-    assert_quarantined(&e, &out, &before, Gate::F, Status::CannotEvaluate).await;
+    // Without a ledger or a key nothing can be recorded: the run refuses
+    // before it writes anything, and the dataset is not quarantined.
+    let before = snapshot(&e);
+    for (ledger_missing, why) in [(true, "not available"), (false, "cannot be signed")] {
+        let mut r = defaults(&e);
+        if ledger_missing {
+            r.ledger = Err("no writer can be reached".into());
+        } else {
+            r.signer = Err("no signing key configured".into());
+        }
+        match try_run_with(&e, r).await {
+            Err(err @ PromoteError::Ledger(_)) => {
+                assert!(err.to_string().contains(why), "{err}");
+                assert!(err.to_string().starts_with("cannot evaluate"), "{err}");
+            }
+            other => panic!("expected cannot evaluate, got {other:?}"),
+        }
+        assert_eq!(snapshot(&e), before, "nothing may be written");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

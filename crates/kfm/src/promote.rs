@@ -35,6 +35,9 @@ impl From<PromoteError> for Failure {
                 Failure::input(e.to_string()).hint(hint)
             }
             PromoteError::Quarantine(q) => q.into(),
+            PromoteError::Ledger(_) => Failure::input(e.to_string()).hint(
+                "the run is shown as interrupted by `kfm status`; run it again once `kfm ledger verify` passes",
+            ),
             other => Failure::input(other.to_string()),
         }
     }
@@ -98,7 +101,14 @@ pub(crate) async fn deps(ws: &Workspace) -> Result<Deps, Failure> {
                 Err(e @ (LedgerError::Refused(_) | LedgerError::Corrupt { .. })) => {
                     return Err(Failure::from(e));
                 }
-                Err(e) => Err(e.to_string()),
+                // Not the dataset's failure either: cannot evaluate, and
+                // nothing is written (no quarantine report).
+                Err(e) => {
+                    return Err(Failure::input(format!(
+                        "cannot evaluate: the ledger cannot be opened or reached ({e}); nothing was written"
+                    ))
+                    .hint("`kfm ledger verify` says whether the ledger is sound; a running `kfm serve` shares it through run/ledger.sock"));
+                }
             };
             (Ok(dsse), ledger)
         }

@@ -85,13 +85,7 @@ pub(crate) async fn prepare(
     let opts = ws.ledger_options(&store).await?;
     let ledger = Ledger::open(store.audit(), signer, opts)
         .await
-        .map_err(|e| match e {
-            kfm_ledger::LedgerError::Locked => Failure::input(
-                "the ledger is held by another writer (another `kfm serve`, or a promotion in progress)",
-            )
-            .hint("stop the other process, or serve a different workspace"),
-            other => Failure::input(format!("cannot open the ledger: {other}")),
-        })?;
+        .map_err(|e| Failure::input(format!("cannot open the ledger: {e}")))?;
     let ledger = Arc::new(ledger);
     let zones = Zones {
         published: store.reader(),
@@ -107,7 +101,8 @@ pub(crate) async fn prepare(
         policy_problem,
         base_url,
         request_timeout: ws.config.server_request_timeout,
-        refresh_every: Duration::from_secs(5),
+        // A safety net: moved pointers are announced as events.
+        refresh_every: Duration::from_secs(30),
         batch_interval: ws.config.ledger_max_wait,
         ledger_origin: ws.config.ledger_origin.clone(),
         verifier_key: verifier,
@@ -243,6 +238,10 @@ fn report_shutdown(
         }
     );
     match closed {
+        Some(c) if !c.writer => println!(
+            "ledger: this server appended through the workspace's writer (another process), which holds {} entries",
+            c.size
+        ),
         Some(c) => {
             let journal = c.size - c.in_tiles.min(c.size);
             println!(

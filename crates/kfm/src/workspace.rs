@@ -99,7 +99,27 @@ impl Workspace {
         opts.give_up_after = self.config.ledger_give_up_after;
         opts.tile_every = self.config.ledger_tile_interval;
         opts.guards = self.ledger_guards(store).await?;
+        opts.socket = Some(self.ledger_socket()?);
+        opts.reach_writer = self.config.ledger_reach_writer;
         Ok(opts)
+    }
+
+    /// Where the process that writes this workspace's ledger listens for
+    /// the others (`run/ledger.sock`, in a directory only the owner may
+    /// enter). Absolute, so that every process names the same socket.
+    pub fn ledger_socket(&self) -> Result<PathBuf, Failure> {
+        let dir = std::path::absolute(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        let path = dir.join("run").join("ledger.sock");
+        // sun_path holds 108 bytes with its terminating NUL.
+        if path.as_os_str().len() > 107 {
+            return Err(Failure::input(format!(
+                "the workspace path is too long for the ledger writer's socket ({} bytes; at most 107): {}",
+                path.as_os_str().len(),
+                path.display()
+            ))
+            .hint("move the workspace to a shorter path, or link it from one (ln -s)"));
+        }
+        Ok(path)
     }
 
     /// A checked read-only view of the ledger.

@@ -20,14 +20,18 @@
 //! Files: `load` (reading the store and the journal), `guard` (what the
 //! witness and the release pointers vouch for), `verify` (offline checks),
 //! `view` (readers), `writer` (the single writer and its journal thread),
-//! `tiles` (the tile writer and the journal's upkeep).
+//! `tiles` (the tile writer and the journal's upkeep), `shared` (the
+//! ledger as the processes of a workspace share it: the writer, or a client
+//! of it) and `wire` (the writer's socket).
 
 mod guard;
 mod load;
+mod shared;
 mod sync;
 mod tiles;
 mod verify;
 mod view;
+mod wire;
 mod writer;
 
 use std::path::PathBuf;
@@ -40,9 +44,11 @@ use crate::checkpoint::CheckpointError;
 use crate::merkle::{Hash, ProofError};
 use crate::tiles::MAX_ENTRY;
 
+pub use shared::{Event, Ledger};
 pub use verify::{Extends, VerifyReport, verify, verify_against};
 pub use view::{EntrySource, LedgerView};
-pub use writer::{Closed, Health, Ledger};
+pub use wire::MAX_EVENT;
+pub use writer::{Closed, Health, LocalLedger};
 
 /// Key of the checkpoint inside the audit zone.
 pub const CHECKPOINT: &str = "checkpoint";
@@ -82,6 +88,12 @@ pub enum LedgerError {
         "the ledger writer stopped after an earlier failure ({0}); reopen the ledger to recover"
     )]
     Failed(String),
+    /// The workspace's writer (another process) refused or failed a call.
+    #[error("the workspace's ledger writer (another process) answered: {0}")]
+    Writer(String),
+    /// No writer could be reached or become: nothing was appended.
+    #[error("the ledger writer cannot be reached: {0}")]
+    Unreachable(String),
 }
 
 fn corrupt(place: impl Into<String>, what: impl Into<String>) -> LedgerError {
@@ -139,6 +151,14 @@ pub struct LedgerOptions {
     /// long to keep entries in the journal only.
     pub tile_every: Duration,
     pub guards: Guards,
+    /// Where the writer listens for the other processes of its workspace
+    /// (a Unix socket). With it, opening the ledger while another process
+    /// writes makes this one its client instead of failing
+    /// ([`LedgerError::Locked`]); without it, only one process may open it.
+    pub socket: Option<PathBuf>,
+    /// How long to keep trying to reach the writer, or to become it, before
+    /// a call fails with [`LedgerError::Unreachable`].
+    pub reach_writer: Duration,
 }
 
 impl LedgerOptions {
@@ -150,6 +170,8 @@ impl LedgerOptions {
             give_up_after: Duration::from_secs(120),
             tile_every: tiles::MATERIALIZE_EVERY,
             guards: Guards::default(),
+            socket: None,
+            reach_writer: Duration::from_secs(60),
         }
     }
 }

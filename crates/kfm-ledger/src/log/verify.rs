@@ -79,6 +79,7 @@ async fn verify_found(
             ));
         }
     }
+    check_superseded_partials(audit, stored).await?;
     let size = loaded.tree.size();
     let witnessed = match &guards.witness {
         Some(p) => crate::witness::read_witness(p, verifier_key, origin)?.map(|w| w.size),
@@ -144,6 +145,71 @@ pub async fn verify_against(
             proof,
         },
     ))
+}
+
+/// Partial tiles and bundles an earlier round wrote, below the width the
+/// checkpoint now needs, stay in the store (nothing is ever deleted from
+/// the audit zone). Each must be a byte prefix of the tile that superseded
+/// it: a C2SP reader may fetch either, so an altered one is an altered
+/// ledger.
+async fn check_superseded_partials(audit: &Audit, stored: u64) -> Result<(), LedgerError> {
+    use std::collections::HashMap;
+    // (level, n) -> the width the current tree uses there.
+    let mut current: HashMap<(Option<u8>, u64), u64> = new_hash_tiles(0, stored)
+        .into_iter()
+        .map(|t| ((Some(t.level), t.n), t.width))
+        .collect();
+    for n in 0..stored.div_ceil(TILE_WIDTH) {
+        current.insert((None, n), (stored - n * TILE_WIDTH).min(TILE_WIDTH));
+    }
+    let path_of = |level: Option<u8>, n: u64, width: u64| match level {
+        Some(l) => crate::tiles::hash_tile_path(l, n, width),
+        None => entries_path(n, width),
+    };
+    let mut wanted: HashMap<(Option<u8>, u64), bytes::Bytes> = HashMap::new();
+    for obj in audit.list("tile").await? {
+        let Some((level, n, width)) = super::guard::parse_tile_key(&obj.key) else {
+            continue; // refused by the guards already
+        };
+        let Some(&now) = current.get(&(level, n)) else {
+            continue; // beyond the checkpoint: the guards judge it
+        };
+        if width >= now {
+            continue; // the current tile (checked above), or beyond it
+        }
+        let full = match wanted.get(&(level, n)) {
+            Some(b) => b.clone(),
+            None => {
+                let b = audit.get(&path_of(level, n, now)).await?;
+                wanted.insert((level, n), b.clone());
+                b
+            }
+        };
+        let have = audit.get(&obj.key).await?;
+        let prefix_len = match level {
+            Some(_) => (width * 32) as usize,
+            None => {
+                // The first `width` entries of the current bundle.
+                let entries = parse_bundle(&full)
+                    .ok_or_else(|| corrupt(path_of(level, n, now), "malformed entry bundle"))?;
+                entries
+                    .iter()
+                    .take(width as usize)
+                    .map(|e| 2 + e.len())
+                    .sum()
+            }
+        };
+        if have.len() != prefix_len || full.get(..prefix_len) != Some(&have[..]) {
+            return Err(corrupt(
+                &obj.key,
+                format!(
+                    "a superseded partial tile that is not a prefix of {} (it was altered)",
+                    path_of(level, n, now)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn first_diff_hash(a: &[u8], b: &[u8]) -> usize {

@@ -3,7 +3,7 @@
 use kfm_store::Audit;
 
 use super::load::{Loaded, load_all};
-use super::writer::Ledger;
+use super::shared::Ledger;
 use super::{Guards, LedgerError, corrupt};
 use crate::merkle::{Hash, MerkleTree, ProofError};
 use crate::tiles::{TILE_WIDTH, entries_path, parse_bundle};

@@ -80,7 +80,7 @@ pub struct Health {
     pub tiles_retrying: Option<(String, Duration)>,
 }
 
-/// What [`Ledger::close`] left.
+/// What [`crate::Ledger::close`] left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closed {
     /// Entries durable in the ledger.
@@ -90,6 +90,10 @@ pub struct Closed {
     pub in_tiles: u64,
     /// Why the writer stopped early, if it did.
     pub failed: Option<String>,
+    /// Whether this process was the ledger's writer (else its entries were
+    /// appended by the workspace's writer, another process, and the sizes
+    /// are the last it saw).
+    pub writer: bool,
 }
 
 /// The journal with the size its last record reaches.
@@ -142,7 +146,7 @@ pub(super) fn backoff(d: Duration) -> Duration {
 /// journal thread); a second task then writes tiles and the checkpoint
 /// object, coalescing batches. On S3 each batch writes its tiles and
 /// checkpoint before answering.
-pub struct Ledger {
+pub struct LocalLedger {
     tx: Option<mpsc::Sender<Request>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shared: Arc<RwLock<Shared>>,
@@ -150,14 +154,14 @@ pub struct Ledger {
     /// Held by this value and by both background tasks: dropping the
     /// `Ledger` without `close` keeps the lock until the tasks end.
     _lock: Arc<WriterLock>,
-    /// For [`Ledger::view`].
+    /// For [`LocalLedger::view`].
     audit: Audit,
     verifier_key: String,
     origin: String,
     guards: Guards,
 }
 
-impl Ledger {
+impl LocalLedger {
     /// Opens the ledger for writing: takes the writer lock, verifies the
     /// checkpoint and the entries it covers, reads the journal, checks the
     /// log against what is beyond its checkpoint, the witness and the
@@ -366,6 +370,27 @@ impl Ledger {
         }
     }
 
+    /// Appends `entry`, unless `retry` says it may have been appended
+    /// already (its sender lost the answer with its connection to an
+    /// earlier writer): then an entry with the same leaf hash already in
+    /// the log is answered instead, so that a retried append is recorded
+    /// once.
+    pub async fn append_once(&self, entry: Vec<u8>, retry: bool) -> Result<Appended, LedgerError> {
+        if retry {
+            let leaf = crate::merkle::leaf_hash(&entry);
+            if let Some(index) = self.find_leaf(&leaf).await {
+                let s = self.shared.read().map_err(|_| poisoned())?;
+                return Ok(Appended {
+                    index,
+                    leaf_hash: leaf,
+                    size: s.committed,
+                    checkpoint: s.checkpoint.clone(),
+                });
+            }
+        }
+        self.append(entry).await
+    }
+
     /// The durable entry at `index`: from memory for the unbundled tail,
     /// else from its full entry bundle in the store.
     pub async fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
@@ -467,14 +492,14 @@ impl Ledger {
         }
     }
 
-    /// Batches committed since this writer opened: with [`Ledger::size`],
+    /// Batches committed since this writer opened: with [`LocalLedger::size`],
     /// how well group commit is batching.
     pub fn batches(&self) -> u64 {
         self.shared.read().map(|s| s.batches).unwrap_or(0)
     }
 
     /// Journal syncs since this writer opened (directory stores; zero on
-    /// S3): with [`Ledger::size`], how many entries each device flush
+    /// S3): with [`LocalLedger::size`], how many entries each device flush
     /// carried.
     pub fn syncs(&self) -> u64 {
         self.shared.read().map(|s| s.syncs).unwrap_or(0)
@@ -553,6 +578,7 @@ impl Ledger {
             size: h.committed,
             in_tiles: h.in_tiles,
             failed: h.failed,
+            writer: true,
         }
     }
 }

@@ -1,0 +1,741 @@
+//! The ledger as every process of one workspace shares it.
+//!
+//! One process holds the writer lock and appends ([`LocalLedger`]); with a
+//! socket configured ([`LedgerOptions::socket`]) it also listens there, and
+//! every other process that opens the ledger (a second server, a promotion,
+//! a rollback, `kfm ledger append`) becomes its client: its appends travel
+//! over the socket and are acknowledged only when the writer's own append
+//! returned, i.e. once durable and witnessed. When the writer goes away
+//! (stopped, killed), its clients race for the lock: one opens the ledger
+//! (recovering what is durable, as any writer does) and listens, the others
+//! connect to it. An append whose answer was lost with the old writer is
+//! resent marked as a retry and answered with the entry already in the log
+//! if it got there, so that it is recorded once.
+//!
+//! The same socket carries events (for instance "a release pointer moved")
+//! from any process to every other one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use kfm_store::Audit;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use super::wire::{self, Frame, Server};
+use super::writer::LocalLedger;
+use super::{
+    Appended, Closed, Guards, Health, InclusionProof, LedgerError, LedgerOptions, LedgerView,
+};
+use crate::checkpoint::LedgerSigner;
+use crate::merkle::Hash;
+use crate::tiles::MAX_ENTRY;
+
+/// How long a writer has to answer a new connection's first request.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+
+/// How long a takeover may take before a client reports that its appends
+/// cannot be made durable.
+const TAKEOVER_QUIET: Duration = Duration::from_secs(10);
+
+/// An event as it travels between processes: opaque bytes (JSON by
+/// convention), at most [`wire::MAX_EVENT`].
+pub type Event = Arc<Vec<u8>>;
+
+/// The ledger: the writer itself, or a client of the process that is.
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    current: RwLock<Current>,
+    /// One takeover at a time.
+    takeover: tokio::sync::Mutex<()>,
+    events: broadcast::Sender<Event>,
+    audit: Audit,
+    verifier_key: String,
+    origin: String,
+    guards: Guards,
+    /// What a takeover needs; `None` without a socket (the writer is this
+    /// process or no one).
+    share: Option<Share>,
+    /// Numbers clients, so that a takeover replaces only the one that went.
+    serial: AtomicU64,
+    /// Clients whose connection is gone, for the supervisor to replace.
+    lost: mpsc::UnboundedSender<u64>,
+}
+
+struct Share {
+    socket: PathBuf,
+    signer: LedgerSigner,
+    opts: LedgerOptions,
+}
+
+#[derive(Clone)]
+enum Current {
+    Local(Arc<Local>),
+    Remote(Arc<Client>),
+    Closed,
+}
+
+struct Local {
+    ledger: Arc<LocalLedger>,
+    server: Option<Server>,
+}
+
+impl Ledger {
+    /// Opens the ledger. Without a socket in `opts` this process must be
+    /// the writer ([`LedgerError::Locked`] if another holds the lock). With
+    /// one, it becomes the writer if none runs, else a client of the one
+    /// that does.
+    pub async fn open(
+        audit: Audit,
+        signer: LedgerSigner,
+        opts: LedgerOptions,
+    ) -> Result<Self, LedgerError> {
+        let (events, _) = broadcast::channel(256);
+        let (lost, mut lost_rx) = mpsc::unbounded_channel();
+        let verifier_key = signer.verifier_key().to_owned();
+        let origin = opts.origin.clone();
+        let guards = opts.guards.clone();
+        let (current, share) = match opts.socket.clone() {
+            None => {
+                let ledger = LocalLedger::open(audit.clone(), signer, opts).await?;
+                let local = Local {
+                    ledger: Arc::new(ledger),
+                    server: None,
+                };
+                (Current::Local(Arc::new(local)), None)
+            }
+            Some(socket) => (
+                Current::Closed,
+                Some(Share {
+                    socket,
+                    signer,
+                    opts,
+                }),
+            ),
+        };
+        let inner = Arc::new(Inner {
+            current: RwLock::new(current),
+            takeover: tokio::sync::Mutex::new(()),
+            events,
+            audit,
+            verifier_key,
+            origin,
+            guards,
+            share,
+            serial: AtomicU64::new(0),
+            lost,
+        });
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some(serial) = lost_rx.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = inner.recover(serial).await {
+                    tracing::error!(error = %e, "no ledger writer could be reached or become");
+                }
+            }
+        });
+        if let Some(share) = &inner.share {
+            let first = reach(&inner, share).await?;
+            if let Ok(mut c) = inner.current.write() {
+                *c = first;
+            }
+        }
+        Ok(Self { inner })
+    }
+
+    fn current(&self) -> Current {
+        self.inner.current()
+    }
+
+    /// Whether this process is the ledger's writer right now.
+    pub fn is_writer(&self) -> bool {
+        matches!(self.current(), Current::Local(_))
+    }
+}
+
+impl Inner {
+    fn current(&self) -> Current {
+        self.current
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or(Current::Closed)
+    }
+
+    /// Replaces a client whose writer went away: becomes the writer or
+    /// connects to the new one. Several callers may notice at once; the
+    /// first replaces it, the others find it replaced.
+    async fn recover(self: &Arc<Self>, gone: u64) -> Result<(), LedgerError> {
+        let _one = self.takeover.lock().await;
+        if !matches!(self.current(), Current::Remote(c) if c.serial == gone) {
+            return Ok(());
+        }
+        let Some(share) = &self.share else {
+            return Err(LedgerError::Unreachable("no socket configured".into()));
+        };
+        tracing::warn!("the ledger writer went away; taking over or reconnecting");
+        let next = reach(self, share).await?;
+        if let Ok(mut c) = self.current.write() {
+            // Closed meanwhile: the new connection or writer is dropped.
+            if matches!(*c, Current::Remote(ref r) if r.serial == gone) {
+                *c = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `op` against the writer, recovering from a writer that went away
+    /// (at most a few times, each bounded by [`LedgerOptions::reach_writer`]).
+    async fn with_writer<T, L, R>(self: &Arc<Self>, local: L, remote: R) -> Result<T, LedgerError>
+    where
+        L: AsyncFnOnceLocal<T>,
+        R: Fn(Arc<Client>, bool) -> RemoteFut<T>,
+    {
+        let mut local = Some(local);
+        let mut retry = false;
+        for _ in 0..5 {
+            match self.current() {
+                Current::Local(l) => {
+                    return match local.take() {
+                        Some(f) => f.call(l.ledger.clone(), retry).await,
+                        None => Err(LedgerError::Failed("internal: local call reused".into())),
+                    };
+                }
+                Current::Remote(c) => match remote(c.clone(), retry).await {
+                    Err(Remote::Gone) => {
+                        retry = true;
+                        self.recover(c.serial).await?;
+                    }
+                    Err(Remote::Ledger(e)) => return Err(e),
+                    Ok(v) => return Ok(v),
+                },
+                Current::Closed => return Err(LedgerError::Failed("closed".into())),
+            }
+        }
+        Err(LedgerError::Unreachable(
+            "the ledger writer kept going away".into(),
+        ))
+    }
+}
+
+impl Ledger {
+    /// Appends one entry; returns once it is durable, with its index, leaf
+    /// hash and the signed checkpoint that covers it.
+    pub async fn append(&self, entry: Vec<u8>) -> Result<Appended, LedgerError> {
+        if entry.len() > MAX_ENTRY {
+            return Err(LedgerError::EntryTooLarge { len: entry.len() });
+        }
+        if let Current::Local(l) = self.current() {
+            // The hot path: no copy of the entry.
+            return l.ledger.append(entry).await;
+        }
+        let entry = Arc::new(entry);
+        let e2 = entry.clone();
+        self.inner
+            .with_writer(AppendLocal(entry), move |c, retry| {
+                let e = e2.clone();
+                Box::pin(async move {
+                    let kind = if retry {
+                        wire::APPEND_RETRY
+                    } else {
+                        wire::APPEND
+                    };
+                    let p = c.call(kind, &e).await?;
+                    wire::decode_appended(&p).ok_or_else(|| Remote::malformed("append"))
+                })
+            })
+            .await
+    }
+
+    /// The durable entry at `index`.
+    pub async fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        self.inner
+            .with_writer(EntryLocal(index), move |c, _| {
+                Box::pin(async move { c.call(wire::ENTRY, &index.to_le_bytes()).await })
+            })
+            .await
+    }
+
+    /// Inclusion proof for `index` against the latest durable checkpoint.
+    pub async fn prove(&self, index: u64) -> Result<InclusionProof, LedgerError> {
+        self.inner
+            .with_writer(ProveLocal(index), move |c, _| {
+                Box::pin(async move {
+                    let p = c.call(wire::PROVE, &index.to_le_bytes()).await?;
+                    wire::decode_proof(&p).ok_or_else(|| Remote::malformed("proof"))
+                })
+            })
+            .await
+    }
+
+    /// The index of the first durable entry whose leaf hash is `leaf`.
+    pub async fn find_leaf(&self, leaf: &Hash) -> Option<u64> {
+        let leaf = *leaf;
+        self.inner
+            .with_writer(FindLocal(leaf), move |c, _| {
+                Box::pin(async move {
+                    let p = c.call(wire::FIND_LEAF, &leaf).await?;
+                    match p.first() {
+                        Some(1) => Ok(Some(
+                            p.get(1..9)
+                                .and_then(|b| b.try_into().ok())
+                                .map(u64::from_le_bytes)
+                                .ok_or_else(|| Remote::malformed("leaf index"))?,
+                        )),
+                        Some(0) => Ok(None),
+                        _ => Err(Remote::malformed("leaf answer")),
+                    }
+                })
+            })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Sends `event` to every process sharing this ledger (this one
+    /// included), through the writer. Advisory: a process that misses one
+    /// (it was starting, or a writer was changing hands) catches up at its
+    /// next periodic check.
+    pub async fn announce(&self, event: Vec<u8>) -> Result<(), LedgerError> {
+        if event.len() > wire::MAX_EVENT {
+            return Err(LedgerError::Writer(format!(
+                "an event is at most {} bytes",
+                wire::MAX_EVENT
+            )));
+        }
+        match self.current() {
+            Current::Local(_) | Current::Closed => {
+                let _ = self.inner.events.send(Arc::new(event));
+                Ok(())
+            }
+            Current::Remote(c) => match c.call(wire::ANNOUNCE, &event).await {
+                Ok(_) => Ok(()),
+                Err(Remote::Ledger(e)) => Err(e),
+                Err(Remote::Gone) => {
+                    // The new writer has no record of it: deliver it here
+                    // at least (other processes catch up by their check).
+                    let _ = self.inner.events.send(Arc::new(event));
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Events announced by any process sharing this ledger.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// A read-only view of everything acknowledged so far, checked like any
+    /// reader's (for callers that must read entries back while writing,
+    /// such as verifying the release pointer a promotion builds on).
+    pub async fn view(&self) -> Result<LedgerView, LedgerError> {
+        let i = &self.inner;
+        LedgerView::open(&i.audit, &i.verifier_key, &i.origin, &i.guards).await
+    }
+
+    /// Whether the writer has failed for good (every later append is
+    /// refused).
+    pub fn failure(&self) -> Option<String> {
+        self.health().failed
+    }
+
+    /// How the writer is doing. A client reports the last health its writer
+    /// sent (refreshed with every answer) and whether it can reach one.
+    pub fn health(&self) -> Health {
+        match self.current() {
+            Current::Local(l) => l.ledger.health(),
+            Current::Remote(c) => c.health(),
+            Current::Closed => Health {
+                failed: Some("the ledger is closed".into()),
+                ..Health::default()
+            },
+        }
+    }
+
+    /// Batches committed since this writer opened (zero in a client).
+    pub fn batches(&self) -> u64 {
+        match self.current() {
+            Current::Local(l) => l.ledger.batches(),
+            _ => 0,
+        }
+    }
+
+    /// Journal syncs since this writer opened (zero in a client and on S3).
+    pub fn syncs(&self) -> u64 {
+        match self.current() {
+            Current::Local(l) => l.ledger.syncs(),
+            _ => 0,
+        }
+    }
+
+    /// Size of the tree covered by the latest durable checkpoint (in a
+    /// client, the latest it has seen).
+    pub fn size(&self) -> u64 {
+        match self.current() {
+            Current::Local(l) => l.ledger.size(),
+            Current::Remote(c) => c.size.load(Ordering::Relaxed),
+            Current::Closed => 0,
+        }
+    }
+
+    /// Stops accepting appends and waits for every pending one. A writer
+    /// first stops its socket (answering what its clients sent, so that
+    /// they can hand over to a new writer), then closes as
+    /// [`LocalLedger::close`] does and releases the lock.
+    pub async fn close(self) -> Closed {
+        let cur = match self.inner.current.write() {
+            Ok(mut c) => std::mem::replace(&mut *c, Current::Closed),
+            Err(_) => Current::Closed,
+        };
+        match cur {
+            Current::Local(l) => {
+                let mut l = match Arc::try_unwrap(l) {
+                    Ok(l) => l,
+                    Err(_) => {
+                        return Closed {
+                            size: self.size(),
+                            in_tiles: 0,
+                            failed: Some("the ledger was still in use".into()),
+                            writer: true,
+                        };
+                    }
+                };
+                if let Some(s) = l.server.take() {
+                    s.stop().await;
+                }
+                let mut ledger = l.ledger;
+                // Calls that read the lock before it was replaced finish
+                // within their own bounds.
+                for _ in 0..200 {
+                    match Arc::try_unwrap(ledger) {
+                        Ok(w) => return w.close().await,
+                        Err(again) => {
+                            ledger = again;
+                            tokio::time::sleep(Duration::from_millis(25)).await;
+                        }
+                    }
+                }
+                Closed {
+                    size: ledger.size(),
+                    in_tiles: ledger.health().in_tiles,
+                    failed: Some("the ledger was still in use after 5 s".into()),
+                    writer: true,
+                }
+            }
+            Current::Remote(c) => {
+                let h = c.health();
+                c.shutdown();
+                Closed {
+                    size: h.committed,
+                    in_tiles: h.in_tiles,
+                    failed: h.failed,
+                    writer: false,
+                }
+            }
+            Current::Closed => Closed {
+                size: 0,
+                in_tiles: 0,
+                failed: None,
+                writer: false,
+            },
+        }
+    }
+}
+
+// ---- calls against the local writer --------------------------------------
+
+/// A call made on the writer when this process is it. (A trait, not a
+/// closure, so that each call keeps its own argument without boxing on the
+/// hot path.)
+trait AsyncFnOnceLocal<T> {
+    fn call(
+        self,
+        l: Arc<LocalLedger>,
+        retry: bool,
+    ) -> impl std::future::Future<Output = Result<T, LedgerError>> + Send;
+}
+
+struct AppendLocal(Arc<Vec<u8>>);
+impl AsyncFnOnceLocal<Appended> for AppendLocal {
+    async fn call(self, l: Arc<LocalLedger>, retry: bool) -> Result<Appended, LedgerError> {
+        let entry = Arc::try_unwrap(self.0).unwrap_or_else(|a| (*a).clone());
+        l.append_once(entry, retry).await
+    }
+}
+
+struct EntryLocal(u64);
+impl AsyncFnOnceLocal<Vec<u8>> for EntryLocal {
+    async fn call(self, l: Arc<LocalLedger>, _: bool) -> Result<Vec<u8>, LedgerError> {
+        l.entry(self.0).await
+    }
+}
+
+struct ProveLocal(u64);
+impl AsyncFnOnceLocal<InclusionProof> for ProveLocal {
+    async fn call(self, l: Arc<LocalLedger>, _: bool) -> Result<InclusionProof, LedgerError> {
+        l.prove(self.0).await
+    }
+}
+
+struct FindLocal(Hash);
+impl AsyncFnOnceLocal<Option<u64>> for FindLocal {
+    async fn call(self, l: Arc<LocalLedger>, _: bool) -> Result<Option<u64>, LedgerError> {
+        Ok(l.find_leaf(&self.0).await)
+    }
+}
+
+// ---- becoming the writer, or reaching it ----------------------------------
+
+/// Becomes the writer (and listens), or connects to the one that is,
+/// trying for up to [`LedgerOptions::reach_writer`].
+async fn reach(inner: &Arc<Inner>, share: &Share) -> Result<Current, LedgerError> {
+    let (audit, events) = (&inner.audit, &inner.events);
+    let deadline = Instant::now() + share.opts.reach_writer;
+    let mut wait = Duration::from_millis(5);
+    loop {
+        match LocalLedger::open(audit.clone(), share.signer.try_clone()?, share.opts.clone()).await
+        {
+            Ok(ledger) => {
+                let ledger = Arc::new(ledger);
+                let server = Server::start(&share.socket, ledger.clone(), events.clone())?;
+                return Ok(Current::Local(Arc::new(Local {
+                    ledger,
+                    server: Some(server),
+                })));
+            }
+            Err(LedgerError::Locked) => {}
+            Err(e) => return Err(e),
+        }
+        let serial = inner.serial.fetch_add(1, Ordering::Relaxed) + 1;
+        match Client::connect(
+            &share.socket,
+            events.clone(),
+            serial,
+            share.opts.reach_writer,
+        )
+        .await
+        {
+            Ok((c, mut gone)) => {
+                // A client that loses its writer takes over at once, not
+                // at its next call: an idle server must not be left
+                // without a writer.
+                let lost = inner.lost.clone();
+                tokio::spawn(async move {
+                    let _ = gone.wait_for(|g| *g).await;
+                    let _ = lost.send(serial);
+                });
+                return Ok(Current::Remote(Arc::new(c)));
+            }
+            Err(e) if Instant::now() >= deadline => {
+                return Err(LedgerError::Unreachable(format!(
+                    "another process holds the writer lock but does not answer on {}: {e}",
+                    share.socket.display()
+                )));
+            }
+            // The writer is still opening the ledger, or just went away.
+            Err(_) => {}
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(200));
+    }
+}
+
+// ---- a client's side --------------------------------------------------------
+
+/// Why a call through the socket failed.
+enum Remote {
+    /// The connection to the writer is gone: the call may or may not have
+    /// been carried out (an append is resent as a retry).
+    Gone,
+    /// The writer answered with an error.
+    Ledger(LedgerError),
+}
+
+impl Remote {
+    fn malformed(what: &str) -> Self {
+        Remote::Ledger(LedgerError::Writer(format!("malformed {what} answer")))
+    }
+}
+
+type RemoteFut<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Remote>> + Send>>;
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Frame>>>>>;
+
+struct Client {
+    serial: u64,
+    /// Longest wait for an answer: a writer that is paused (SIGSTOP, a
+    /// frozen VM) keeps its lock and its socket but answers nothing.
+    patience: Duration,
+    tx: mpsc::Sender<Vec<u8>>,
+    /// `None` once the connection is gone: every waiter was answered with
+    /// "gone" and new calls fail at once.
+    pending: Pending,
+    next: AtomicU64,
+    size: Arc<AtomicU64>,
+    /// When the connection was found gone.
+    gone: Arc<Mutex<Option<Instant>>>,
+    reader: tokio::task::JoinHandle<()>,
+    health: Arc<Mutex<Health>>,
+}
+
+impl Client {
+    /// Connects; the receiver turns true when the connection is gone.
+    async fn connect(
+        path: &Path,
+        events: broadcast::Sender<Event>,
+        serial: u64,
+        patience: Duration,
+    ) -> std::io::Result<(Self, watch::Receiver<bool>)> {
+        let stream = tokio::net::UnixStream::connect(path).await?;
+        let (mut r, w) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4096);
+        tokio::spawn(wire::write_frames(w, rx));
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let gone = Arc::new(Mutex::new(None));
+        let (p2, g2) = (pending.clone(), gone.clone());
+        let (gone_tx, gone_rx) = watch::channel(false);
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(f)) = wire::read_frame(&mut r).await {
+                if f.kind == wire::EVENT {
+                    let _ = events.send(Arc::new(f.payload));
+                    continue;
+                }
+                let waiter = p2
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.as_mut().and_then(|m| m.remove(&f.id)));
+                if let Some(w) = waiter {
+                    let _ = w.send(f);
+                }
+            }
+            if let Ok(mut g) = g2.lock() {
+                *g = Some(Instant::now());
+            }
+            // Dropping the senders answers every waiter with "gone".
+            if let Ok(mut m) = p2.lock() {
+                m.take();
+            }
+            let _ = gone_tx.send(true);
+        });
+        let c = Self {
+            serial,
+            patience,
+            tx,
+            pending,
+            next: AtomicU64::new(1),
+            size: Arc::new(AtomicU64::new(0)),
+            gone,
+            reader,
+            health: Arc::new(Mutex::new(Health::default())),
+        };
+        // The first answer proves the writer is there (a paused one accepts
+        // connections in the kernel but answers nothing) and gives its
+        // health.
+        match tokio::time::timeout(HANDSHAKE, c.call(wire::HEALTH, &[])).await {
+            Ok(Ok(p)) => {
+                if let Some(h) = wire::decode_health(&p) {
+                    c.size.store(h.committed, Ordering::Relaxed);
+                    if let Ok(mut m) = c.health.lock() {
+                        *m = h;
+                    }
+                }
+                Ok((c, gone_rx))
+            }
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the writer closed the connection",
+            )),
+            Err(_) => {
+                c.shutdown();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the writer did not answer within {} s", HANDSHAKE.as_secs()),
+                ))
+            }
+        }
+    }
+
+    async fn call(&self, kind: u8, payload: &[u8]) -> Result<Vec<u8>, Remote> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (done, rx) = oneshot::channel();
+        {
+            let mut m = self.pending.lock().map_err(|_| Remote::Gone)?;
+            match m.as_mut() {
+                Some(m) => m.insert(id, done),
+                None => return Err(Remote::Gone),
+            };
+        }
+        if self.tx.send(wire::encode(kind, id, payload)).await.is_err() {
+            return Err(Remote::Gone);
+        }
+        let f = match tokio::time::timeout(self.patience, rx).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(_)) => return Err(Remote::Gone),
+            Err(_) => {
+                if let Ok(mut m) = self.pending.lock()
+                    && let Some(m) = m.as_mut()
+                {
+                    m.remove(&id);
+                }
+                // Treated as gone: a takeover is attempted, and fails
+                // (the paused writer keeps its lock) within the same bound.
+                return Err(Remote::Gone);
+            }
+        };
+        match f.kind {
+            wire::OK => {
+                if (kind == wire::APPEND || kind == wire::APPEND_RETRY)
+                    && let Some(a) = wire::decode_appended(&f.payload)
+                {
+                    self.size.fetch_max(a.size, Ordering::Relaxed);
+                }
+                Ok(f.payload)
+            }
+            wire::ERR => {
+                let e = wire::decode_error(&f.payload);
+                if let LedgerError::Failed(m) = &e
+                    && let Ok(mut h) = self.health.lock()
+                {
+                    // The writer failed for good: this process is unhealthy
+                    // too, until a new writer takes over.
+                    h.failed = Some(m.clone());
+                }
+                Err(Remote::Ledger(e))
+            }
+            other => Err(Remote::Ledger(LedgerError::Writer(format!(
+                "unexpected answer kind {other}"
+            )))),
+        }
+    }
+
+    fn health(&self) -> Health {
+        let mut h = self.health.lock().map(|h| h.clone()).unwrap_or_default();
+        h.committed = h.committed.max(self.size.load(Ordering::Relaxed));
+        // A takeover takes about as long as opening the ledger; appends wait
+        // for it meanwhile. Only one that lasts says so (and then governed
+        // answers are withheld until it is over).
+        if let Some(at) = self.gone.lock().ok().and_then(|g| *g)
+            && at.elapsed() >= TAKEOVER_QUIET
+        {
+            h.appends_retrying.get_or_insert_with(|| {
+                (
+                    "the ledger writer went away; taking over".into(),
+                    at.elapsed(),
+                )
+            });
+        }
+        h
+    }
+
+    fn shutdown(&self) {
+        self.reader.abort();
+        if let Ok(mut m) = self.pending.lock() {
+            m.take();
+        }
+    }
+}
