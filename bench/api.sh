@@ -13,6 +13,7 @@
 # flat), and `kfm ledger verify` afterwards (every audited request is there).
 #
 # Usage: bench/api.sh [SECONDS_PER_RUN] [SOAK_SECONDS]   (defaults 10, 60)
+#        KFM_BIN=/path/to/kfm bench/api.sh …   times that binary instead
 # Goals (issue #6): kfm >= 0.5x nginx throughput with p99 < 10 ms;
 # >= 20x pygeoapi's throughput; flat memory over the soak.
 set -euo pipefail
@@ -29,7 +30,8 @@ if ! python3 -c 'import pygeoapi, gunicorn' 2>/dev/null; then
 fi
 
 cargo build --release -p kfm -q
-KFM=$PWD/target/release/kfm
+# KFM_BIN: time another build (an earlier commit's) under the same load.
+KFM=${KFM_BIN:-$PWD/target/release/kfm}
 S=$PWD/target/bench-api
 rm -rf "$S"; mkdir -p "$S"
 PIDS=()

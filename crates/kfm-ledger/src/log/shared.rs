@@ -83,6 +83,8 @@ enum Current {
 struct Local {
     ledger: Arc<LocalLedger>,
     server: Option<Server>,
+    /// The workspace's election lock, held while this process writes.
+    _election: Option<std::fs::File>,
 }
 
 impl Ledger {
@@ -106,6 +108,7 @@ impl Ledger {
                 let local = Local {
                     ledger: Arc::new(ledger),
                     server: None,
+                    _election: None,
                 };
                 (Current::Local(Arc::new(local)), None)
             }
@@ -498,18 +501,26 @@ async fn reach(inner: &Arc<Inner>, share: &Share) -> Result<Current, LedgerError
     let deadline = Instant::now() + share.opts.reach_writer;
     let mut wait = Duration::from_millis(5);
     loop {
-        match LocalLedger::open(audit.clone(), share.signer.try_clone()?, share.opts.clone()).await
-        {
-            Ok(ledger) => {
-                let ledger = Arc::new(ledger);
-                let server = Server::start(&share.socket, ledger.clone(), events.clone())?;
-                return Ok(Current::Local(Arc::new(Local {
-                    ledger,
-                    server: Some(server),
-                })));
+        // Invariant: one writer per workspace, elected by a lock beside the
+        // socket (so that processes on one machine share an S3 store's
+        // ledger too, where the store itself has no lock), then by the
+        // store's own writer lock and, on S3, the checkpoint's CAS.
+        if let Some(election) = elect(&share.socket)? {
+            match LocalLedger::open(audit.clone(), share.signer.try_clone()?, share.opts.clone())
+                .await
+            {
+                Ok(ledger) => {
+                    let ledger = Arc::new(ledger);
+                    let server = Server::start(&share.socket, ledger.clone(), events.clone())?;
+                    return Ok(Current::Local(Arc::new(Local {
+                        ledger,
+                        server: Some(server),
+                        _election: election,
+                    })));
+                }
+                Err(LedgerError::Locked) => {}
+                Err(e) => return Err(e),
             }
-            Err(LedgerError::Locked) => {}
-            Err(e) => return Err(e),
         }
         let serial = inner.serial.fetch_add(1, Ordering::Relaxed) + 1;
         match Client::connect(
@@ -542,6 +553,33 @@ async fn reach(inner: &Arc<Inner>, share: &Share) -> Result<Current, LedgerError
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Takes the election lock beside `socket` (`ledger.lock`) if no other
+/// process holds it. The lock is the kernel's: it goes with the process
+/// that held it, however that process ends.
+fn elect(socket: &Path) -> Result<Option<Option<std::fs::File>>, LedgerError> {
+    let io = |e: std::io::Error| {
+        LedgerError::Unreachable(format!(
+            "cannot take the writer election lock beside {}: {e}",
+            socket.display()
+        ))
+    };
+    let Some(dir) = socket.parent() else {
+        return Ok(Some(None));
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("ledger.lock"))
+        .map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(Some(f))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
     }
 }
 
