@@ -300,6 +300,7 @@ pub fn spawn_refresh(st: Arc<AppState>) -> tokio::task::JoinHandle<()> {
                 Some(rx) => tokio::select! {
                     () = tokio::time::sleep(st.config.refresh_every) => {}
                     ev = rx.recv() => match ev {
+                        Ok(ev) if !is_release_moved(&ev) => continue,
                         // Several events, one refresh.
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                             while rx.try_recv().is_ok() {}
@@ -312,6 +313,16 @@ pub fn spawn_refresh(st: Arc<AppState>) -> tokio::task::JoinHandle<()> {
             refresh_once(&st).await;
         }
     })
+}
+
+/// Whether an announced event says a release pointer moved. Only its type
+/// is read: the refresh that follows reads and verifies the pointers
+/// themselves, so a forged event can cost a refresh, never change what is
+/// served.
+fn is_release_moved(ev: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(ev)
+        .ok()
+        .is_some_and(|v| v["type"] == kfm_pipeline::records::RELEASE_MOVED)
 }
 
 /// Re-reads every release pointer once.

@@ -352,16 +352,13 @@ impl RunContext<'_, '_> {
             Err(e) => return Err(fail(format!("the pointer cannot be encoded: {e}"), left)),
         };
         crate::fault::point("before-swap");
+        let pbytes = Bytes::from(pbytes);
         let swapped = store
             .published()
-            .compare_and_swap(
-                &records::pointer_key(ds),
-                expected.as_ref(),
-                Bytes::from(pbytes),
-            )
+            .compare_and_swap(&records::pointer_key(ds), expected.as_ref(), pbytes.clone())
             .await;
         if swapped.is_ok() {
-            records::announce_release(ledger, ds).await;
+            records::announce_release(ledger, &pointer, &pbytes).await;
             crate::fault::point("after-swap");
             // The history is also brought up to date by the next run, should
             // this fail or a crash come first.

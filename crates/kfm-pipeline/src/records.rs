@@ -204,20 +204,55 @@ pub fn manifest_of(env: &Envelope, key: &ed25519_dalek::VerifyingKey) -> Result<
     Ok(m)
 }
 
-/// Type of the event announced when a release pointer moves.
+/// Type of the event announced when a release pointer moves (CloudEvents
+/// `type`; the version is part of it).
 pub const RELEASE_MOVED: &str = "kfm.release.moved.v1";
 
-/// The event every process sharing the ledger receives when `dataset`'s
-/// pointer has moved (servers then serve the version it names).
-pub fn release_moved(dataset: &str) -> Vec<u8> {
-    let v = serde_json::json!({"type": RELEASE_MOVED, "dataset": dataset});
-    v.to_string().into_bytes()
+/// Its schema, committed under `contracts/events/` (CloudEvents
+/// `dataschema`).
+pub const RELEASE_MOVED_SCHEMA: &str = "urn:kfm:contracts:events:kfm.release.moved.v1";
+
+/// The event every process sharing the ledger receives when a pointer has
+/// moved to `pointer` (written as `pointer_bytes`): a CloudEvents 1.0
+/// envelope whose id is the digest of the pointer's bytes, so that the
+/// same move announced twice is one event.
+pub fn release_moved(
+    pointer: &ReleasePointer,
+    pointer_bytes: &[u8],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let v = serde_json::json!({
+        "specversion": "1.0",
+        "id": kfm_core::Digest::of(pointer_bytes).to_string(),
+        "source": "urn:kfm:pipeline",
+        "type": RELEASE_MOVED,
+        "dataschema": RELEASE_MOVED_SCHEMA,
+        "subject": pointer.dataset,
+        "time": pointer.moved_at,
+        "datacontenttype": "application/json",
+        "data": {
+            "dataset": pointer.dataset,
+            "version": pointer.version,
+            "version_id": pointer.version_id,
+            "manifest_digest": pointer.manifest_digest,
+            "ledger_index": pointer.ledger_index,
+            "operation": pointer.operation,
+        },
+    });
+    serde_json::to_vec(&v)
 }
 
-/// Announces that `dataset`'s pointer moved. Advisory: a server that
-/// misses it catches up at its next periodic check.
-pub(crate) async fn announce_release(ledger: &kfm_ledger::Ledger, dataset: &str) {
-    if let Err(e) = ledger.announce(release_moved(dataset)).await {
+/// Announces that a pointer moved. Advisory: a server that misses it
+/// catches up at its next periodic check.
+pub(crate) async fn announce_release(
+    ledger: &kfm_ledger::Ledger,
+    pointer: &ReleasePointer,
+    pointer_bytes: &[u8],
+) {
+    let sent = match release_moved(pointer, pointer_bytes) {
+        Ok(ev) => ledger.announce(ev).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
         tracing::warn!(error = %e, "the moved pointer could not be announced; servers pick it up at their next check");
     }
 }

@@ -449,18 +449,19 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
         }
     };
     crate::fault::point("before-swap");
+    let pbytes = Bytes::from(pbytes);
     let swap = req
         .store
         .published()
         .compare_and_swap(
             &records::pointer_key(ds),
             pointer_before.as_ref().map(|p| &p.version),
-            Bytes::from(pbytes),
+            pbytes.clone(),
         )
         .await;
     if swap.is_ok() {
         if let Ok(l) = req.ledger.as_ref() {
-            records::announce_release(l, ds).await;
+            records::announce_release(l, &pointer, &pbytes).await;
         }
         crate::fault::point("after-swap");
         if let Err(e) = crate::runs::record_release(req.store, &pointer).await {
