@@ -56,13 +56,16 @@ fn the_release_moved_event_is_a_cloudevent_its_schema_accepts() {
     assert_ne!(ev["id"], other["id"]);
 }
 
+/// One way to spoil an event.
+type Mutation = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn the_schema_refuses_each_malformed_event() {
     let p = pointer();
     let bytes = serde_json::to_vec_pretty(&p).unwrap();
     let good: Value = serde_json::from_slice(&release_moved(&p, &bytes).unwrap()).unwrap();
     let v = validator();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let cases: Vec<(&str, Mutation)> = vec![
         (
             "no id",
             Box::new(|e| drop(e.as_object_mut().unwrap().remove("id"))),
