@@ -154,19 +154,7 @@ pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteE
             requested: req.dataset.to_string(),
         });
     }
-    // Invariant: without a ledger or a signing key nothing can be recorded,
-    // so nothing is written at all (no claim, no scratch, no quarantine
-    // report): the operator's problem, not the dataset's.
-    if let Err(e) = &req.ledger {
-        return Err(PromoteError::Ledger(format!(
-            "the ledger is not available: {e}"
-        )));
-    }
-    if let Err(e) = &req.signer {
-        return Err(PromoteError::Ledger(format!(
-            "receipts cannot be signed: {e}"
-        )));
-    }
+    crate::runs::can_record(&req.ledger, &req.signer)?;
     let ds = req.dataset.as_str();
     let acq = pick_acquisition(req.store, req.dataset, req.acquisition.as_ref()).await?;
     // Runs of one dataset take turns: what follows reads the versions and

@@ -61,18 +61,7 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
     let v = req.to;
     let run_id = new_run_id(req.now);
     let version_id = format!("{ds}@v{v}");
-    // Invariant: without a ledger or a key nothing can be recorded, so
-    // nothing is written (as for a promotion).
-    if let Err(e) = &req.ledger {
-        return Err(PromoteError::Ledger(format!(
-            "the ledger is not available: {e}"
-        )));
-    }
-    if let Err(e) = &req.signer {
-        return Err(PromoteError::Ledger(format!(
-            "receipts cannot be signed: {e}"
-        )));
-    }
+    crate::runs::can_record(&req.ledger, &req.signer)?;
     let _turn = req.store.lock_runs(ds).await?;
     let aborted = crate::runs::before_run(crate::runs::RunStart {
         store: req.store,

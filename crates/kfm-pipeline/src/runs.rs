@@ -464,6 +464,29 @@ pub async fn sweep_work(
     Ok(swept)
 }
 
+/// Whether a run can record what it does: a ledger and a signing key.
+///
+/// Invariant: without either nothing can be recorded, so a run that lacks
+/// one writes nothing at all (no claim, no scratch, no quarantine report):
+/// the operator's problem, not the dataset's.
+pub(crate) fn can_record(
+    ledger: &Result<&Ledger, String>,
+    signer: &Result<&Signer, String>,
+) -> Result<(), crate::promote::PromoteError> {
+    use crate::promote::PromoteError;
+    if let Err(e) = ledger {
+        return Err(PromoteError::Ledger(format!(
+            "the ledger is not available: {e}"
+        )));
+    }
+    if let Err(e) = signer {
+        return Err(PromoteError::Ledger(format!(
+            "receipts cannot be signed: {e}"
+        )));
+    }
+    Ok(())
+}
+
 /// What [`before_run`] needs.
 pub struct RunStart<'a> {
     pub store: &'a Store,
