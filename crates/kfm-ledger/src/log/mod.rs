@@ -19,11 +19,13 @@
 //!
 //! Files: `load` (reading the store and the journal), `guard` (what the
 //! witness and the release pointers vouch for), `verify` (offline checks),
-//! `view` (readers), `writer` (the single writer and its journal thread),
+//! `view` (readers), `writer` (the single writer: open, append, read, prove),
+//! `commit` (its group-commit task), `sync` (the journal thread),
 //! `tiles` (the tile writer and the journal's upkeep), `shared` (the
 //! ledger as the processes of a workspace share it: the writer, or a client
 //! of it) and `wire` (the writer's socket).
 
+mod commit;
 mod guard;
 mod load;
 mod shared;

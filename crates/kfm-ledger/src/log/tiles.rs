@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use kfm_store::{Audit, FreshJournal, PointerVersion, StoreError};
 
-use super::writer::{JournalState, SUPERSEDED, Shared, Signals, Trouble, backoff};
+use super::commit::SUPERSEDED;
+use super::writer::{JournalState, Shared, Signals, Trouble, backoff};
 use super::{CHECKPOINT, LedgerError, corrupt, poisoned};
 use crate::tiles::{TILE_WIDTH, entries_path, new_hash_tiles, push_entry};
 
