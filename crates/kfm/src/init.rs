@@ -52,7 +52,7 @@ pub fn create(dir: &Path) -> Result<InitReport, Failure> {
         ),
         (
             ".gitignore".to_owned(),
-            b"# The store holds data; keep it out of git (and keys, and the ledger witness).\n/store/\n/keys/\n/ledger-witness/\n".to_vec(),
+            b"# The store holds data; keep it out of git (and keys, the ledger witness,\n# and run/, where the ledger's writer listens).\n/store/\n/keys/\n/ledger-witness/\n/run/\n".to_vec(),
         ),
     ];
     files.extend(policy.into_iter().map(|(p, b)| (format!("policy/{p}"), b)));
