@@ -150,8 +150,8 @@ pub async fn verify_against(
 /// Partial tiles and bundles an earlier round wrote, below the width the
 /// checkpoint now needs, stay in the store (nothing is ever deleted from
 /// the audit zone). Each must be a byte prefix of the tile that superseded
-/// it: a C2SP reader may fetch either, so an altered one is an altered
-/// ledger.
+/// it (or, torn by a crash, a shorter prefix): a C2SP reader may fetch
+/// either, so an altered one is an altered ledger.
 async fn check_superseded_partials(audit: &Audit, stored: u64) -> Result<(), LedgerError> {
     use std::collections::HashMap;
     // (level, n) -> the width the current tree uses there.
@@ -199,7 +199,10 @@ async fn check_superseded_partials(audit: &Audit, stored: u64) -> Result<(), Led
                     .sum()
             }
         };
-        if have.len() != prefix_len || full.get(..prefix_len) != Some(&have[..]) {
+        // A round cut short by a crash or a full disk may have left the file
+        // shorter (a torn write only truncates); any byte that differs is
+        // an alteration.
+        if have.len() > prefix_len || full.get(..have.len()) != Some(&have[..]) {
             return Err(corrupt(
                 &obj.key,
                 format!(
