@@ -171,6 +171,17 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     work: RawWork,
+    #[serde(default)]
+    events: RawEvents,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    url: Option<String>,
+    credentials: Option<String>,
+    max_in_flight: Option<u64>,
+    replicas: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +273,25 @@ pub struct Config {
     /// How long a run's scratch under work/ is kept before a later run of
     /// its dataset removes it.
     pub work_keep: std::time::Duration,
+    /// The event backbone (NATS JetStream); `None`: the embedded default,
+    /// where the workspace's own writer process writes the ledger.
+    pub events: Option<EventsConfig>,
+}
+
+/// Where every ledger entry is published when the platform runs
+/// distributed, and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// `nats://host:port[,nats://…]` (or `tls://`), without credentials.
+    pub url: String,
+    /// A NATS credentials file (`.creds`) or an nkey seed, by reference.
+    pub credentials: Option<SecretRef>,
+    /// Most publishes awaiting their acknowledgement at once; more wait
+    /// (back-pressure rather than unbounded memory).
+    pub max_in_flight: usize,
+    /// Replicas of every stream and bucket (3 on a 3-node cluster; stage
+    /// and prod refuse fewer, see `kfm events check`).
+    pub replicas: usize,
 }
 
 /// A configuration that could not be accepted. `line` is 0 when the value
@@ -293,7 +323,7 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 18] = [
+pub const ENV_KEYS: [(&str, &str); 22] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -312,6 +342,10 @@ pub const ENV_KEYS: [(&str, &str); 18] = [
     ("server.request_timeout_s", "KFM_SERVER_REQUEST_TIMEOUT_S"),
     ("server.drain_s", "KFM_SERVER_DRAIN_S"),
     ("work.keep_hours", "KFM_WORK_KEEP_HOURS"),
+    ("events.url", "KFM_EVENTS_URL"),
+    ("events.credentials", "KFM_EVENTS_CREDENTIALS"),
+    ("events.max_in_flight", "KFM_EVENTS_MAX_IN_FLIGHT"),
+    ("events.replicas", "KFM_EVENTS_REPLICAS"),
 ];
 
 impl Config {
@@ -520,6 +554,67 @@ impl Config {
             3600 * number("work.keep_hours", raw.work.keep_hours, 168, 0..=87_600)?,
         );
 
+        let (v, src) = pick("events.url", raw.events.url);
+        let events = match v.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => {
+                for part in url.split(',') {
+                    let part = part.trim();
+                    let rest = part
+                        .strip_prefix("nats://")
+                        .or_else(|| part.strip_prefix("tls://"))
+                        .ok_or_else(|| {
+                            err_at(
+                                "events.url",
+                                src,
+                                format!("{part:?} is not a NATS URL: use nats://host:port (several: comma-separated)"),
+                            )
+                        })?;
+                    if rest.contains('@') {
+                        return Err(err_at(
+                            "events.url",
+                            src,
+                            "credentials in the URL are refused: give them by reference in events.credentials (env:NAME or file:PATH of a NATS .creds file or nkey seed)".into(),
+                        ));
+                    }
+                }
+                let (c, csrc) = pick("events.credentials", raw.events.credentials);
+                let credentials = match c {
+                    None => None,
+                    Some(c) => Some(SecretRef::parse(&c).ok_or_else(|| {
+                        err_at(
+                            "events.credentials",
+                            csrc,
+                            "a literal credential is refused: give a reference, env:NAME or file:PATH (a NATS .creds file or an nkey seed)".into(),
+                        )
+                    })?),
+                };
+                let max_in_flight = number(
+                    "events.max_in_flight",
+                    raw.events.max_in_flight,
+                    4096,
+                    1..=1_000_000,
+                )? as usize;
+                let default_replicas = if environment == Environment::Dev {
+                    1
+                } else {
+                    3
+                };
+                let replicas = number(
+                    "events.replicas",
+                    raw.events.replicas,
+                    default_replicas,
+                    1..=5,
+                )? as usize;
+                Some(EventsConfig {
+                    url,
+                    credentials,
+                    max_in_flight,
+                    replicas,
+                })
+            }
+        };
+
         Ok(Config {
             environment,
             store_url,
@@ -539,6 +634,7 @@ impl Config {
             server_request_timeout,
             server_drain,
             work_keep,
+            events,
         })
     }
 
@@ -623,6 +719,21 @@ drain_s = 10
 # intermediate and QA report) is kept; a later run of the same dataset
 # removes older runs' scratch (hours).
 keep_hours = 168
+
+[events]
+# The distributed platform: with a NATS JetStream URL here (or in
+# KFM_EVENTS_URL), every ledger entry is published to the stream and
+# `kfm ledger sequencer` writes the log; without it (the default) the
+# workspace's own writer process does. Several URLs: comma-separated.
+# url = "nats://127.0.0.1:4222"
+# A NATS credentials file or nkey seed, by reference (env:NAME or file:PATH).
+# credentials = "file:keys/kfm.creds"
+# Most publishes awaiting JetStream's acknowledgement at once.
+max_in_flight = 4096
+# Replicas of KFM's streams and bucket: an acknowledgement is on disk only
+# with 3 (a 3-node cluster); stage and prod refuse fewer. Default: 1 in
+# dev, 3 elsewhere.
+# replicas = 3
 "#;
 
 fn check_no_literal_secrets(

@@ -21,8 +21,9 @@ pub use checkpoint::{
     CheckpointError, LedgerSigner, VerifiedCheckpoint, generate_key, verify_checkpoint,
 };
 pub use log::{
-    Appended, CHECKPOINT, Closed, EntrySource, Extends, Guards, Health, InclusionProof, Ledger,
-    LedgerError, LedgerOptions, LedgerView, Reference, VerifyReport, verify, verify_against,
+    Appended, CHECKPOINT, Closed, EntrySource, Event, Extends, Guards, Health, InclusionProof,
+    Ledger, LedgerError, LedgerOptions, LedgerView, LocalLedger, PublishFuture, Publisher,
+    Reference, VerifyReport, verify, verify_against,
 };
 pub use merkle::{
     Hash, MerkleTree, ProofError, leaf_hash, node_hash, verify_consistency, verify_inclusion,

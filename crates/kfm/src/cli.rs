@@ -134,6 +134,13 @@ by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such vers
         command: LedgerCommand,
     },
 
+    /// The event backbone (NATS JetStream, with [events] url): check and create its
+    /// streams, replay the audit stream into an empty store.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+
     /// Policy as code: test, digest, pin, eval, diff and sign the policy bundle.
     Policy {
         #[command(subcommand)]
@@ -143,6 +150,37 @@ by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such vers
     /// Each dataset's position on the truth path and its acquisitions.
     #[command(after_help = "Example:\n  kfm status\n  kfm status --format json")]
     Status(StatusArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// Compare KFM's streams and bucket on the server with their declaration (read-only).
+    #[command(
+        after_help = "Example:\n  KFM_EVENTS_URL=nats://127.0.0.1:4222 kfm events check\n\n\
+Exit 0: as declared and durable enough; 1: a setting differs, something is missing, or the\n\
+replicas are too few for stage or prod (an acknowledgement is on disk only with 3 replicas);\n\
+2: no [events] url, or NATS cannot be reached (never reported as \"as declared\")."
+    )]
+    Check,
+    /// Create what is missing of KFM's streams and bucket, then check them.
+    #[command(after_help = "Example:\n  kfm events ensure\n\nExit codes as for check.")]
+    Ensure,
+    /// Rebuild the ledger from the audit stream into this workspace's (empty) store.
+    #[command(
+        after_help = "Example:\n  kfm events replay\n\nRefused (exit 1, nothing changed) if the store's ledger is not empty.\n\
+Prints the entries replayed and the root, which equals the sequencer's for the same stream."
+    )]
+    Replay,
+}
+
+#[derive(Args, Debug)]
+pub struct SequencerArgs {
+    /// Name of this sequencer in the lease (default: host:pid:random).
+    #[arg(long)]
+    pub holder: Option<String>,
+    /// Lease duration in milliseconds (a standby takes over this long after renewals stop).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(200..=60000))]
+    pub lease_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,6 +341,16 @@ an entry the log does not hold. Exit 2: the store or the witness cannot be read.
     /// The last entries.
     #[command(after_help = "Example:\n  kfm ledger tail -n 20")]
     Tail(LedgerTailArgs),
+    /// Run the ledger's sequencer: integrate the audit stream into the log in the store.
+    #[command(
+        after_help = "Example:\n  kfm ledger sequencer            # on two machines: one active, one standby\n\n\
+Exactly one sequencer is active: a lease in the JetStream bucket decides who, renewed before\n\
+every batch; a standby takes over within about twice --lease-ms of the active one dying. Events\n\
+that fail their schema, are oversized, of an unknown type or for another environment go to\n\
+kfm.<env>.deadletter with the reason. Prints one JSON line on stdout each time this process\n\
+becomes active or stands by. Stops on SIGTERM/SIGINT, handing the lease over."
+    )]
+    Sequencer(SequencerArgs),
 }
 
 #[derive(Args, Debug)]

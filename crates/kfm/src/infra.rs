@@ -9,7 +9,6 @@ use kfm_infra::receipt::{
     self, Actor, ApplyReceipt, ENVIRONMENTS, Mode, PlanReceipt, ReceiptError, Tool,
 };
 use kfm_infra::{Options, render};
-use kfm_ledger::Ledger;
 use serde::Serialize;
 
 use crate::cli::{ApplyArgs, Format, InfraCheckArgs, InfraCommand, PlanArgs, ReceiptCommand};
@@ -383,7 +382,7 @@ async fn apply(ws: Option<&Path>, a: &ApplyArgs, fmt: Format) -> Result<u8, Fail
     let envelope = Signer::new(ls.signing_key()).sign(APPLY_PAYLOAD_TYPE, &payload);
     let store = ws.store()?;
     let opts = ws.ledger_options(&store).await?;
-    let ledger = Ledger::open(store.audit(), ls, opts).await?;
+    let ledger = ws.open_ledger(&store, ls, opts, "urn:kfm:infra").await?;
     let bytes = envelope
         .to_bytes()
         .map_err(|e| Failure::input(e.to_string()))?;

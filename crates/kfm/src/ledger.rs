@@ -105,11 +105,15 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
                 opts.batch_max = b.max(1);
             }
             if a.lines {
-                return append_lines(Ledger::open(store.audit(), signer(&ws)?, opts).await?, fmt)
-                    .await;
+                let ledger = ws
+                    .open_ledger(&store, signer(&ws)?, opts, "urn:kfm:cli")
+                    .await?;
+                return append_lines(ledger, fmt).await;
             }
             let entry = read_entry(a.file.as_deref())?;
-            let ledger = Ledger::open(store.audit(), signer(&ws)?, opts).await?;
+            let ledger = ws
+                .open_ledger(&store, signer(&ws)?, opts, "urn:kfm:cli")
+                .await?;
             let r = ledger.append(entry).await?;
             ledger.close().await;
             let out = AppendOut {
@@ -302,6 +306,7 @@ pub async fn run(ws: Option<&Path>, cmd: &LedgerCommand, fmt: Format) -> Result<
             }
             Ok(0)
         }
+        LedgerCommand::Sequencer(a) => crate::events::sequencer(&ws, &store, a).await,
         LedgerCommand::Tail(a) => {
             let vkey = verifier_key(&ws, a.read.verifier_key.as_deref())?;
             let view = ws.ledger_view(&store, &vkey).await?;

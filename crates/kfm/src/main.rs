@@ -4,6 +4,7 @@
 
 mod cli;
 mod default_policy;
+mod events;
 mod failure;
 mod infra;
 mod ingest;
@@ -160,6 +161,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Infra { command } => infra::run(ws, &command, fmt).await,
         Command::Quarantine { command } => promote::quarantine(ws, &command, fmt).await,
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
+        Command::Events { command } => events::run(ws, &command, fmt).await,
         Command::Policy { command } => policy::run(ws, &command, fmt),
         Command::Serve(a) => serve::serve(ws, &a).await,
         Command::Token { command } => serve::token(ws, &command, fmt),

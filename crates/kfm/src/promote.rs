@@ -93,7 +93,7 @@ pub(crate) async fn deps(ws: &Workspace) -> Result<Deps, Failure> {
         Ok(ls) => {
             let dsse = Signer::new(ls.signing_key());
             let opts = ws.ledger_options(&store).await?;
-            let ledger = match Ledger::open(store.audit(), ls, opts).await {
+            let ledger = match ws.open_ledger(&store, ls, opts, "urn:kfm:pipeline").await {
                 Ok(l) => Ok(l),
                 // A ledger that shrank, vanished or is damaged stops every
                 // run before its first gate: no run may build on it, and

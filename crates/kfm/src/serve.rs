@@ -83,7 +83,8 @@ pub(crate) async fn prepare(
     let key = crate::ledger::dsse_key(&verifier)?;
     let store = ws.store()?;
     let opts = ws.ledger_options(&store).await?;
-    let ledger = Ledger::open(store.audit(), signer, opts)
+    let ledger = ws
+        .open_ledger(&store, signer, opts, "urn:kfm:api")
         .await
         .map_err(|e| Failure::input(format!("cannot open the ledger: {e}")))?;
     let ledger = Arc::new(ledger);
@@ -134,7 +135,7 @@ pub(crate) async fn prepare(
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use kfm_core::Config;
-use kfm_ledger::{Guards, LedgerOptions, LedgerView};
+use kfm_ledger::{Guards, Ledger, LedgerError, LedgerOptions, LedgerSigner, LedgerView};
 use kfm_store::Store;
 
 use crate::failure::Failure;
@@ -89,6 +89,38 @@ impl Workspace {
             witness: Some(self.witness_path()),
             references: kfm_pipeline::release::ledger_references(store).await?,
         })
+    }
+
+    /// Opens the ledger as this workspace runs it. With `[events] url`
+    /// (the distributed platform), entries are published to JetStream
+    /// and a `kfm ledger sequencer` writes the log; otherwise this process
+    /// writes it, or appends through the one that does. `source` names
+    /// this producer in its events (`urn:kfm:api`).
+    pub async fn open_ledger(
+        &self,
+        store: &Store,
+        signer: LedgerSigner,
+        opts: LedgerOptions,
+        source: &str,
+    ) -> Result<Ledger, LedgerError> {
+        let Some(ev) = &self.config.events else {
+            return Ledger::open(store.audit(), signer, opts).await;
+        };
+        let client = kfm_events::connect(ev, &self.dir)
+            .await
+            .map_err(|e| LedgerError::Unreachable(e.to_string()))?;
+        let publisher = kfm_events::JetStreamPublisher::new(
+            client,
+            kfm_events::Names::new(self.config.environment),
+            source,
+            ev.max_in_flight,
+        );
+        Ok(Ledger::open_published(
+            store.audit(),
+            signer.verifier_key().to_owned(),
+            opts,
+            std::sync::Arc::new(publisher),
+        ))
     }
 
     /// The writer's options from kfm.toml, with the guards.

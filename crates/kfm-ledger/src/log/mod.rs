@@ -23,11 +23,13 @@
 //! `commit` (its group-commit task), `sync` (the journal thread),
 //! `tiles` (the tile writer and the journal's upkeep), `shared` (the
 //! ledger as the processes of a workspace share it: the writer, or a client
-//! of it) and `wire` (the writer's socket).
+//! of it), `wire` (the writer's socket) and `published` (the ledger of a
+//! platform whose log a sequencer writes from an event stream).
 
 mod commit;
 mod guard;
 mod load;
+mod published;
 mod shared;
 mod sync;
 mod tiles;
@@ -46,6 +48,7 @@ use crate::checkpoint::CheckpointError;
 use crate::merkle::{Hash, ProofError};
 use crate::tiles::MAX_ENTRY;
 
+pub use published::{PublishFuture, Publisher};
 pub use shared::{Event, Ledger};
 pub use verify::{Extends, VerifyReport, verify, verify_against};
 pub use view::{EntrySource, LedgerView};

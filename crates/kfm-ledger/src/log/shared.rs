@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use kfm_store::Audit;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use super::published::{Published, Publisher};
 use super::wire::{self, Frame, Server};
 use super::writer::LocalLedger;
 use super::{
@@ -77,6 +78,8 @@ struct Share {
 enum Current {
     Local(Arc<Local>),
     Remote(Arc<Client>),
+    /// A sequencer elsewhere writes the log; this process publishes.
+    Published(Arc<Published>),
     Closed,
 }
 
@@ -151,8 +154,50 @@ impl Ledger {
         Ok(Self { inner })
     }
 
+    /// Opens the ledger of a platform whose log a sequencer writes: every
+    /// entry goes through `publisher` (an event stream), reads come from
+    /// the store. No lock, no socket: any number of processes may do so.
+    pub fn open_published(
+        audit: Audit,
+        verifier_key: String,
+        opts: LedgerOptions,
+        publisher: Arc<dyn Publisher>,
+    ) -> Self {
+        let (events, _) = broadcast::channel(256);
+        let (lost, _) = mpsc::unbounded_channel();
+        publisher.subscribe(events.clone());
+        let published = Published::new(
+            publisher,
+            audit.clone(),
+            verifier_key.clone(),
+            opts.origin.clone(),
+            opts.guards.clone(),
+            opts.reach_writer,
+        );
+        let inner = Arc::new(Inner {
+            current: RwLock::new(Current::Published(Arc::new(published))),
+            takeover: tokio::sync::Mutex::new(()),
+            events,
+            audit,
+            verifier_key,
+            origin: opts.origin,
+            guards: opts.guards,
+            share: None,
+            serial: AtomicU64::new(0),
+            lost,
+        });
+        Self { inner }
+    }
+
     fn current(&self) -> Current {
         self.inner.current()
+    }
+
+    fn published(&self) -> Option<Arc<Published>> {
+        match self.current() {
+            Current::Published(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// Whether this process is the ledger's writer right now.
@@ -216,7 +261,9 @@ impl Inner {
                     Err(Remote::Ledger(e)) => return Err(e),
                     Ok(v) => return Ok(v),
                 },
-                Current::Closed => return Err(LedgerError::Failed("closed".into())),
+                Current::Published(_) | Current::Closed => {
+                    return Err(LedgerError::Failed("closed".into()));
+                }
             }
         }
         Err(LedgerError::Unreachable(
@@ -232,9 +279,11 @@ impl Ledger {
         if entry.len() > MAX_ENTRY {
             return Err(LedgerError::EntryTooLarge { len: entry.len() });
         }
-        if let Current::Local(l) = self.current() {
+        match self.current() {
             // The hot path: no copy of the entry.
-            return l.ledger.append(entry).await;
+            Current::Local(l) => return l.ledger.append(entry).await,
+            Current::Published(p) => return p.append(entry).await,
+            _ => {}
         }
         let entry = Arc::new(entry);
         let e2 = entry.clone();
@@ -254,8 +303,25 @@ impl Ledger {
             .await
     }
 
+    /// Records one entry and returns its audit reference (leaf hash) once
+    /// it is durable, without waiting to learn its index: where a
+    /// sequencer writes the log, that is when the event stream
+    /// acknowledged it; elsewhere, the same as [`Ledger::append`].
+    pub async fn record(&self, entry: Vec<u8>) -> Result<Hash, LedgerError> {
+        if entry.len() > MAX_ENTRY {
+            return Err(LedgerError::EntryTooLarge { len: entry.len() });
+        }
+        match self.published() {
+            Some(p) => p.record(entry).await,
+            None => self.append(entry).await.map(|a| a.leaf_hash),
+        }
+    }
+
     /// The durable entry at `index`.
     pub async fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        if let Some(p) = self.published() {
+            return p.entry(index).await;
+        }
         self.inner
             .with_writer(EntryLocal(index), move |c, _| {
                 Box::pin(async move { c.call(wire::ENTRY, &index.to_le_bytes()).await })
@@ -265,6 +331,9 @@ impl Ledger {
 
     /// Inclusion proof for `index` against the latest durable checkpoint.
     pub async fn prove(&self, index: u64) -> Result<InclusionProof, LedgerError> {
+        if let Some(p) = self.published() {
+            return p.prove(index).await;
+        }
         self.inner
             .with_writer(ProveLocal(index), move |c, _| {
                 Box::pin(async move {
@@ -277,6 +346,9 @@ impl Ledger {
 
     /// The index of the first durable entry whose leaf hash is `leaf`.
     pub async fn find_leaf(&self, leaf: &Hash) -> Option<u64> {
+        if let Some(p) = self.published() {
+            return p.find_leaf(leaf).await;
+        }
         let leaf = *leaf;
         self.inner
             .with_writer(FindLocal(leaf), move |c, _| {
@@ -315,6 +387,8 @@ impl Ledger {
                 let _ = self.inner.events.send(Arc::new(event));
                 Ok(())
             }
+            // The publisher delivers it to every process, this one too.
+            Current::Published(p) => p.publisher.announce(event).await,
             Current::Remote(c) => match c.call(wire::ANNOUNCE, &event).await {
                 Ok(_) => Ok(()),
                 Err(Remote::Ledger(e)) => Err(e),
@@ -353,6 +427,12 @@ impl Ledger {
         match self.current() {
             Current::Local(l) => l.ledger.health(),
             Current::Remote(c) => c.health(),
+            Current::Published(p) => Health {
+                committed: p.size(),
+                in_tiles: p.size(),
+                failed: p.publisher.failure(),
+                ..Health::default()
+            },
             Current::Closed => Health {
                 failed: Some("the ledger is closed".into()),
                 ..Health::default()
@@ -382,6 +462,7 @@ impl Ledger {
         match self.current() {
             Current::Local(l) => l.ledger.size(),
             Current::Remote(c) => c.size.load(Ordering::Relaxed),
+            Current::Published(p) => p.size(),
             Current::Closed => 0,
         }
     }
@@ -437,6 +518,17 @@ impl Ledger {
                     size: h.committed,
                     in_tiles: h.in_tiles,
                     failed: h.failed,
+                    writer: false,
+                }
+            }
+            Current::Published(p) => {
+                // Invariant: a process that publishes stops only once what
+                // it sent is acknowledged (or the publisher's bound ends).
+                p.publisher.drain().await;
+                Closed {
+                    size: p.size(),
+                    in_tiles: p.size(),
+                    failed: p.publisher.failure(),
                     writer: false,
                 }
             }

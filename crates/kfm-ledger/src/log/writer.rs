@@ -370,6 +370,43 @@ impl LocalLedger {
         }
     }
 
+    /// Appends `entries` in their order (the sequencer's: the log must hold
+    /// them as the stream does) and returns once every one is durable. All
+    /// are checked before any is sent.
+    pub async fn append_in_order(
+        &self,
+        entries: Vec<Vec<u8>>,
+    ) -> Result<Vec<Appended>, LedgerError> {
+        if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY) {
+            return Err(LedgerError::EntryTooLarge { len: e.len() });
+        }
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| LedgerError::Failed("closed".into()))?;
+        let mut answers = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (done, rx) = oneshot::channel();
+            let leaf = crate::merkle::leaf_hash(&entry);
+            // Invariant: one sender, awaited in turn, so the channel (and
+            // the batches the writer forms from it) keeps this order.
+            tx.send(Request { entry, leaf, done })
+                .await
+                .map_err(|_| LedgerError::Failed("writer stopped".into()))?;
+            answers.push(rx);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(match rx.await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) if e == SUPERSEDED => return Err(LedgerError::Superseded),
+                Ok(Err(e)) => return Err(LedgerError::Failed(e)),
+                Err(_) => return Err(LedgerError::Failed("writer stopped".into())),
+            });
+        }
+        Ok(out)
+    }
+
     /// Appends `entry`, unless `retry` says it may have been appended
     /// already (its sender lost the answer with its connection to an
     /// earlier writer): then an entry with the same leaf hash already in
