@@ -13,7 +13,7 @@
 //! leaf hash (hex): known before the append completes, and enough for
 //! `/audit/{ref}` or `kfm ledger prove` to find the entry and its proof.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -172,7 +172,15 @@ pub struct AuditSink {
     started: AtomicU64,
     recorded: AtomicU64,
     refused: AtomicU64,
+    /// With an event backbone: refs this process recorded (durable in the
+    /// stream) that the sequencer may not have integrated yet, so that
+    /// `/audit/{ref}` can answer "pending" for them. Two generations of at
+    /// most [`AWAITING`] each: bounded memory.
+    awaiting: Mutex<(HashSet<Hash>, HashSet<Hash>)>,
 }
+
+/// Size of one generation of [`AuditSink::awaiting`].
+const AWAITING: usize = 100_000;
 
 /// What became of the access records of one server's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +217,7 @@ impl AuditSink {
             started: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            awaiting: Mutex::new((HashSet::new(), HashSet::new())),
         }
     }
 
@@ -219,6 +228,27 @@ impl AuditSink {
             recorded: self.recorded.load(Ordering::SeqCst),
             refused: self.refused.load(Ordering::SeqCst),
         }
+    }
+
+    fn awaits_sequencer(&self, leaf: Hash) {
+        if !self.ledger.is_published() {
+            return;
+        }
+        if let Ok(mut a) = self.awaiting.lock() {
+            if a.0.len() >= AWAITING {
+                a.1 = std::mem::take(&mut a.0);
+            }
+            a.0.insert(leaf);
+        }
+    }
+
+    /// Whether `leaf` is a record this process made durable in the event
+    /// stream recently (it may still be on its way into the log).
+    pub fn awaiting_sequencer(&self, leaf: &Hash) -> bool {
+        self.awaiting
+            .lock()
+            .map(|a| a.0.contains(leaf) || a.1.contains(leaf))
+            .unwrap_or(false)
     }
 
     fn settled(&self, ok: bool) {
@@ -259,10 +289,11 @@ impl AuditSink {
     /// Appends and waits until the record is durable.
     pub async fn append_durable(&self, entry: Vec<u8>) -> Result<(), AuditError> {
         self.started.fetch_add(1, Ordering::SeqCst);
-        let r = self.ledger.append(entry).await;
+        let r = self.ledger.record(entry).await;
         self.settled(r.is_ok());
         match r {
-            Ok(_) => {
+            Ok(leaf) => {
+                self.awaits_sequencer(leaf);
                 self.metrics.audit_append("durable", true);
                 Ok(())
             }
@@ -294,8 +325,11 @@ impl AuditSink {
         self.started.fetch_add(1, Ordering::SeqCst);
         let me = self.clone();
         tokio::spawn(async move {
-            let ok = me.ledger.append(entry).await;
+            let ok = me.ledger.record(entry).await;
             me.settled(ok.is_ok());
+            if ok.is_ok() {
+                me.awaits_sequencer(leaf);
+            }
             if let Err(e) = &ok {
                 me.failed.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, "batched audit append failed");

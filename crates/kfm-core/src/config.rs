@@ -182,6 +182,7 @@ struct RawEvents {
     credentials: Option<String>,
     max_in_flight: Option<u64>,
     replicas: Option<u64>,
+    prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -292,6 +293,9 @@ pub struct EventsConfig {
     /// Replicas of every stream and bucket (3 on a 3-node cluster; stage
     /// and prod refuse fewer, see `kfm events check`).
     pub replicas: usize,
+    /// Namespaces every stream, subject and bucket name (several platforms,
+    /// or test runs, sharing one NATS account); empty by default.
+    pub prefix: String,
 }
 
 /// A configuration that could not be accepted. `line` is 0 when the value
@@ -323,7 +327,7 @@ const SECRET_WORDS: [&str; 9] = [
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 22] = [
+pub const ENV_KEYS: [(&str, &str); 23] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -346,6 +350,7 @@ pub const ENV_KEYS: [(&str, &str); 22] = [
     ("events.credentials", "KFM_EVENTS_CREDENTIALS"),
     ("events.max_in_flight", "KFM_EVENTS_MAX_IN_FLIGHT"),
     ("events.replicas", "KFM_EVENTS_REPLICAS"),
+    ("events.prefix", "KFM_EVENTS_PREFIX"),
 ];
 
 impl Config {
@@ -606,11 +611,25 @@ impl Config {
                     default_replicas,
                     1..=5,
                 )? as usize;
+                let (p, psrc) = pick("events.prefix", raw.events.prefix);
+                let prefix = p.unwrap_or_default();
+                if prefix.len() > 32
+                    || !prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                {
+                    return Err(err_at(
+                        "events.prefix",
+                        psrc,
+                        format!("{prefix:?}: at most 32 lowercase letters and digits"),
+                    ));
+                }
                 Some(EventsConfig {
                     url,
                     credentials,
                     max_in_flight,
                     replicas,
+                    prefix,
                 })
             }
         };

@@ -48,7 +48,7 @@ fn events_config(ws: &Workspace) -> Result<&EventsConfig, Failure> {
 async fn context(ws: &Workspace) -> Result<(jetstream::Context, Declared), Failure> {
     let ev = events_config(ws)?;
     let client = kfm_events::connect(ev, &ws.dir).await?;
-    let names = Names::new(ws.config.environment);
+    let names = Names::with_prefix(ws.config.environment, &ev.prefix);
     Ok((jetstream::new(client), Declared::new(names, ev.replicas)))
 }
 

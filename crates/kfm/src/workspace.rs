@@ -111,7 +111,7 @@ impl Workspace {
             .map_err(|e| LedgerError::Unreachable(e.to_string()))?;
         let publisher = kfm_events::JetStreamPublisher::new(
             client,
-            kfm_events::Names::new(self.config.environment),
+            kfm_events::Names::with_prefix(self.config.environment, &ev.prefix),
             source,
             ev.max_in_flight,
         );

@@ -16,6 +16,7 @@ use crate::{AppState, bytes_response, enforce, error, not_found};
 #[utoipa::path(get, path = "/audit/{audit_ref}", tag = "Audit",
     params(("audit_ref" = String, Path, description = "A Kfm-Audit-Ref value (the record's leaf hash, 64 hex)")),
     responses((status = 200, description = "The ledger entry, its inclusion proof and the signed checkpoint (auditors only)"),
+        (status = 202, description = "Pending (with an event backbone): the record is durable in the event stream and not yet integrated into the log by the sequencer; ask again (Retry-After)"),
         (status = 404, description = "No such record, or not available to this caller (same answer)")))]
 pub(crate) async fn audit(
     State(st): State<Arc<AppState>>,
@@ -38,6 +39,19 @@ pub(crate) async fn audit(
     st.audit.settle(&leaf).await;
     let ledger = st.audit.ledger();
     let Some(index) = ledger.find_leaf(&leaf).await else {
+        if st.audit.awaiting_sequencer(&leaf) {
+            let doc = json!({
+                "ref": r,
+                "status": "pending",
+                "detail": "durable in the event stream; the sequencer has not integrated it into the log yet, so it has no index or proof: ask again",
+            });
+            let mut resp = json_answer(StatusCode::ACCEPTED, JSON, &doc, n);
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            return resp;
+        }
         return not_found(n);
     };
     let (entry, proof) = match (ledger.entry(index).await, ledger.prove(index).await) {

@@ -200,6 +200,12 @@ impl Ledger {
         }
     }
 
+    /// Whether a sequencer elsewhere writes the log (this process
+    /// publishes its entries to an event stream).
+    pub fn is_published(&self) -> bool {
+        matches!(self.current(), Current::Published(_))
+    }
+
     /// Whether this process is the ledger's writer right now.
     pub fn is_writer(&self) -> bool {
         matches!(self.current(), Current::Local(_))
