@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use kfm_ledger::LocalLedger;
 
-use crate::sequencer::{next_batch, read_from, sort};
+use crate::sequencer::{Seen, next_batch, read_from, sort};
 use crate::streams::Names;
 use crate::{EventsError, js_err};
 
@@ -64,6 +64,7 @@ pub async fn replay(
         return Ok(out);
     }
     let mut msgs = read_from(js, names, 0).await?;
+    let mut seen = Seen::of(ledger);
     while out.last_seq < last {
         let mut batch = next_batch(&mut msgs, 1024, Duration::from_secs(10)).await?;
         if batch.is_empty() {
@@ -80,7 +81,7 @@ pub async fn replay(
         if batch.is_empty() {
             break;
         }
-        let sorted = sort(batch, names.env, ledger).await?;
+        let sorted = sort(batch, names.env, ledger, &mut seen).await?;
         out.entries += sorted.entries.len() as u64;
         out.duplicates += sorted.duplicates;
         out.rejected += sorted.dead.len() as u64;

@@ -119,12 +119,32 @@ pub(crate) struct Dead {
     pub reason: Rejected,
 }
 
+/// What the log holds, for deduplication at stream speed: the first four
+/// bytes of every leaf hash (a hit is confirmed against the full hash by
+/// the ledger; a miss is certain).
+pub(crate) struct Seen(HashSet<u32>);
+
+impl Seen {
+    pub fn of(ledger: &LocalLedger) -> Self {
+        Self(ledger.leaf_prefixes().into_iter().collect())
+    }
+
+    async fn holds(&self, ledger: &LocalLedger, leaf: &Hash) -> bool {
+        self.0.contains(&kfm_ledger::merkle::prefix(leaf)) && ledger.find_leaf(leaf).await.is_some()
+    }
+
+    fn add(&mut self, leaf: &Hash) {
+        self.0.insert(kfm_ledger::merkle::prefix(leaf));
+    }
+}
+
 /// Checks each message of a batch and drops what the log (or the batch)
 /// already holds.
 pub(crate) async fn sort(
     batch: Vec<jetstream::Message>,
     env: Environment,
     ledger: &LocalLedger,
+    seen: &mut Seen,
 ) -> Result<Sorted, EventsError> {
     let mut out = Sorted {
         entries: Vec::with_capacity(batch.len()),
@@ -149,9 +169,10 @@ pub(crate) async fn sort(
                 // Invariant: an entry is integrated once, whatever the
                 // stream holds twice (redelivery after a takeover, a retry
                 // past the duplicate window).
-                if !in_batch.insert(c.leaf) || ledger.find_leaf(&c.leaf).await.is_some() {
+                if !in_batch.insert(c.leaf) || seen.holds(ledger, &c.leaf).await {
                     out.duplicates += 1;
                 } else {
+                    seen.add(&c.leaf);
                     out.entries.push(c.entry);
                 }
             }
@@ -446,6 +467,7 @@ async fn integrate(
 ) -> Result<Ended, EventsError> {
     let names = &term.opts.names;
     let mut msgs = read_from(js, names, term.position).await?;
+    let mut seen = Seen::of(ledger);
     loop {
         if *stop.borrow() {
             return Ok(Ended::Stopped);
@@ -467,7 +489,7 @@ async fn integrate(
         if let Err(e) = term.renew().await {
             return Ok(e);
         }
-        let sorted = sort(batch, names.env, ledger).await?;
+        let sorted = sort(batch, names.env, ledger, &mut seen).await?;
         dead_letter(js, names, &sorted.dead).await?;
         let n = sorted.entries.len() as u64;
         if n > 0 {

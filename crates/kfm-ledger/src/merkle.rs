@@ -215,7 +215,8 @@ impl tlog::HashReader for Recording<'_> {
     }
 }
 
-fn prefix(h: &Hash) -> u32 {
+/// The first four bytes of a hash, as [`MerkleTree::candidates`] keys it.
+pub fn prefix(h: &Hash) -> u32 {
     u32::from_be_bytes([h[0], h[1], h[2], h[3]])
 }
 
@@ -258,6 +259,12 @@ impl MerkleTree {
     /// Leaves below this index are pruned: their hashes are in the tiles.
     pub fn pruned(&self) -> u64 {
         self.pruned
+    }
+
+    /// The first four bytes of every leaf hash, in order (for a caller that
+    /// keeps its own index of them, such as the sequencer).
+    pub fn prefixes(&self) -> &[u32] {
+        &self.prefixes
     }
 
     /// Indexes of the leaves whose hash may be `leaf` (same first four

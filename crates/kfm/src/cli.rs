@@ -61,7 +61,9 @@ ks-markers-unlicensed belongs in quarantine)."
 Every request is authenticated (Bearer token, else role public), decided by the pinned policy,\n\
 its obligations applied, and recorded in the ledger (Kfm-Audit-Ref header). /readyz stays 503\n\
 until the policy digest matches the environment's pin; in stage and prod a mismatch stops the\n\
-start (exit 2). The ledger is held while serving: promotions wait until the server stops."
+start (exit 2). Promotions, rollbacks and more servers on the same workspace append through\n\
+the running writer (run/ledger.sock); with [events] url, every entry is published to JetStream\n\
+and `kfm ledger sequencer` writes the log."
     )]
     Serve(ServeArgs),
 

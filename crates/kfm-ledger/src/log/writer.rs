@@ -484,6 +484,17 @@ impl LocalLedger {
         None
     }
 
+    /// The first four bytes of every durable leaf hash, in order.
+    pub fn leaf_prefixes(&self) -> Vec<u32> {
+        match self.shared.read() {
+            Ok(s) => {
+                let n = (s.committed as usize).min(s.tree.prefixes().len());
+                s.tree.prefixes()[..n].to_vec()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The 256 leaf hashes of a full leaf tile, from the store.
     async fn leaf_tile(&self, n: u64) -> Result<Vec<Hash>, LedgerError> {
         let path = crate::tiles::hash_tile_path(0, n, TILE_WIDTH);
