@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,8 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Server, bin, get, kfm, samples_promoted};
-use kfm_ledger::LedgerView;
+use common::{Server, bin, get, kfm, leaf_counts, samples_promoted};
 
 fn nats_url() -> String {
     std::env::var("KFM_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
@@ -147,33 +145,6 @@ fn wait_for(what: &str, bound: Duration, mut f: impl FnMut() -> bool) -> Duratio
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("timed out after {bound:?} waiting for {what}");
-}
-
-/// Every entry's leaf hash (hex) with how many times it occurs.
-fn leaf_counts(ws: &Path) -> HashMap<String, usize> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = kfm_store::Store::open_local(&ws.join("store")).unwrap();
-    let vkey = std::fs::read_to_string(ws.join("keys/ledger.pub")).unwrap();
-    let guards = kfm_ledger::Guards {
-        witness: None,
-        references: Vec::new(),
-    };
-    let v = rt
-        .block_on(LedgerView::open(
-            &store.audit(),
-            vkey.trim(),
-            "kfm.local/dev",
-            &guards,
-        ))
-        .unwrap();
-    let mut counts = HashMap::new();
-    for i in 0..v.size() {
-        let e = rt.block_on(v.entry(i)).unwrap();
-        *counts
-            .entry(hex::encode(kfm_ledger::leaf_hash(&e)))
-            .or_insert(0usize) += 1;
-    }
-    counts
 }
 
 fn ok(o: &std::process::Output, what: &str) {

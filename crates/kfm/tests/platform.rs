@@ -4,45 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Server, get, kfm, samples_promoted, token};
-use kfm_ledger::LedgerView;
-
-/// Every entry's leaf hash (hex) with how many times it occurs.
-fn leaf_counts(ws: &Path) -> HashMap<String, usize> {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let store = kfm_store::Store::open_local(&ws.join("store")).unwrap();
-    let vkey = std::fs::read_to_string(ws.join("keys/ledger.pub")).unwrap();
-    let guards = kfm_ledger::Guards {
-        witness: Some(ws.join("ledger-witness/checkpoint")),
-        references: Vec::new(),
-    };
-    let v = rt
-        .block_on(LedgerView::open(
-            &store.audit(),
-            vkey.trim(),
-            "kfm.local/dev",
-            &guards,
-        ))
-        .unwrap();
-    let mut counts = HashMap::new();
-    for i in 0..v.size() {
-        let e = rt.block_on(v.entry(i)).unwrap();
-        *counts
-            .entry(hex(&kfm_ledger::leaf_hash(&e)))
-            .or_insert(0usize) += 1;
-    }
-    counts
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use common::{Server, get, kfm, leaf_counts, samples_promoted, token};
 
 fn version_served(addr: &str) -> String {
     let r = get(addr, "/collections/ks-places/items?limit=1", None, &[]);

@@ -342,3 +342,30 @@ pub fn eventually(bound: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// Every entry's leaf hash (hex) with how many times it occurs.
+pub fn leaf_counts(ws: &Path) -> HashMap<String, usize> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = kfm_store::Store::open_local(&ws.join("store")).unwrap();
+    let vkey = std::fs::read_to_string(ws.join("keys/ledger.pub")).unwrap();
+    let guards = kfm_ledger::Guards {
+        witness: Some(ws.join("ledger-witness/checkpoint")),
+        references: Vec::new(),
+    };
+    let v = rt
+        .block_on(kfm_ledger::LedgerView::open(
+            &store.audit(),
+            vkey.trim(),
+            "kfm.local/dev",
+            &guards,
+        ))
+        .unwrap();
+    let mut counts = HashMap::new();
+    for i in 0..v.size() {
+        let e = rt.block_on(v.entry(i)).unwrap();
+        *counts
+            .entry(hex::encode(kfm_ledger::leaf_hash(&e)))
+            .or_insert(0usize) += 1;
+    }
+    counts
+}
