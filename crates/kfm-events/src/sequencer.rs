@@ -382,7 +382,18 @@ where
         if *stop.borrow() {
             return Ok(());
         }
-        let Some((revision, position)) = acquire(&kv, opts).await? else {
+        // A lease that is not KFM's stops the sequencer (nothing is
+        // sequenced until someone looks); a NATS that cannot answer right
+        // now (a node lost, a leader being elected) is waited out.
+        let got = match acquire(&kv, opts).await {
+            Ok(got) => got,
+            Err(e @ EventsError::Refused(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(holder = %opts.holder, error = %e, "cannot read or take the lease; trying again");
+                None
+            }
+        };
+        let Some((revision, position)) = got else {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
                 _ = stop.changed() => {}
