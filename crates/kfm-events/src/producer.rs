@@ -102,12 +102,10 @@ pub async fn publish_once(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        // A definitive refusal by the server (too large, a JetStream API
-        // error) is not retried; a lost or late acknowledgement is.
         let text = err.to_string();
         let transient = match err.kind() {
             K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::StreamNotFound => true,
-            K::Other => !text.contains("error code"),
+            K::Other => transient_api_error(&text),
             _ => false,
         };
         if !transient {
@@ -121,6 +119,26 @@ pub async fn publish_once(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Whether a JetStream answer other than an acknowledgement is worth
+/// sending again: anything that is not a JetStream API error (a transport
+/// failure), and the API errors a cluster gives while it elects a leader or
+/// loses a node (10008 "temporarily unavailable", no responders, no
+/// suitable peers). A definitive refusal (too large, a wrong expected
+/// sequence, …) is not retried.
+fn transient_api_error(text: &str) -> bool {
+    if !text.contains("error code") {
+        return true;
+    }
+    [
+        "error code 10008",
+        "temporarily unavailable",
+        "no responders",
+        "no suitable peers",
+    ]
+    .iter()
+    .any(|t| text.contains(t))
 }
 
 impl Publisher for JetStreamPublisher {
@@ -209,5 +227,24 @@ impl Publisher for JetStreamPublisher {
         Box::pin(async move {
             let _ = tokio::time::timeout(DRAIN_FOR, slots.acquire_many(n)).await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_api_error;
+
+    #[test]
+    fn only_transient_answers_are_sent_again() {
+        assert!(transient_api_error("connection reset"));
+        assert!(transient_api_error(
+            "publish failed: JetStream system temporarily unavailable (code 503, error code 10008)"
+        ));
+        assert!(!transient_api_error(
+            "publish failed: message size exceeds maximum allowed (code 400, error code 10054)"
+        ));
+        assert!(!transient_api_error(
+            "publish failed: wrong last sequence: 4 (code 400, error code 10071)"
+        ));
     }
 }
