@@ -167,13 +167,23 @@ async fn killing_the_stream_leader_under_load_loses_nothing_acknowledged() {
     assert!(acked.len() > before, "publishing went on after the kill");
 
     // Every acknowledged entry reaches the log, once.
+    // The cluster may take a while to settle on two cores (every stream,
+    // bucket and consumer elects anew): a generous bound on the wait.
     let total = acked.len() as u64;
-    for _ in 0..600 {
+    let waited = std::time::Instant::now();
+    for _ in 0..3600 {
         if stats.integrated.load(Ordering::Relaxed) >= total {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "{} acknowledged, {} integrated ({:?} after the load stopped), {} duplicates skipped",
+        total,
+        stats.integrated.load(Ordering::Relaxed),
+        waited.elapsed(),
+        stats.duplicates.load(Ordering::Relaxed)
+    );
     // (If the sequencer ended by itself, its error is what to see.)
     let _ = stop_seq.send(true);
     seq.await.unwrap().unwrap();
