@@ -30,8 +30,8 @@
 //! or damage to an acknowledged record. The ledger tells these apart with
 //! the checkpoint it witnessed (see `guard`).
 
+use crate::durable::{JOURNAL_BLOCK, JournalFile};
 use kfm_core::Digest;
-use kfm_store::{JOURNAL_BLOCK, JournalFile};
 use sha2::{Digest as _, Sha256};
 
 use crate::merkle::{Hash, leaf_hash};

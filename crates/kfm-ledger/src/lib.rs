@@ -11,6 +11,7 @@
 //! recovery, offline verification).
 
 pub mod checkpoint;
+pub mod durable;
 pub(crate) mod journal;
 pub mod log;
 pub mod merkle;

@@ -69,7 +69,7 @@ impl Witness {
         };
         // Real zeros, not a hole: recording later must never need a block
         // the file system may not have (a full disk).
-        let (file, _) = kfm_store::open_zero_filled(path, 2 * SLOT).map_err(io)?;
+        let (file, _) = crate::durable::open_zero_filled(path, 2 * SLOT).map_err(io)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,

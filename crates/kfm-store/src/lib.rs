@@ -48,9 +48,6 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 pub use audit::{Audit, WriterLock};
 pub use error::{Result, StoreError};
 pub use ingest::{IngestProgress, StagedIngest};
-pub use journal::{
-    FreshJournal, JOURNAL_BLOCK, JOURNAL_STEP, Journal, JournalFile, open_zero_filled,
-};
 pub use key::check_key;
 
 /// Marker types naming a zone at the type level, so that a handle's zone
@@ -784,7 +781,6 @@ fn lock_file(dir: &FsPath, name: &str, try_only: bool) -> Result<Option<std::fs:
 // After `read_methods!`, which they use.
 mod audit;
 mod files;
-mod journal;
 mod runs;
 
 pub use files::{LocalObject, Scratch};

@@ -119,6 +119,9 @@ impl Writer {
                 }
                 continue;
             }
+            // Invariant (S3): an appender is answered only after its batch's
+            // bundles and tiles were created and the checkpoint object
+            // covering it was swapped in by compare-and-swap.
             match self.commit(entries).await {
                 Ok(results) => {
                     if let Some(w) = &self.witness

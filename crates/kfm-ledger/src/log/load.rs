@@ -125,10 +125,10 @@ pub(super) struct JournalRead {
 pub(super) fn read_journal(audit: &Audit, floor: u64) -> Result<JournalRead, LedgerError> {
     let mut all = Vec::new();
     let mut out = JournalRead {
-        kept: audit.journal_file_path().is_some(),
+        kept: crate::durable::journal_path(audit).is_some(),
         ..JournalRead::default()
     };
-    for file in audit.journal_files()? {
+    for file in crate::durable::journal_files(audit)? {
         let d = crate::journal::decode(&file, floor).map_err(|e| corrupt(&file.name, e))?;
         out.files.push(file.name.clone());
         if let Some(s) = d.stopped {

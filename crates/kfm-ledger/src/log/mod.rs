@@ -26,6 +26,7 @@
 //! of it), `wire` (the writer's socket) and `published` (the ledger of a
 //! platform whose log a sequencer writes from an event stream).
 
+mod client;
 mod commit;
 mod guard;
 mod load;

@@ -188,6 +188,12 @@ pub(super) fn journal_thread(
 /// Records the group's checkpoint as witnessed, then answers its appenders:
 /// an appender never holds an index the witness does not cover.
 pub(super) fn answer_all(group: Vec<Prepared>, witness: Option<&Mutex<Witness>>) {
+    // Invariant (directory stores): an appender is answered only here, for
+    // a group whose journal record a completed durable write holds (one
+    // `O_DIRECT | O_DSYNC` write, or `pwrite` + `fdatasync`, that began after
+    // the record was prepared), after the witness was asked to record the
+    // group's checkpoint. A witness that cannot write is said, not fatal:
+    // the journal and the tiles still hold every entry.
     if let (Some(w), Some(last)) = (witness, group.last())
         && let Ok(mut w) = w.lock()
         && let Err(e) = w.record(last.new_size, &last.note)

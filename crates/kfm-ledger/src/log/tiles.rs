@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kfm_store::{Audit, FreshJournal, PointerVersion, StoreError};
+use kfm_store::{Audit, PointerVersion, StoreError};
+
+use crate::durable::{self, FreshJournal};
 
 use super::commit::SUPERSEDED;
 use super::writer::{JournalState, Shared, Signals, Trouble, backoff};
@@ -122,7 +124,7 @@ impl Materializer {
             objects.push((key, Bytes::from(bundle)));
         }
         objects.extend(tiles);
-        if let Err(e) = self.audit.create_all_durable(objects).await {
+        if let Err(e) = durable::create_all_durable(&self.audit, objects).await {
             // Objects of another writer at our keys mean the checkpoint moved
             // on without us: this writer is stale, and must not go further.
             let now = self

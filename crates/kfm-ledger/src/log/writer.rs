@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kfm_store::{Audit, FreshJournal, Journal, StoreError, WriterLock};
+use kfm_store::{Audit, StoreError, WriterLock};
+
+use crate::durable::{self, FreshJournal, Journal};
 use tokio::sync::{mpsc, oneshot};
 
 use super::commit::{SUPERSEDED, Writer};
@@ -223,9 +225,9 @@ impl LocalLedger {
                 objects = completions.len(),
                 "completing tiles a crash cut short (the journal holds their entries)"
             );
-            audit.create_all_durable(completions).await?;
+            durable::create_all_durable(&audit, completions).await?;
         }
-        let journal = audit.journal()?;
+        let journal = durable::open_journal(&audit)?;
         let size = loaded.tree.size();
         let witness = match &opts.guards.witness {
             Some(p) => {

@@ -1,7 +1,8 @@
-//! The ledger's local journal (directory stores): preallocated files
+//! The ledger's local journal file (directory stores): preallocated files
 //! written with one durable write per group of records.
 //!
-//! The store does not interpret what is written; it guarantees where:
+//! This layer does not interpret what is written (the record format is
+//! `crate::journal`); it guarantees where:
 //! every write starts at a [`JOURNAL_BLOCK`] boundary and is followed by a
 //! zero length. A reader that lost its place (damage, a torn write) then
 //! needs to look for the next write only at block boundaries, so judging a
@@ -9,7 +10,7 @@
 
 use std::path::{Path as FsPath, PathBuf};
 
-use crate::{Audit, Backend, Result, StoreError};
+use kfm_store::{Audit, Result, StoreError};
 
 /// A local append-only journal kept beside the audit zone (directory
 /// backend only), so that the ledger can make a batch durable with a single
@@ -348,80 +349,71 @@ fn zero_fill(f: &std::fs::File, from: u64, to: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Audit {
-    /// The audit journal on a directory store (`None` on S3, where every
-    /// object write is durable on return and there is no local disk), for
-    /// its writer: created (zero-filled) if missing. Its content is not
-    /// interpreted here: read it with [`Audit::journal_files`].
-    pub fn journal(&self) -> Result<Option<Journal>> {
-        let Some(path) = self.journal_path() else {
-            return Ok(None);
-        };
+/// The audit journal on a directory store (`None` on S3, where every
+/// object write is durable on return and there is no local disk), for its
+/// writer: created (zero-filled) if missing. Its content is not
+/// interpreted here: read it with [`journal_files`].
+pub fn open_journal(audit: &Audit) -> Result<Option<Journal>> {
+    let Some(path) = journal_path(audit) else {
+        return Ok(None);
+    };
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let (file, allocated) = open_zero_filled(&path, JOURNAL_STEP).map_err(io)?;
+    let direct = open_direct(&path);
+    Ok(Some(Journal {
+        file,
+        path,
+        len: 0,
+        allocated,
+        direct,
+        scratch: Vec::new(),
+    }))
+}
+
+/// Every journal file there is (directory stores), opened for reading: the
+/// current one first, then the retired one. Read in that order, a rotation
+/// in between shows records twice rather than not at all. The caller reads
+/// what it needs with [`JournalFile::read_at`] (files are preallocated,
+/// 64 MiB and up, and usually hold far fewer records).
+pub fn journal_files(audit: &Audit) -> Result<Vec<JournalFile>> {
+    let Some(path) = journal_path(audit) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for p in [path.clone(), retired_path(&path)] {
         let io = |source| StoreError::Io {
-            path: path.display().to_string(),
+            path: p.display().to_string(),
             source,
         };
-        let (file, allocated) = open_zero_filled(&path, JOURNAL_STEP).map_err(io)?;
-        let direct = open_direct(&path);
-        Ok(Some(Journal {
+        let file = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let len = file.metadata().map_err(io)?.len();
+        out.push(JournalFile {
+            name: format!(".kfm-journal/{}", file_name(&p)),
+            path: p.clone(),
             file,
-            path,
-            len: 0,
-            allocated,
-            direct,
-            scratch: Vec::new(),
-        }))
+            len,
+        });
     }
+    Ok(out)
+}
 
-    /// Every journal file there is (directory stores), opened for reading:
-    /// the current one first, then the retired one. Read in that order, a
-    /// rotation in between shows records twice rather than not at all.
-    /// The caller reads what it needs with [`JournalFile::read_at`] (files
-    /// are preallocated, 64 MiB and up, and usually hold far fewer records).
-    pub fn journal_files(&self) -> Result<Vec<JournalFile>> {
-        let Some(path) = self.journal_path() else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for p in [path.clone(), retired_path(&path)] {
-            let io = |source| StoreError::Io {
-                path: p.display().to_string(),
-                source,
-            };
-            let file = match std::fs::File::open(&p) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(e)),
-            };
-            let len = file.metadata().map_err(io)?.len();
-            out.push(JournalFile {
-                name: format!(".kfm-journal/{}", file_name(&p)),
-                path: p.clone(),
-                file,
-                len,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Where the current journal file is or would be (directory stores).
-    pub fn journal_file_path(&self) -> Option<PathBuf> {
-        self.journal_path()
-    }
-
-    /// Whether a retired journal file exists (its records may still be
-    /// waiting for their tiles).
-    pub fn journal_retired(&self) -> bool {
-        self.journal_path()
-            .is_some_and(|p| retired_path(&p).exists())
-    }
-
-    fn journal_path(&self) -> Option<PathBuf> {
-        let Backend::Local { dir } = &self.io.store.inner.backend else {
-            return None;
-        };
-        Some(dir.join(".kfm-journal").join("audit.journal"))
-    }
+/// Where the current journal file is or would be: `.kfm-journal/audit.journal`
+/// under a directory store's root, outside every zone (so no zone listing
+/// or object key can reach it). `None` on S3.
+pub fn journal_path(audit: &Audit) -> Option<PathBuf> {
+    Some(
+        audit
+            .local_root()?
+            .join(".kfm-journal")
+            .join("audit.journal"),
+    )
 }
 
 fn file_name(p: &FsPath) -> String {
@@ -430,7 +422,7 @@ fn file_name(p: &FsPath) -> String {
         .unwrap_or_default()
 }
 
-/// One journal file opened for reading ([`Audit::journal_files`]).
+/// One journal file opened for reading ([`journal_files`]).
 #[derive(Debug)]
 pub struct JournalFile {
     /// Store-relative name, for messages (`.kfm-journal/audit.journal`).

@@ -1,15 +1,18 @@
+//! The ledger's durability primitives on real backends.
+//!
 //! The audit journal's two ways of writing (direct synchronous writes of
 //! whole blocks, or `pwrite` + `fdatasync`) put the same bytes at the same
 //! places: every write starts at a block boundary, holds its bytes and a
-//! zero length, and never touches a byte of an earlier write.
+//! zero length, and never touches a byte of an earlier write. A round's
+//! bulk create is write-once on a directory and on a real S3 server.
 
-use kfm_store::{FreshJournal, JOURNAL_BLOCK, Journal, Store};
+use bytes::Bytes;
+use kfm_ledger::durable::{self, FreshJournal, JOURNAL_BLOCK, Journal};
+use kfm_store::{Store, StoreError};
 
 fn journal(dir: &std::path::Path, direct: bool) -> (Store, Journal) {
     let store = Store::open_local(dir).unwrap();
-    let mut j = store
-        .audit()
-        .journal()
+    let mut j = durable::open_journal(&store.audit())
         .unwrap()
         .expect("a directory store has a journal");
     if !direct {
@@ -114,4 +117,95 @@ fn direct_and_buffered_appends_put_the_same_bytes_at_block_boundaries() {
     let o = next(0, r5.len()) as usize;
     assert_eq!(&f[o..o + r2.len()], &r2[..]);
     assert_eq!(&f[o + r2.len()..o + r2.len() + 4], &[0; 4]);
+}
+
+/// A store on each backend this run has: a directory, and the S3 server
+/// `scripts/test` starts (skipped with a message when it is not configured,
+/// a failure under `KFM_REQUIRE_SERVICES=1`).
+struct Backend {
+    name: &'static str,
+    store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = vec![Backend {
+        name: "local",
+        store: Store::open_local(&dir.path().join("store")).unwrap(),
+        _dir: Some(dir),
+    }];
+    let prefix = format!("t-{}", uuid::Uuid::new_v4());
+    if let Some(settings) = kfm_store::testing::s3_settings(&prefix) {
+        v.push(Backend {
+            name: "s3",
+            store: Store::open_s3(settings).unwrap(),
+            _dir: None,
+        });
+    }
+    v
+}
+
+/// A ledger round's bulk create: everything lands, a retry with the same
+/// bytes is accepted, different bytes at an existing key are refused (and
+/// leave the stored object alone), and a hostile key writes nothing.
+#[tokio::test]
+async fn bulk_creates_are_write_once_and_retries_are_idempotent() {
+    for b in backends() {
+        let audit = b.store.audit();
+        let round = vec![
+            ("tile/0/000".to_owned(), Bytes::from_static(b"hashes-0")),
+            (
+                "tile/entries/x001/002.p/7".to_owned(),
+                Bytes::from_static(b"bundle"),
+            ),
+        ];
+        durable::create_all_durable(&audit, round.clone())
+            .await
+            .unwrap();
+        // The same round again (a writer retrying after a crash): accepted.
+        durable::create_all_durable(&audit, round.clone())
+            .await
+            .unwrap();
+        for (k, v) in &round {
+            assert_eq!(&audit.get(k).await.unwrap(), v, "[{}] {k}", b.name);
+        }
+        // Different bytes at a key that exists: refused, stored bytes kept.
+        let e = durable::create_all_durable(
+            &audit,
+            vec![("tile/0/000".to_owned(), Bytes::from_static(b"forged"))],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::AlreadyExists { key, .. } if key == "tile/0/000"),
+            "[{}] {e}",
+            b.name
+        );
+        assert_eq!(
+            audit.get("tile/0/000").await.unwrap(),
+            Bytes::from_static(b"hashes-0"),
+            "[{}]",
+            b.name
+        );
+        // Keys that could leave the zone never reach the disk.
+        for bad in ["../raw/x", "tile/../../x", "/abs", "tile//0"] {
+            let e = durable::create_all_durable(
+                &audit,
+                vec![(bad.to_owned(), Bytes::from_static(b"x"))],
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(e, StoreError::InvalidKey { .. }),
+                "[{}] {bad}: {e}",
+                b.name
+            );
+        }
+        assert!(
+            b.store.raw().list("").await.unwrap().is_empty(),
+            "[{}]",
+            b.name
+        );
+    }
 }
