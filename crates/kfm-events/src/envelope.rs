@@ -15,8 +15,13 @@ use serde_json::{Value, json};
 pub const ACCESS: &str = "kfm.ledger.access.v1";
 pub const ATTESTATION: &str = "kfm.ledger.attestation.v1";
 pub const ENTRY: &str = "kfm.ledger.entry.v1";
+/// Several entries of the types above in one event (see [`batch_envelope`]).
+pub const BATCH: &str = "kfm.ledger.batch.v1";
 
-const SCHEMAS: [(&str, &str); 3] = [
+/// The most entries one batch event carries (its schema's `maxItems`).
+pub const MAX_BATCH: usize = 256;
+
+const SCHEMAS: [(&str, &str); 4] = [
     (
         ACCESS,
         include_str!("../../../contracts/events/kfm.ledger.access.v1.json"),
@@ -28,6 +33,10 @@ const SCHEMAS: [(&str, &str); 3] = [
     (
         ENTRY,
         include_str!("../../../contracts/events/kfm.ledger.entry.v1.json"),
+    ),
+    (
+        BATCH,
+        include_str!("../../../contracts/events/kfm.ledger.batch.v1.json"),
     ),
 ];
 
@@ -43,40 +52,157 @@ pub fn dataschema(kind: &str) -> String {
 
 /// Which event type carries `entry`: an access record, a DSSE attestation,
 /// or (anything else) opaque bytes.
+///
+/// Only the top-level keys are looked at, without building the document
+/// (every entry a producer publishes goes through this).
 pub fn classify(entry: &[u8]) -> (&'static str, &'static str) {
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow, default)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(rename = "payloadType", default)]
+        payload_type: Option<serde::de::IgnoredAny>,
+        #[serde(default)]
+        signatures: Option<serde::de::IgnoredAny>,
+    }
     if entry.first() == Some(&b'{')
-        && let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(entry)
+        && let Ok(p) = serde_json::from_slice::<Probe>(entry)
     {
-        if o.get("kind").and_then(Value::as_str) == Some("kfm.api.Access") {
+        if p.kind.as_deref() == Some("kfm.api.Access") {
             return (ACCESS, "application/json");
         }
-        if o.contains_key("payloadType") && o.contains_key("signatures") {
+        if p.payload_type.is_some() && p.signatures.is_some() {
             return (ATTESTATION, "application/json");
         }
     }
     (ENTRY, "application/octet-stream")
 }
 
-/// The envelope for `entry`, whose identity is its leaf hash.
+/// The envelope for `entry`, whose identity is its leaf hash, and its
+/// event type.
 pub fn envelope(
     entry: &[u8],
     leaf: &Hash,
     env: Environment,
     source: &str,
-) -> Result<Vec<u8>, serde_json::Error> {
+) -> Result<(Vec<u8>, &'static str), serde_json::Error> {
     let (kind, content_type) = classify(entry);
-    let doc = json!({
-        "specversion": "1.0",
-        "id": hex::encode(leaf),
-        "source": source,
-        "type": kind,
-        "dataschema": dataschema(kind),
-        "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "datacontenttype": content_type,
-        "data_base64": STANDARD.encode(entry),
-        "kfmenv": env.as_str(),
-    });
-    serde_json::to_vec(&doc)
+    let doc = Single {
+        specversion: "1.0",
+        id: &hex::encode(leaf),
+        source,
+        kind,
+        dataschema: &dataschema(kind),
+        time: &now(),
+        datacontenttype: content_type,
+        data_base64: &STANDARD.encode(entry),
+        kfmenv: env.as_str(),
+    };
+    Ok((serde_json::to_vec(&doc)?, kind))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// A single-entry envelope as it is written (the attributes in the order
+/// of its schema).
+#[derive(serde::Serialize)]
+struct Single<'a> {
+    specversion: &'a str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    dataschema: &'a str,
+    time: &'a str,
+    datacontenttype: &'a str,
+    data_base64: &'a str,
+    kfmenv: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Batch<'a> {
+    specversion: &'a str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    dataschema: &'a str,
+    time: &'a str,
+    datacontenttype: &'a str,
+    data: Members<'a>,
+    kfmenv: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Members<'a> {
+    entries: Vec<Member<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Member<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data_base64: String,
+}
+
+/// Separates batch identities from every other SHA-256 input.
+const BATCH_TAG: &[u8] = b"kfm.ledger.batch.v1\n";
+
+/// A batch event's identity: SHA-256 over [`BATCH_TAG`] and its members'
+/// leaf hashes in order. The same entries in the same order give the same
+/// id, so a retried publish of a batch is dropped by JetStream like a
+/// retried single entry.
+pub fn batch_id(leaves: &[Hash]) -> Hash {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(BATCH_TAG);
+    for l in leaves {
+        h.update(l);
+    }
+    h.finalize().into()
+}
+
+/// Roughly how many bytes `entry` adds to a batch envelope: what a
+/// producer counts to keep a batch under [`MAX_EVENT`].
+pub fn batch_cost(entry: &[u8]) -> usize {
+    4 * entry.len().div_ceil(3) + 64
+}
+
+/// Envelope attributes and framing of a batch, apart from its members.
+pub const BATCH_OVERHEAD: usize = 1024;
+
+/// The envelope for several entries (at most [`MAX_BATCH`], whose
+/// [`batch_cost`]s and [`BATCH_OVERHEAD`] stay within [`MAX_EVENT`]), and
+/// its identity ([`batch_id`]).
+pub fn batch_envelope(
+    entries: &[(&[u8], Hash)],
+    env: Environment,
+    source: &str,
+) -> Result<(Vec<u8>, Hash), serde_json::Error> {
+    let leaves: Vec<Hash> = entries.iter().map(|(_, l)| *l).collect();
+    let id = batch_id(&leaves);
+    let doc = Batch {
+        specversion: "1.0",
+        id: &hex::encode(id),
+        source,
+        kind: BATCH,
+        dataschema: &dataschema(BATCH),
+        time: &now(),
+        datacontenttype: "application/json",
+        data: Members {
+            entries: entries
+                .iter()
+                .map(|(e, _)| Member {
+                    kind: classify(e).0,
+                    data_base64: STANDARD.encode(e),
+                })
+                .collect(),
+        },
+        kfmenv: env.as_str(),
+    };
+    Ok((serde_json::to_vec(&doc)?, id))
 }
 
 /// An event that passed every check: the entry it carries.
@@ -109,6 +235,17 @@ pub enum Rejected {
 }
 
 impl Rejected {
+    /// The same refusal, said of member `i` of a batch.
+    fn member(self, i: usize) -> Self {
+        match self {
+            Rejected::Schema { schema, errors } => Rejected::Schema {
+                schema,
+                errors: format!("batch member {i}: {errors}"),
+            },
+            other => other,
+        }
+    }
+
     /// A short machine-readable reason (the `Kfm-Reason` header).
     pub fn code(&self) -> &'static str {
         match self {
@@ -171,6 +308,10 @@ fn compiled() -> Result<&'static [Compiled], &'static str> {
 }
 
 fn schema_errors(v: &jsonschema::Validator, doc: &Value) -> Option<String> {
+    // The usual answer, found without collecting errors.
+    if v.is_valid(doc) {
+        return None;
+    }
     let errs: Vec<String> = v
         .iter_errors(doc)
         .take(3)
@@ -180,8 +321,13 @@ fn schema_errors(v: &jsonschema::Validator, doc: &Value) -> Option<String> {
 }
 
 /// Checks an event as it arrived (its bytes and its `Nats-Msg-Id`
-/// header) for the sequencer of `env`.
-pub fn check(payload: &[u8], msg_id: Option<&str>, env: Environment) -> Result<Checked, Rejected> {
+/// header) for the sequencer of `env`: the entries it carries, in order
+/// (one, or a batch's members).
+pub fn check(
+    payload: &[u8],
+    msg_id: Option<&str>,
+    env: Environment,
+) -> Result<Vec<Checked>, Rejected> {
     if payload.len() > MAX_EVENT {
         return Err(Rejected::Oversized {
             len: payload.len(),
@@ -222,12 +368,55 @@ pub fn check(payload: &[u8], msg_id: Option<&str>, env: Environment) -> Result<C
             expected: env.as_str().to_owned(),
         });
     }
-    let data = doc
-        .get("data_base64")
+    let (checked, identity) = if c.kind == BATCH {
+        let members = doc
+            .pointer("/data/entries")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(members.len());
+        for (i, m) in members.iter().enumerate() {
+            let kind = m.get("type").and_then(Value::as_str).unwrap_or("");
+            let Some(mc) = schemas.iter().find(|c| c.kind == kind && c.kind != BATCH) else {
+                return Err(Rejected::UnknownType(kind.chars().take(80).collect()));
+            };
+            let data = decode(m.get("data_base64"), mc.kind).map_err(|e| e.member(i))?;
+            out.push(check_entry(mc, data).map_err(|e| e.member(i))?);
+        }
+        let leaves: Vec<Hash> = out.iter().map(|c| c.leaf).collect();
+        let id = batch_id(&leaves);
+        (out, id)
+    } else {
+        let data = decode(doc.get("data_base64"), c.kind)?;
+        let one = check_entry(c, data)?;
+        let leaf = one.leaf;
+        (vec![one], leaf)
+    };
+    let id = doc.get("id").and_then(Value::as_str).unwrap_or("");
+    if id != hex::encode(identity) {
+        return Err(Rejected::Identity {
+            id: id.to_owned(),
+            actual: hex::encode(identity),
+        });
+    }
+    if let Some(h) = msg_id
+        && h != id
+    {
+        return Err(Rejected::MsgId {
+            header: h.chars().take(80).collect(),
+            id: id.to_owned(),
+        });
+    }
+    Ok(checked)
+}
+
+/// An entry's bytes from its `data_base64`, at most [`MAX_ENTRY`].
+fn decode(v: Option<&Value>, kind: &'static str) -> Result<Vec<u8>, Rejected> {
+    let data = v
         .and_then(Value::as_str)
         .and_then(|s| STANDARD.decode(s).ok())
         .ok_or_else(|| Rejected::Schema {
-            schema: dataschema(c.kind),
+            schema: dataschema(kind),
             errors: "data_base64 is not base64".into(),
         })?;
     if data.len() > MAX_ENTRY {
@@ -236,6 +425,11 @@ pub fn check(payload: &[u8], msg_id: Option<&str>, env: Environment) -> Result<C
             max: MAX_ENTRY,
         });
     }
+    Ok(data)
+}
+
+/// Checks one entry against its type's data schema.
+fn check_entry(c: &Compiled, data: Vec<u8>) -> Result<Checked, Rejected> {
     if let Some(v) = &c.data {
         let value: Value = serde_json::from_slice(&data).map_err(|e| Rejected::Schema {
             schema: dataschema(c.kind),
@@ -248,25 +442,9 @@ pub fn check(payload: &[u8], msg_id: Option<&str>, env: Environment) -> Result<C
             });
         }
     }
-    let leaf = leaf_hash(&data);
-    let id = doc.get("id").and_then(Value::as_str).unwrap_or("");
-    if id != hex::encode(leaf) {
-        return Err(Rejected::Identity {
-            id: id.to_owned(),
-            actual: hex::encode(leaf),
-        });
-    }
-    if let Some(h) = msg_id
-        && h != id
-    {
-        return Err(Rejected::MsgId {
-            header: h.chars().take(80).collect(),
-            id: id.to_owned(),
-        });
-    }
     Ok(Checked {
         kind: c.kind,
-        leaf,
+        leaf: leaf_hash(&data),
         entry: data,
     })
 }
@@ -277,7 +455,7 @@ mod tests {
 
     #[test]
     fn every_committed_schema_compiles() {
-        assert_eq!(compiled().map(|c| c.len()), Ok(3));
+        assert_eq!(compiled().map(|c| c.len()), Ok(4));
     }
 
     #[test]
@@ -290,8 +468,64 @@ mod tests {
         for (e, kind) in entries.iter().zip([ACCESS, ATTESTATION, ENTRY]) {
             let leaf = leaf_hash(e);
             let env = envelope(e, &leaf, Environment::Dev, "urn:kfm:test").unwrap();
+            let (env, k) = env;
+            assert_eq!(k, kind);
             let c = check(&env, Some(&hex::encode(leaf)), Environment::Dev).unwrap();
-            assert_eq!((c.kind, c.entry.as_slice()), (kind, *e));
+            assert_eq!(c.len(), 1);
+            assert_eq!((c[0].kind, c[0].entry.as_slice()), (kind, *e));
         }
+    }
+
+    #[test]
+    fn a_batch_carries_its_members_in_order_and_refuses_any_altered_one() {
+        let access = br#"{"action":"read","auth":"anonymous","kind":"kfm.api.Access","method":"GET","path":"/","request_id":"r1","roles":[],"route":"/","status":200,"subject":"anonymous","time":"2026-12-03T00:00:00Z"}"#;
+        let opaque: &[u8] = b"\x00\xffnot json";
+        let members: Vec<(&[u8], Hash)> = [&access[..], opaque, &access[..]]
+            .iter()
+            .map(|e| (*e, leaf_hash(e)))
+            .collect();
+        let (body, id) = batch_envelope(&members, Environment::Dev, "urn:kfm:test").unwrap();
+        let got = check(&body, Some(&hex::encode(id)), Environment::Dev).unwrap();
+        let kinds: Vec<&str> = got.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ACCESS, ENTRY, ACCESS]);
+        assert!(
+            got.iter()
+                .zip(&members)
+                .all(|(c, (e, l))| c.entry == *e && c.leaf == *l)
+        );
+
+        // Another id, or members swapped: the identity no longer holds.
+        let swapped: Vec<(&[u8], Hash)> = vec![members[1], members[0], members[2]];
+        let (other, _) = batch_envelope(&swapped, Environment::Dev, "urn:kfm:test").unwrap();
+        let mut doc: Value = serde_json::from_slice(&other).unwrap();
+        doc["id"] = json!(hex::encode(id));
+        let forged = serde_json::to_vec(&doc).unwrap();
+        assert_eq!(
+            check(&forged, None, Environment::Dev).unwrap_err().code(),
+            "identity"
+        );
+
+        // A member that fails its type's schema: the batch is refused,
+        // naming the member.
+        let mut doc: Value = serde_json::from_slice(&body).unwrap();
+        doc["data"]["entries"][2]["data_base64"] =
+            json!(STANDARD.encode(br#"{"kind":"kfm.api.Access"}"#));
+        let e = check(&serde_json::to_vec(&doc).unwrap(), None, Environment::Dev).unwrap_err();
+        assert_eq!(e.code(), "schema");
+        assert!(e.to_string().contains("batch member 2"), "{e}");
+
+        // A batch nested in a batch, an empty batch, another environment.
+        let mut doc: Value = serde_json::from_slice(&body).unwrap();
+        doc["data"]["entries"][0]["type"] = json!(BATCH);
+        let e = check(&serde_json::to_vec(&doc).unwrap(), None, Environment::Dev).unwrap_err();
+        assert_eq!(e.code(), "schema");
+        let mut doc: Value = serde_json::from_slice(&body).unwrap();
+        doc["data"]["entries"] = json!([]);
+        let e = check(&serde_json::to_vec(&doc).unwrap(), None, Environment::Dev).unwrap_err();
+        assert_eq!(e.code(), "schema");
+        assert_eq!(
+            check(&body, None, Environment::Prod).unwrap_err().code(),
+            "wrong-environment"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! Every ledger entry becomes a versioned event (a CloudEvents 1.0
 //! envelope whose type and schema are committed under `contracts/events/`;
 //! [`envelope`]) published to the environment's audit stream with the
-//! entry's leaf hash as its `Nats-Msg-Id` ([`producer`]): an entry is
+//! entry's leaf hash as its `Nats-Msg-Id` (or, several entries batched by
+//! a busy producer, a digest of their leaf hashes; [`producer`]): an entry is
 //! durable when JetStream acknowledges it, and a retried publish is a
 //! no-op. One sequencer ([`sequencer`]), elected by a lease in a JetStream
 //! key-value bucket and fenced by the checkpoint compare-and-swap in the

@@ -1,13 +1,27 @@
 //! Publishing ledger entries to the audit stream.
 //!
-//! Each entry is wrapped in its versioned envelope and published with
-//! `Nats-Msg-Id` = its leaf hash; it counts as durable when JetStream
-//! acknowledges it. Publishes are pipelined (many acknowledgements awaited
-//! at once) up to a bound, past which callers wait: back-pressure, not
-//! unbounded memory. A publish whose acknowledgement does not come is sent
-//! again, with the same id, for up to [`RETRY_FOR`] (shorter than the
-//! stream's duplicate window, so that a retry of one that landed is
-//! dropped by JetStream).
+//! Entries are wrapped in their versioned envelopes and published with
+//! `Nats-Msg-Id` = the event's identity (an entry's leaf hash; a batch's
+//! digest of its members' leaf hashes); an entry counts as durable when
+//! JetStream acknowledges the event carrying it. Entries not yet
+//! acknowledged are bounded ([`JetStreamPublisher::new`]'s
+//! `max_in_flight`), past which callers wait: back-pressure, not unbounded
+//! memory. An event whose acknowledgement does not come is sent again, with
+//! the same id and bytes, for up to [`RETRY_FOR`] (shorter than the
+//! stream's duplicate window, so that a retry of one that landed is dropped
+//! by JetStream).
+//!
+//! Why batches: one event per entry cost a busy API a publish, a socket
+//! write and an acknowledgement per request, and the server and the
+//! sequencer as much again (the API on the event backbone answered about
+//! a third of what it answers on the embedded ledger). So entries are
+//! grouped the way the embedded ledger groups its commits: at most
+//! [`EVENTS_IN_FLIGHT`] events await their acknowledgement, and whatever
+//! queued meanwhile travels in the next event, one entry alone as its own
+//! single-entry event, several as one `kfm.ledger.batch.v1` (at most
+//! [`envelope::MAX_BATCH`] entries and [`envelope::MAX_EVENT`] bytes). An
+//! idle producer therefore sends each entry at once, and a busy one sends
+//! fewer, larger events.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use kfm_core::config::Environment;
 use kfm_ledger::{Event, Hash, LedgerError, PublishFuture, Publisher};
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot};
 
 use crate::envelope;
 use crate::streams::{DUPLICATE_WINDOW, Names};
@@ -32,20 +46,45 @@ const _: () = assert!(RETRY_FOR.as_secs() * 2 < DUPLICATE_WINDOW.as_secs());
 /// How long shutdown waits for acknowledgements still outstanding.
 const DRAIN_FOR: Duration = Duration::from_secs(15);
 
+/// Events awaiting their acknowledgement at once, at most (see the module
+/// docs: what queues meanwhile is batched).
+pub const EVENTS_IN_FLIGHT: usize = 2;
+
+/// One entry on its way: answered once the event carrying it is
+/// acknowledged (or finally refused). Its permit counts it in flight.
+struct Job {
+    entry: Vec<u8>,
+    leaf: Hash,
+    done: oneshot::Sender<Result<(), String>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What the batcher's events share.
+#[derive(Clone)]
+struct Sender {
+    js: jetstream::Context,
+    names: Names,
+    source: Arc<str>,
+    failure: Arc<Mutex<Option<String>>>,
+    published: Arc<AtomicU64>,
+}
+
 /// Publishes to the environment's audit stream (see the module docs).
 pub struct JetStreamPublisher {
     client: async_nats::Client,
-    js: jetstream::Context,
     names: Names,
-    source: String,
     slots: Arc<Semaphore>,
+    queue: mpsc::UnboundedSender<Job>,
     max_in_flight: usize,
     failure: Arc<Mutex<Option<String>>>,
     published: Arc<AtomicU64>,
 }
 
 impl JetStreamPublisher {
-    /// `source` names the producer in every envelope (`urn:kfm:api`).
+    /// `source` names the producer in every envelope (`urn:kfm:api`);
+    /// `max_in_flight` bounds the entries handed over and not yet
+    /// acknowledged. Must be called inside a Tokio runtime (it starts the
+    /// task that batches and sends).
     pub fn new(
         client: async_nats::Client,
         names: Names,
@@ -54,15 +93,25 @@ impl JetStreamPublisher {
     ) -> Self {
         let js = jetstream::new(client.clone());
         let max_in_flight = max_in_flight.max(1);
+        let failure = Arc::new(Mutex::new(None));
+        let published = Arc::new(AtomicU64::new(0));
+        let (queue, rx) = mpsc::unbounded_channel();
+        let sender = Sender {
+            js,
+            names: names.clone(),
+            source: source.into(),
+            failure: failure.clone(),
+            published: published.clone(),
+        };
+        tokio::spawn(batcher(rx, sender));
         Self {
             client,
-            js,
             names,
-            source: source.to_owned(),
             slots: Arc::new(Semaphore::new(max_in_flight)),
+            queue,
             max_in_flight,
-            failure: Arc::new(Mutex::new(None)),
-            published: Arc::new(AtomicU64::new(0)),
+            failure,
+            published,
         }
     }
 
@@ -73,6 +122,95 @@ impl JetStreamPublisher {
     /// Entries acknowledged since this publisher started.
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+}
+
+/// Takes the queued entries and sends them as events, at most
+/// [`EVENTS_IN_FLIGHT`] awaiting acknowledgement; what queues while they
+/// wait goes in the next event.
+async fn batcher(mut rx: mpsc::UnboundedReceiver<Job>, sender: Sender) {
+    let in_flight = Arc::new(Semaphore::new(EVENTS_IN_FLIGHT));
+    let mut carried: Option<Job> = None;
+    loop {
+        let first = match carried.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut cost = envelope::BATCH_OVERHEAD + envelope::batch_cost(&first.entry);
+        let mut jobs = vec![first];
+        while jobs.len() < envelope::MAX_BATCH {
+            let Ok(j) = rx.try_recv() else { break };
+            let c = envelope::batch_cost(&j.entry);
+            if cost + c > envelope::MAX_EVENT {
+                carried = Some(j);
+                break;
+            }
+            cost += c;
+            jobs.push(j);
+        }
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            sender.send(jobs).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Sender {
+    /// Sends `jobs` as one event and answers each of them.
+    async fn send(&self, jobs: Vec<Job>) {
+        let built = if let [one] = jobs.as_slice() {
+            envelope::envelope(&one.entry, &one.leaf, self.names.env, &self.source)
+                .map(|(body, kind)| (body, kind, one.leaf))
+        } else {
+            let members: Vec<(&[u8], Hash)> =
+                jobs.iter().map(|j| (j.entry.as_slice(), j.leaf)).collect();
+            envelope::batch_envelope(&members, self.names.env, &self.source)
+                .map(|(body, id)| (body, envelope::BATCH, id))
+        };
+        let outcome = match built {
+            Err(e) => Err(format!("event envelope: {e}")),
+            Ok((body, kind, id)) => {
+                let subject = self.names.audit_subject(kind);
+                match publish_once(
+                    &self.js,
+                    subject,
+                    &hex::encode(id),
+                    Bytes::from(body),
+                    RETRY_FOR,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        self.published
+                            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+                        if let Ok(mut f) = self.failure.lock() {
+                            *f = None;
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let msg = format!(
+                            "JetStream did not acknowledge the entry within {} s: {e}",
+                            RETRY_FOR.as_secs()
+                        );
+                        if let Ok(mut f) = self.failure.lock() {
+                            *f = Some(msg.clone());
+                        }
+                        Err(msg)
+                    }
+                }
+            }
+        };
+        for j in jobs {
+            let _ = j.done.send(outcome.clone());
+        }
     }
 }
 
@@ -143,40 +281,28 @@ fn transient_api_error(text: &str) -> bool {
 
 impl Publisher for JetStreamPublisher {
     fn publish(&self, entry: Vec<u8>, leaf: Hash) -> PublishFuture<Result<(), LedgerError>> {
-        let body = envelope::envelope(&entry, &leaf, self.names.env, &self.source);
-        let (kind, _) = envelope::classify(&entry);
-        let subject = self.names.audit_subject(kind);
-        let js = self.js.clone();
         let slots = self.slots.clone();
-        let failure = self.failure.clone();
-        let published = self.published.clone();
+        let queue = self.queue.clone();
         Box::pin(async move {
-            let body = body.map_err(|e| LedgerError::Failed(format!("event envelope: {e}")))?;
-            // Invariant: at most `max_in_flight` publishes await their
-            // acknowledgement; the rest wait here.
-            let _permit = slots
+            // Invariant: at most `max_in_flight` entries are handed over and
+            // not yet acknowledged; the rest wait here.
+            let permit = slots
                 .acquire_owned()
                 .await
                 .map_err(|_| LedgerError::Failed("the publisher is closed".into()))?;
-            let id = hex::encode(leaf);
-            match publish_once(&js, subject, &id, Bytes::from(body), RETRY_FOR).await {
-                Ok(()) => {
-                    published.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut f) = failure.lock() {
-                        *f = None;
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    let msg = format!(
-                        "JetStream did not acknowledge the entry within {} s: {e}",
-                        RETRY_FOR.as_secs()
-                    );
-                    if let Ok(mut f) = failure.lock() {
-                        *f = Some(msg.clone());
-                    }
-                    Err(LedgerError::Unreachable(msg))
-                }
+            let (done, answer) = oneshot::channel();
+            queue
+                .send(Job {
+                    entry,
+                    leaf,
+                    done,
+                    _permit: permit,
+                })
+                .map_err(|_| LedgerError::Failed("the publisher stopped".into()))?;
+            match answer.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(msg)) => Err(LedgerError::Unreachable(msg)),
+                Err(_) => Err(LedgerError::Failed("the publisher stopped".into())),
             }
         })
     }

@@ -165,15 +165,18 @@ pub(crate) async fn sort(
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
             .map(|v| v.as_str().to_owned());
         match envelope::check(&m.payload, msg_id.as_deref(), env) {
-            Ok(c) => {
-                // Invariant: an entry is integrated once, whatever the
-                // stream holds twice (redelivery after a takeover, a retry
-                // past the duplicate window).
-                if !in_batch.insert(c.leaf) || seen.holds(ledger, &c.leaf).await {
-                    out.duplicates += 1;
-                } else {
-                    seen.add(&c.leaf);
-                    out.entries.push(c.entry);
+            Ok(checked) => {
+                for c in checked {
+                    // Invariant: an entry is integrated once, whatever the
+                    // stream holds twice (redelivery after a takeover, a
+                    // retry past the duplicate window, the same entry in
+                    // two batches).
+                    if !in_batch.insert(c.leaf) || seen.holds(ledger, &c.leaf).await {
+                        out.duplicates += 1;
+                    } else {
+                        seen.add(&c.leaf);
+                        out.entries.push(c.entry);
+                    }
                 }
             }
             Err(reason) => out.dead.push(Dead {

@@ -247,7 +247,9 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_sequencer_goes_o
     let leaf = leaf_hash(&good);
     let id = hex::encode(leaf);
     let env = String::from_utf8(
-        envelope::envelope(&good, &leaf, Environment::Dev, "urn:kfm:test").unwrap(),
+        envelope::envelope(&good, &leaf, Environment::Dev, "urn:kfm:test")
+            .unwrap()
+            .0,
     )
     .unwrap();
     let edit = |from: &str, to: &str| {
@@ -267,7 +269,9 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_sequencer_goes_o
     let bad_data = {
         let e = br#"{"kind":"kfm.api.Access","status":"two hundred"}"#;
         String::from_utf8(
-            envelope::envelope(e, &leaf_hash(e), Environment::Dev, "urn:kfm:test").unwrap(),
+            envelope::envelope(e, &leaf_hash(e), Environment::Dev, "urn:kfm:test")
+                .unwrap()
+                .0,
         )
         .unwrap()
     };
@@ -275,7 +279,36 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_sequencer_goes_o
         .as_str()
         .unwrap()
         .to_owned();
+    // Batches: members altered after the id was computed, and a member
+    // its type's schema refuses.
+    let (a2, a3) = (access(2), access(3));
+    let (batch, batch_id) = envelope::batch_envelope(
+        &[(&a2[..], leaf_hash(&a2)), (&a3[..], leaf_hash(&a3))],
+        Environment::Dev,
+        "urn:kfm:test",
+    )
+    .unwrap();
+    let batch = String::from_utf8(batch).unwrap();
+    let batch_id = hex::encode(batch_id);
+    let (bad_batch, bad_batch_id) = {
+        let e = br#"{"kind":"kfm.api.Access","status":"two hundred"}"#;
+        let (b, id) = envelope::batch_envelope(
+            &[(&a2[..], leaf_hash(&a2)), (&e[..], leaf_hash(e))],
+            Environment::Dev,
+            "urn:kfm:test",
+        )
+        .unwrap();
+        (String::from_utf8(b).unwrap(), hex::encode(id))
+    };
+    let mut dropped_member: serde_json::Value = serde_json::from_str(&batch).unwrap();
+    dropped_member["data"]["entries"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
     let table: Vec<(&str, String, String)> = vec![
+        ("schema", bad_batch, bad_batch_id),
+        // (Under another message id: the good batch below has its id.)
+        ("identity", dropped_member.to_string(), "i2".into()),
         ("not-json", "{not json".into(), "n1".into()),
         // (Each under its own message id: JetStream would drop a second
         // one with the good event's id as a duplicate.)
@@ -323,8 +356,17 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_sequencer_goes_o
     sequencer::publish_raw(&f.js, subject.clone(), &id, Bytes::from(env.clone()))
         .await
         .unwrap();
-    until("the good event", async || {
-        stats.integrated.load(Ordering::Relaxed) == 1
+    // And a good batch: both members, in order.
+    sequencer::publish_raw(
+        &f.js,
+        f.names.audit_subject(envelope::BATCH),
+        &batch_id,
+        Bytes::from(batch.clone()),
+    )
+    .await
+    .unwrap();
+    until("the good event and the good batch", async || {
+        stats.integrated.load(Ordering::Relaxed) == 3
     })
     .await;
     until("every dead letter", async || {
@@ -354,7 +396,7 @@ async fn bad_events_are_dead_lettered_with_their_reason_and_the_sequencer_goes_o
     assert!(!h.is_finished(), "the sequencer survives every bad event");
     stop.send(true).unwrap();
     h.await.unwrap().unwrap();
-    assert_eq!(f.entries("main").await, vec![good]);
+    assert_eq!(f.entries("main").await, vec![good, a2, a3]);
     f.cleanup().await;
 }
 

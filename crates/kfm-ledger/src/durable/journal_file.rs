@@ -185,13 +185,18 @@ impl Journal {
         };
         let align = DIRECT_ALIGN as usize;
         let total = (bytes.len() + END_MARK.len()).next_multiple_of(align);
-        self.scratch.clear();
-        self.scratch.resize(total + align, 0);
+        // The buffer is kept between writes and only grows; only what
+        // follows the bytes is zeroed each time (zeroing all of it cost as
+        // much as the copy).
+        if self.scratch.len() < total + align {
+            self.scratch.resize(total + align, 0);
+        }
         let at = self.scratch.as_ptr().align_offset(align);
         let Some(buf) = self.scratch.get_mut(at..at + total) else {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         };
         buf[..bytes.len()].copy_from_slice(bytes);
+        buf[bytes.len()..].fill(0);
         direct.write_all_at(buf, self.len)
     }
 
