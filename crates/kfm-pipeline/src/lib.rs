@@ -12,6 +12,7 @@
 //! - [`runs`]: claims, release history, interrupted and aborted runs.
 
 pub mod catalog;
+mod error;
 pub mod fault;
 pub mod fgb;
 pub mod gates;
@@ -27,6 +28,7 @@ pub mod quarantine;
 pub mod records;
 pub mod release;
 mod rollback;
+mod run;
 pub mod runs;
 
 pub use gates::{Gate, GateResult, Status};

@@ -13,7 +13,7 @@ use crate::gates::{Gate, GateResult};
 use crate::generalize::Plan;
 use crate::qa::QaReport;
 
-use crate::promote::PolicyInfo;
+use crate::run::PolicyInfo;
 
 /// What processing a run produced: the survey's measures and the
 /// artifacts, as files in the run's scratch directory (a pure function of

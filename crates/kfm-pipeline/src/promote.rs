@@ -18,29 +18,20 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use kfm_core::{Acquisition, DatasetId, Digest, Signer};
 use kfm_ledger::Ledger;
-use kfm_store::{Store, StoreError};
+use kfm_store::Store;
 use serde::Serialize;
 
 use crate::catalog::{self, Artifact, CatalogInput};
 use crate::gates::{Gate, GateResult};
-use crate::ingest::{AcquisitionEntry, IngestError, acquisitions, load_spec};
+use crate::ingest::{AcquisitionEntry, acquisitions, load_spec};
 use crate::prepare::{Processed, artifact_list, gate_b, gate_c, plan_of, process};
 use crate::publish::RunContext;
 use crate::qa::QaReport;
 use crate::records::{self, DigestSet, LedgerRef, ReleasePointer, ResourceDescriptor};
 use crate::release::next_version;
-
-/// The policy bundle in force, as gate B and G need it.
-#[derive(Debug, Clone)]
-pub struct PolicyInfo {
-    pub digest: Digest,
-    pub revision: String,
-    /// `data.kfm.licenses`: license id → `{attribution: bool}`.
-    pub licenses: serde_json::Value,
-}
 
 /// Everything a run needs from outside. Each dependency that may be
 /// missing is a `Result`, so that its absence becomes a gate's
@@ -65,44 +56,8 @@ pub struct PromoteRequest<'a> {
     pub on_gate: &'a (dyn Fn(Gate) + Sync),
 }
 
-/// Why a run could not start (exit 2): nothing was evaluated or written.
-#[derive(Debug, thiserror::Error)]
-pub enum PromoteError {
-    #[error(transparent)]
-    Spec(#[from] IngestError),
-    #[error("{spec} declares dataset {declared}, not {requested}")]
-    WrongDataset {
-        spec: String,
-        declared: String,
-        requested: String,
-    },
-    #[error("dataset {0} has no acquisition in raw/: run `kfm ingest` first")]
-    NoAcquisition(String),
-    #[error("dataset {dataset} has no acquisition {digest} in raw/")]
-    UnknownAcquisition { dataset: String, digest: String },
-    #[error(
-        "dataset {dataset} has no version v{version} (no catalog/{dataset}/v{version}/release.dsse.json)"
-    )]
-    UnknownVersion { dataset: String, version: u64 },
-    #[error("{dataset} has no version v{version} that a release pointer ever named: {why}")]
-    NeverReleased {
-        dataset: String,
-        version: u64,
-        why: String,
-    },
-    #[error("before this run, interrupted runs of {dataset} must be recorded, and were not: {why}")]
-    Settle { dataset: String, why: String },
-    /// The ledger could not take the run's receipt: nothing about the
-    /// dataset was judged, so no quarantine report is written. The run's
-    /// claim shows it as interrupted until the next run records it as
-    /// aborted.
-    #[error("cannot evaluate: {0}; the run stopped before publishing anything")]
-    Ledger(String),
-    #[error(transparent)]
-    Quarantine(#[from] crate::quarantine::ReportError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+pub use crate::error::PromoteError;
+pub use crate::run::{PolicyInfo, new_run_id, ts};
 
 /// The outcome of a run that started.
 #[derive(Debug, Clone, Serialize)]
@@ -128,18 +83,6 @@ pub struct PromoteOutcome {
     /// (in the ledger) before this one began.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub aborted: Vec<crate::runs::AbortedRecord>,
-}
-
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// A sortable, unique run id: UTC time to the millisecond (runs of one
-/// dataset are ordered by it, and several fit in a second), then 8 random
-/// hex digits.
-pub fn new_run_id(now: DateTime<Utc>) -> String {
-    let r = uuid::Uuid::new_v4().simple().to_string();
-    format!("{}-{}", now.format("%Y%m%dT%H%M%S%3fZ"), &r[..8])
 }
 
 /// Runs the truth path for one dataset.

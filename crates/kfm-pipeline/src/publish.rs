@@ -20,8 +20,10 @@ use crate::records::{
 
 /// Ledger entries are at most this long (the ledger refuses longer ones).
 const MAX_ENTRY: usize = 65_535;
+use crate::error::PromoteError;
 use crate::prepare::Processed;
-use crate::promote::{PolicyInfo, PromoteError, PromoteOutcome, PromoteRequest, ts};
+use crate::promote::{PromoteOutcome, PromoteRequest};
+use crate::run::{PolicyInfo, ts};
 
 /// What every step of one run shares.
 pub(crate) struct RunContext<'r, 'a> {

@@ -15,7 +15,7 @@ use kfm_store::{Pointer, ReadOnly, Store, StoreError, zones};
 use serde::Serialize;
 
 use crate::catalog::{self, Triplet};
-use crate::promote::PromoteError;
+use crate::error::PromoteError;
 use crate::records::{self, Manifest, POINTER_KIND, ReleasePointer, manifest_of, statement_of};
 
 fn parse_version(dir: &str) -> Option<u64> {

@@ -11,13 +11,14 @@ use kfm_ledger::Ledger;
 use kfm_store::{Store, StoreError};
 use serde::Serialize;
 
+use crate::error::PromoteError;
 use crate::gates::{Gate, GateResult};
-use crate::promote::{PolicyInfo, PromoteError, new_run_id, ts};
 use crate::records::{
     self, DigestSet, LedgerRef, POINTER_KIND, PolicyRef, RECEIPT_PREDICATE, ReleasePointer,
     ResourceDescriptor, RunPredicate, STATEMENT_TYPE, Statement, ToolVersion, manifest_of,
 };
 use crate::release::{Reverified, manifest_bytes};
+use crate::run::{PolicyInfo, new_run_id, ts};
 
 /// A rollback request: like a promotion, every dependency may be missing.
 pub struct RollbackRequest<'a> {

@@ -27,11 +27,11 @@ use kfm_ledger::Ledger;
 use kfm_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::promote::ts;
 use crate::records::{
     self, LedgerRef, RECEIPT_PREDICATE, ReleasePointer, RunPredicate, STATEMENT_TYPE, Statement,
     ToolVersion,
 };
+use crate::run::ts;
 
 pub const CLAIM_KIND: &str = "kfm.run-claim/v1";
 pub const HISTORY_KIND: &str = "kfm.release-history/v1";
@@ -472,8 +472,8 @@ pub async fn sweep_work(
 pub(crate) fn can_record(
     ledger: &Result<&Ledger, String>,
     signer: &Result<&Signer, String>,
-) -> Result<(), crate::promote::PromoteError> {
-    use crate::promote::PromoteError;
+) -> Result<(), crate::error::PromoteError> {
+    use crate::error::PromoteError;
     if let Err(e) = ledger {
         return Err(PromoteError::Ledger(format!(
             "the ledger is not available: {e}"
