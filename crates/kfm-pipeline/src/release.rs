@@ -143,6 +143,45 @@ pub struct VerifiedRelease {
     pub manifest: Manifest,
 }
 
+/// The signed run receipt at ledger entry `index` (a rollback's, when a
+/// pointer names it), its signature checked with `key`: what `kfm status`
+/// shows of that run, decoded here and not by its callers.
+pub async fn receipt_at(
+    ledger: &impl EntrySource,
+    index: u64,
+    key: &VerifyingKey,
+) -> Result<records::Statement, String> {
+    let entry = ledger.entry(index).await.map_err(|e| e.to_string())?;
+    let env = Envelope::parse(&entry).map_err(|e| format!("ledger entry {index}: {e}"))?;
+    records::statement_of(&env, key).map_err(|e| format!("ledger entry {index}: {e}"))
+}
+
+/// The signed release manifest of `dataset` version `version`, its
+/// signature checked with `key`, and its key in the store (`catalog/…`);
+/// `None` if the version has no manifest.
+pub async fn manifest_at(
+    store: &Store,
+    dataset: &str,
+    version: u64,
+    key: &VerifyingKey,
+) -> Result<Option<(String, Manifest)>, String> {
+    let mkey = records::manifest_key(dataset, version);
+    let Some(rel) = mkey.strip_prefix("catalog/") else {
+        return Err(format!("{mkey}: not under catalog/"));
+    };
+    let Some(bytes) = store
+        .catalog()
+        .get_opt(rel)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let env = Envelope::parse(&bytes).map_err(|e| format!("{mkey}: {e}"))?;
+    let m = manifest_of(&env, key).map_err(|e| format!("{mkey}: {e}"))?;
+    Ok(Some((mkey, m)))
+}
+
 /// Full verification of `published/<ds>.json`: [`verify_pointer`] on the
 /// pointer as stored. `Ok(None)`: nothing published.
 pub async fn verify_release(

@@ -275,9 +275,9 @@ async fn runs_of(
 async fn rollback_gates(v: &Verifier, release: Option<&ReleaseStatus>) -> Option<Vec<String>> {
     let r = release.filter(|r| r.verified && r.operation.as_deref() == Some("rollback"))?;
     let (view, key) = v.as_ref().ok()?;
-    let entry = view.entry(r.ledger_index?).await.ok()?;
-    let env = kfm_core::Envelope::parse(&entry).ok()?;
-    let s = kfm_pipeline::records::statement_of(&env, key).ok()?;
+    let s = kfm_pipeline::release::receipt_at(view, r.ledger_index?, key)
+        .await
+        .ok()?;
     Some(gate_list(&s.predicate.gates))
 }
 
@@ -290,9 +290,9 @@ async fn legacy_release_run(
 ) -> Option<RunStatus> {
     let (view, key) = v.as_ref().ok()?;
     if rel.operation.as_deref() == Some("rollback") {
-        let entry = view.entry(rel.ledger_index?).await.ok()?;
-        let env = kfm_core::Envelope::parse(&entry).ok()?;
-        let s = kfm_pipeline::records::statement_of(&env, key).ok()?;
+        let s = kfm_pipeline::release::receipt_at(view, rel.ledger_index?, key)
+            .await
+            .ok()?;
         return Some(RunStatus {
             run_id: s.predicate.run_id,
             operation: "rollback".into(),
@@ -305,14 +305,9 @@ async fn legacy_release_run(
     }
     let vid = rel.version_id.as_deref()?;
     let (ds, n) = vid.split_once("@v")?;
-    let mkey = kfm_pipeline::records::manifest_key(ds, n.parse().ok()?);
-    let bytes = store
-        .catalog()
-        .get_opt(mkey.strip_prefix("catalog/")?)
+    let (mkey, m) = kfm_pipeline::release::manifest_at(store, ds, n.parse().ok()?, key)
         .await
         .ok()??;
-    let env = kfm_core::Envelope::parse(&bytes).ok()?;
-    let m = kfm_pipeline::records::manifest_of(&env, key).ok()?;
     Some(RunStatus {
         run_id: m.run_id,
         operation: "promote".into(),
