@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::pins::{EnvironmentPins, PolicyPin};
+pub use crate::secret::SecretRef;
+use crate::secret::check_no_literal_secrets;
+
 /// The deployment environment whose pins (`environments/<env>.toml`) apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,37 +126,6 @@ impl fmt::Display for StoreUrl {
     }
 }
 
-/// A reference to a secret, never the secret itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SecretRef {
-    /// The secret is in this environment variable.
-    Env(String),
-    /// The secret is in this file (relative paths: to the workspace).
-    File(PathBuf),
-}
-
-impl SecretRef {
-    pub fn parse(s: &str) -> Option<Self> {
-        if let Some(name) = s.strip_prefix("env:") {
-            let ok =
-                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            return ok.then(|| SecretRef::Env(name.to_owned()));
-        }
-        s.strip_prefix("file:")
-            .filter(|p| !p.is_empty())
-            .map(|p| SecretRef::File(PathBuf::from(p)))
-    }
-}
-
-impl fmt::Display for SecretRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretRef::Env(n) => write!(f, "env:{n}"),
-            SecretRef::File(p) => write!(f, "file:{}", p.display()),
-        }
-    }
-}
-
 /// The file as written (every field optional, so defaults fill the gaps).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +146,15 @@ struct RawConfig {
     work: RawWork,
     #[serde(default)]
     events: RawEvents,
+    #[serde(default)]
+    postgres: RawPostgres,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: Option<String>,
+    password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -277,6 +259,18 @@ pub struct Config {
     /// The event backbone (NATS JetStream); `None`: the embedded default,
     /// where the workspace's own writer process writes the ledger.
     pub events: Option<EventsConfig>,
+    /// Where the projections live (PostgreSQL with PostGIS); `None`: no
+    /// projection is configured.
+    pub postgres: Option<PostgresConfig>,
+}
+
+/// The PostgreSQL that holds KFM's projections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `postgres://USER@HOST:PORT/DATABASE`, without a password.
+    pub url: String,
+    /// The password, by reference; else PostgreSQL's own `PGPASSWORD`.
+    pub password: Option<SecretRef>,
 }
 
 /// Where every ledger entry is published when the platform runs
@@ -311,23 +305,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Key names that hold secrets in other tools' configs. Their presence in
-/// kfm.toml is always a mistake worth a specific message.
-const SECRET_WORDS: [&str; 9] = [
-    "secret",
-    "password",
-    "passwd",
-    "token",
-    "access_key",
-    "private_key",
-    "credential",
-    "api_key",
-    "apikey",
-];
-
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 23] = [
+pub const ENV_KEYS: [(&str, &str); 25] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -351,6 +331,8 @@ pub const ENV_KEYS: [(&str, &str); 23] = [
     ("events.max_in_flight", "KFM_EVENTS_MAX_IN_FLIGHT"),
     ("events.replicas", "KFM_EVENTS_REPLICAS"),
     ("events.prefix", "KFM_EVENTS_PREFIX"),
+    ("postgres.url", "KFM_POSTGRES_URL"),
+    ("postgres.password", "KFM_POSTGRES_PASSWORD"),
 ];
 
 impl Config {
@@ -634,6 +616,52 @@ impl Config {
             }
         };
 
+        let (v, src) = pick("postgres.url", raw.postgres.url);
+        let postgres = match v.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => {
+                let rest = url
+                    .strip_prefix("postgres://")
+                    .or_else(|| url.strip_prefix("postgresql://"))
+                    .ok_or_else(|| {
+                        err_at(
+                            "postgres.url",
+                            src,
+                            format!("{url:?} is not a PostgreSQL URL: use postgres://USER@HOST:PORT/DATABASE"),
+                        )
+                    })?;
+                let authority = rest.split(['/', '?']).next().unwrap_or("");
+                if let Some((userinfo, _)) = authority.rsplit_once('@')
+                    && userinfo.contains(':')
+                {
+                    return Err(err_at(
+                        "postgres.url",
+                        src,
+                        "a password in the URL is refused: give it by reference in postgres.password (env:NAME or file:PATH), or in PGPASSWORD".into(),
+                    ));
+                }
+                if rest.contains("password=") {
+                    return Err(err_at(
+                        "postgres.url",
+                        src,
+                        "a password in the URL is refused: give it by reference in postgres.password (env:NAME or file:PATH), or in PGPASSWORD".into(),
+                    ));
+                }
+                let (p, psrc) = pick("postgres.password", raw.postgres.password);
+                let password = match p {
+                    None => None,
+                    Some(p) => Some(SecretRef::parse(&p).ok_or_else(|| {
+                        err_at(
+                            "postgres.password",
+                            psrc,
+                            "a literal password is refused: give a reference, env:NAME or file:PATH".into(),
+                        )
+                    })?),
+                };
+                Some(PostgresConfig { url, password })
+            }
+        };
+
         Ok(Config {
             environment,
             store_url,
@@ -654,6 +682,7 @@ impl Config {
             server_drain,
             work_keep,
             events,
+            postgres,
         })
     }
 
@@ -667,46 +696,6 @@ impl Config {
 /// The documented default kfm.toml, kept as a file of its own (it is
 /// read as TOML, and reviewed as one).
 const DEFAULT_TOML: &str = include_str!("default_kfm.toml");
-
-fn check_no_literal_secrets(
-    table: &toml::Table,
-    prefix: &str,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<(), ConfigError> {
-    for (k, v) in table {
-        let dotted = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            toml::Value::Table(t) => check_no_literal_secrets(t, &dotted, err)?,
-            toml::Value::String(s) => {
-                let lower = k.to_ascii_lowercase();
-                let secret_name =
-                    SECRET_WORDS.iter().any(|w| lower.contains(w)) || dotted == "signing.key";
-                let secret_value = s.contains("-----BEGIN") || looks_like_aws_key(s);
-                if (secret_name || secret_value) && SecretRef::parse(s).is_none() {
-                    let hint = if dotted.starts_with("store.") || looks_like_aws_key(s) {
-                        "object-store credentials come only from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); remove this key"
-                    } else {
-                        "replace it by a reference: env:NAME or file:PATH"
-                    };
-                    return Err(err(&dotted, format!("literal secret refused: {hint}")));
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-fn looks_like_aws_key(s: &str) -> bool {
-    (s.starts_with("AKIA") || s.starts_with("ASIA"))
-        && s.len() == 20
-        && s.bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-}
 
 /// 1-based line of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
@@ -735,38 +724,6 @@ fn locate_toml_key(text: &str, dotted: &str) -> usize {
         }
     }
     0
-}
-
-/// `environments/<env>.toml`: what each environment pins.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnvironmentPins {
-    #[serde(default)]
-    pub policy: PolicyPin,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyPin {
-    /// Digest of the policy bundle this environment must run; `None` until
-    /// `kfm policy pin` writes it.
-    #[serde(default)]
-    pub bundle_digest: Option<crate::Digest>,
-}
-
-impl EnvironmentPins {
-    /// The text `kfm init` writes; `digest` pins the bundle it installed.
-    pub fn default_toml(env: Environment, digest: Option<&crate::Digest>) -> String {
-        let pin = match digest {
-            Some(d) => format!("bundle_digest = \"{d}\"\n"),
-            None => "# bundle_digest = \"sha256:...\"\n".to_owned(),
-        };
-        format!(
-            "# Pins for the {env} environment. A runtime whose policy bundle digest differs\n\
-             # from the pin refuses to become ready. Written by `kfm policy pin --env {env}`.\n\n\
-             [policy]\n{pin}"
-        )
-    }
 }
 
 #[cfg(test)]

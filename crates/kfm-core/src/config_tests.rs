@@ -84,3 +84,46 @@ fn bad_urls_and_unknown_keys() {
     assert!(e.to_string().contains("unknown field `ulr`"), "{e}");
     assert_eq!(e.line, 2);
 }
+
+#[test]
+fn postgres_urls_carry_no_password() {
+    let c = Config::parse(
+        "[postgres]\nurl = \"postgres://kfm@db:5432/kfm\"\npassword = \"env:PGPW\"\n",
+        "kfm.toml",
+        no_env,
+    )
+    .unwrap();
+    let pg = c.postgres.unwrap();
+    assert_eq!(pg.url, "postgres://kfm@db:5432/kfm");
+    assert_eq!(pg.password, Some(SecretRef::Env("PGPW".into())));
+    for (text, key) in [
+        (
+            "[postgres]\nurl = \"postgres://kfm:hunter2@db/kfm\"\n",
+            "postgres.url",
+        ),
+        (
+            "[postgres]\nurl = \"postgres://db/kfm?password=hunter2\"\n",
+            "postgres.url",
+        ),
+        ("[postgres]\nurl = \"mysql://db/kfm\"\n", "postgres.url"),
+        (
+            "[postgres]\nurl = \"postgres://db/kfm\"\npassword = \"hunter2\"\n",
+            "postgres.password",
+        ),
+    ] {
+        let e = Config::parse(text, "kfm.toml", no_env).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+    // The environment names it too, and wins over the file.
+    let c = Config::parse("", "kfm.toml", |k| {
+        (k == "KFM_POSTGRES_URL").then(|| "postgresql://kfm@127.0.0.1/x".to_owned())
+    })
+    .unwrap();
+    assert_eq!(c.postgres.unwrap().url, "postgresql://kfm@127.0.0.1/x");
+    let e = Config::parse("", "kfm.toml", |k| {
+        (k == "KFM_POSTGRES_URL").then(|| "postgres://a:b@h/x".to_owned())
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("KFM_POSTGRES_URL"), "{e}");
+}

@@ -16,12 +16,16 @@ pub mod dsse;
 pub mod ids;
 pub mod label;
 pub mod license;
+pub mod pins;
+pub mod secret;
 pub mod spec;
 pub mod zone;
 
 pub use acquisition::{ACQUISITION_KIND, Acquisition, Tool};
 pub use canonical::to_canonical_json;
-pub use config::{Config, ConfigError, Environment, EnvironmentPins, SecretRef, StoreUrl};
+pub use config::{
+    Config, ConfigError, Environment, EnvironmentPins, PostgresConfig, SecretRef, StoreUrl,
+};
 pub use digest::{Digest, DigestParseError, Hasher};
 pub use dsse::{DsseError, Envelope, Signer};
 pub use ids::{DatasetId, DatasetIdError};

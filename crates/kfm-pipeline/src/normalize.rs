@@ -122,6 +122,18 @@ pub fn for_each_feature<R: Read>(
     }
 }
 
+/// Streams a published artifact (a FeatureCollection this module wrote),
+/// calling `on` with each feature and its index, holding one at a time:
+/// what a projection loads. The same checks as a source run, so an
+/// artifact that no longer parses as one is refused, never half-read.
+pub fn for_each_published_feature<R: Read>(
+    artifact: R,
+    on: impl FnMut(usize, Feature) -> Result<(), String>,
+) -> Result<(), StreamError> {
+    let mut on = on;
+    geojson_stream(artifact, &mut on)
+}
+
 /// Serialises features as a compact GeoJSON FeatureCollection, one feature
 /// at a time (no copy of the features). Keys come out in the order
 /// serde_json keeps them, so the bytes are a pure function of the input.

@@ -143,6 +143,13 @@ by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such vers
         command: EventsCommand,
     },
 
+    /// Rebuildable projections in PostgreSQL/PostGIS ([postgres] url): load what is
+    /// published, rebuild from zero, prove every table equal to its artifact.
+    Projection {
+        #[command(subcommand)]
+        command: ProjectionCommand,
+    },
+
     /// Policy as code: test, digest, pin, eval, diff and sign the policy bundle.
     Policy {
         #[command(subcommand)]
@@ -173,6 +180,40 @@ replicas are too few for stage or prod (an acknowledgement is on disk only with 
 Prints the entries replayed and the root, which equals the sequencer's for the same stream."
     )]
     Replay,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectionCommand {
+    /// Keep PostgreSQL holding exactly what is published: load each new version (binary COPY,
+    /// a table per layer, switched in atomically), drop what is withdrawn, record each
+    /// table's projection digest in the ledger.
+    #[command(
+        after_help = "Example:\n  KFM_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/kfm kfm projection run --once\n\n\
+Without --once it runs until SIGTERM/SIGINT, passing again whenever a release pointer moves\n\
+(and every --interval-s). Prints one JSON line per pass. Exit 0; 1: a dataset could not be\n\
+projected (its pointer or artifact does not verify; the rest is); 2: PostgreSQL, the store or the\n\
+ledger cannot be reached (nothing half-visible is left: every load is one transaction)."
+    )]
+    Run(ProjectionRunArgs),
+    /// Drop every projected table, then project everything published from zero.
+    #[command(after_help = "Example:\n  kfm projection rebuild\n\nExit codes as for run.")]
+    Rebuild,
+    /// Prove every table equal to its canonical artifact: the digest of its rows as the
+    /// database returns them, of the artifact the signed manifest names, and the ledger's record.
+    #[command(after_help = "Example:\n  kfm projection verify --format json\n\n\
+Exit 0: every published version is projected and equal; 1: a table differs, is missing, is\n\
+stale, unrecorded or not named by any projection; 2: cannot evaluate.")]
+    Verify,
+}
+
+#[derive(Args, Debug)]
+pub struct ProjectionRunArgs {
+    /// One pass, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between passes when no pointer moved.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub interval_s: u64,
 }
 
 #[derive(Args, Debug)]

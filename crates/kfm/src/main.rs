@@ -12,6 +12,7 @@ mod init;
 mod ledger;
 mod output;
 mod policy;
+mod projection;
 mod promote;
 mod samples;
 mod serve;
@@ -162,6 +163,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Quarantine { command } => promote::quarantine(ws, &command, fmt).await,
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
         Command::Events { command } => events::run(ws, &command, fmt).await,
+        Command::Projection { command } => projection::run(ws, &command, fmt).await,
         Command::Policy { command } => policy::run(ws, &command, fmt),
         Command::Serve(a) => serve::serve(ws, &a).await,
         Command::Token { command } => serve::token(ws, &command, fmt),

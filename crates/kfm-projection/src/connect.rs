@@ -1,0 +1,60 @@
+//! Connecting to the configured PostgreSQL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::ProjectionError;
+
+/// Where the projections live: a `postgres://` URL without its password,
+/// and the password, resolved by the caller from a reference (`env:`,
+/// `file:`) or from `PGPASSWORD`.
+#[derive(Clone)]
+pub struct PgTarget {
+    pub url: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Connects, the connection driven by a task of its own.
+pub async fn connect(target: &PgTarget) -> Result<Client, ProjectionError> {
+    let mut config = Config::from_str(&target.url).map_err(|e| {
+        ProjectionError::Connect(format!(
+            "postgres.url {:?} does not parse: {e}; use postgres://USER@HOST:PORT/DATABASE",
+            target.url
+        ))
+    })?;
+    if config.get_password().is_some() {
+        return Err(ProjectionError::Connect(
+            "postgres.url carries a password: give it by reference in postgres.password (env:NAME or file:PATH), or in PGPASSWORD".into(),
+        ));
+    }
+    if let Some(p) = &target.password {
+        config.password(p);
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("kfm");
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| {
+        ProjectionError::Connect(format!(
+            "cannot connect to PostgreSQL at {}: {e}",
+            target.url
+        ))
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "the PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}

@@ -1,0 +1,375 @@
+//! Loading one published version: every layer into a new table by binary
+//! `COPY`, indexes after the load, then the switch, all in one transaction.
+//!
+//! Invariant: a version is visible (named by `kfm.projections` and
+//! `kfm.layers`) only complete. The tables, their rows, indexes, grants and
+//! the catalog rows that name them commit together or not at all:
+//! PostgreSQL's DDL is transactional, so a projector killed anywhere leaves
+//! the previous state, and nothing to clean up.
+
+use std::io::Cursor;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::pin_mut;
+use tokio::sync::mpsc;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Transaction};
+
+use crate::ProjectionError;
+use crate::rows::{Digester, Row};
+use crate::schema::{self, API, API_PRECISE, CATALOG, DATA, Layer};
+
+/// One artifact to load, its bytes already checked against the signed
+/// manifest's digest.
+pub struct Source {
+    pub layer: Layer,
+    pub artifact: String,
+    pub artifact_digest: String,
+    pub bytes: Bytes,
+}
+
+/// What a layer's load produced, as the catalog records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub layer: Layer,
+    pub schema: String,
+    pub table: String,
+    pub rows: u64,
+    pub digest: String,
+    pub artifact: String,
+    pub artifact_digest: String,
+}
+
+/// The version being loaded.
+pub struct Version<'a> {
+    pub dataset: &'a str,
+    pub version: u64,
+    pub version_id: &'a str,
+    pub manifest_digest: &'a str,
+    pub pointer_ledger_index: u64,
+    pub policy_label: &'a str,
+}
+
+/// Rows sent from the parsing thread to the COPY at a time.
+const BATCH: usize = 2048;
+
+/// Bytes sent as they are (EWKB for `geometry`), or NULL.
+#[derive(Debug)]
+struct Raw<'a>(Option<&'a [u8]>);
+
+impl ToSql for Raw<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Some(b) => {
+                out.put_slice(b);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+    to_sql_checked!();
+}
+
+/// JSON text as jsonb's binary input (a version byte, then the text).
+#[derive(Debug)]
+struct Jsonb<'a>(Option<&'a [u8]>);
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Some(b) => {
+                out.put_u8(1);
+                out.put_slice(b);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+    to_sql_checked!();
+}
+
+/// PostGIS's `geometry` type, whose OID differs per database.
+pub async fn geometry_type(client: &Client) -> Result<Type, ProjectionError> {
+    let row = client
+        .query_opt(
+            "SELECT t.oid, n.nspname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typname = 'geometry'",
+            &[],
+        )
+        .await?
+        .ok_or_else(|| ProjectionError::Setup("PostGIS's geometry type is missing".into()))?;
+    Ok(Type::new(
+        "geometry".into(),
+        row.get::<_, u32>(0),
+        tokio_postgres::types::Kind::Simple,
+        row.get::<_, String>(1),
+    ))
+}
+
+/// Parses an artifact on a blocking thread, sending rows in batches; the
+/// digest of what was sent comes back when it ends.
+fn parse(
+    bytes: Bytes,
+    tx: mpsc::Sender<Vec<Row>>,
+) -> tokio::task::JoinHandle<Result<(String, u64), ProjectionError>> {
+    tokio::task::spawn_blocking(move || {
+        let mut digest = Digester::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut stopped = false;
+        let res = kfm_pipeline::normalize::for_each_published_feature(
+            Cursor::new(&bytes[..]),
+            |ord, f| {
+                let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
+                digest.push_row(&row);
+                batch.push(row);
+                if batch.len() == BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if tx.blocking_send(full).is_err() {
+                        stopped = true;
+                        return Err("the load stopped".into());
+                    }
+                }
+                Ok(())
+            },
+        );
+        if stopped {
+            return Err(ProjectionError::Stopped);
+        }
+        res.map_err(|e| ProjectionError::Artifact(format!("{e:?}")))?;
+        if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+            return Err(ProjectionError::Stopped);
+        }
+        Ok(digest.finish())
+    })
+}
+
+async fn copy_layer(
+    tx: &Transaction<'_>,
+    geometry: &Type,
+    src: &Source,
+    v: &Version<'_>,
+) -> Result<Loaded, ProjectionError> {
+    let schema_name = schema::schema_for(src.layer, v.policy_label);
+    let table = schema::table_for(v.dataset, v.version, src.layer);
+    let q = schema::qualified(schema_name, &table)?;
+    // A rebuild of the version being served replaces its table inside
+    // this transaction; readers keep the old one until the commit.
+    tx.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {q};
+         CREATE TABLE {q} (
+             ord bigint NOT NULL,
+             fid text NOT NULL,
+             fid_numeric boolean NOT NULL,
+             geom geometry(Geometry, 4326),
+             props jsonb
+         )"
+    ))
+    .await?;
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {q} (ord, fid, fid_numeric, geom, props) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::BOOL,
+            geometry.clone(),
+            Type::JSONB,
+        ],
+    );
+    pin_mut!(writer);
+    let (rows_tx, mut rows_rx) = mpsc::channel::<Vec<Row>>(4);
+    let parser = parse(src.bytes.clone(), rows_tx);
+    while let Some(batch) = rows_rx.recv().await {
+        for r in &batch {
+            writer
+                .as_mut()
+                .write(&[
+                    &r.ord,
+                    &r.fid,
+                    &r.fid_numeric,
+                    &Raw(r.geom.as_deref()),
+                    &Jsonb(r.props.as_deref()),
+                ])
+                .await?;
+        }
+    }
+    let (digest, rows) = parser
+        .await
+        .map_err(|e| ProjectionError::Artifact(format!("the parser stopped: {e}")))??;
+    let copied = writer.finish().await?;
+    if copied != rows {
+        return Err(ProjectionError::Artifact(format!(
+            "{}: {copied} rows copied, {rows} parsed",
+            src.artifact
+        )));
+    }
+    // Indexes after the load (one sort each, not one insert per row), then
+    // the grants and the row-level security that are the membrane.
+    let readers = if schema_name == DATA {
+        format!("{API}, {API_PRECISE}")
+    } else {
+        API_PRECISE.to_owned()
+    };
+    let idx = |suffix: &str| {
+        let mut n = format!("{table}_{suffix}");
+        n.truncate(63);
+        n
+    };
+    tx.batch_execute(&format!(
+        "ALTER TABLE {q} ADD CONSTRAINT \"{pk}\" PRIMARY KEY (ord);
+         CREATE UNIQUE INDEX \"{fi}\" ON {q} (fid);
+         CREATE INDEX \"{gi}\" ON {q} USING gist (geom);
+         ALTER TABLE {q} ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY read ON {q} FOR SELECT TO {readers} USING (true);
+         REVOKE ALL ON {q} FROM PUBLIC;
+         GRANT SELECT ON {q} TO {readers};
+         ANALYZE {q}",
+        pk = idx("pk"),
+        fi = idx("fid"),
+        gi = idx("geom"),
+    ))
+    .await?;
+    Ok(Loaded {
+        layer: src.layer,
+        schema: schema_name.to_owned(),
+        table,
+        rows,
+        digest,
+        artifact: src.artifact.clone(),
+        artifact_digest: src.artifact_digest.clone(),
+    })
+}
+
+/// Loads `sources` as the projection of `v` and switches the dataset to it,
+/// dropping the tables of the version it replaces.
+pub async fn load(
+    client: &mut Client,
+    geometry: &Type,
+    v: &Version<'_>,
+    sources: &[Source],
+) -> Result<Vec<Loaded>, ProjectionError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL ROLE {}", schema::PROJECTOR))
+        .await?;
+    // One load of a dataset at a time, whoever runs it.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('kfm.projection'), hashtext($1))",
+        &[&v.dataset],
+    )
+    .await?;
+    let mut loaded = Vec::new();
+    for src in sources {
+        loaded.push(copy_layer(&tx, geometry, src, v).await?);
+    }
+    let old = tx
+        .query(
+            &format!("SELECT schema_name, table_name FROM {CATALOG}.layers WHERE dataset = $1"),
+            &[&v.dataset],
+        )
+        .await?;
+    tx.execute(
+        &format!("DELETE FROM {CATALOG}.projections WHERE dataset = $1"),
+        &[&v.dataset],
+    )
+    .await?;
+    tx.execute(
+        &format!(
+            "INSERT INTO {CATALOG}.projections (dataset, version, version_id, manifest_digest, pointer_ledger_index, policy_label) VALUES ($1, $2, $3, $4, $5, $6)"
+        ),
+        &[
+            &v.dataset,
+            &(v.version as i64),
+            &v.version_id,
+            &v.manifest_digest,
+            &(v.pointer_ledger_index as i64),
+            &v.policy_label,
+        ],
+    )
+    .await?;
+    for l in &loaded {
+        tx.execute(
+            &format!(
+                "INSERT INTO {CATALOG}.layers (dataset, layer, schema_name, table_name, rows, projection_digest, artifact, artifact_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            &[
+                &v.dataset,
+                &l.layer.as_str(),
+                &l.schema,
+                &l.table,
+                &(l.rows as i64),
+                &l.digest,
+                &l.artifact,
+                &l.artifact_digest,
+            ],
+        )
+        .await?;
+    }
+    for o in old {
+        let (s, t): (String, String) = (o.get(0), o.get(1));
+        if loaded.iter().any(|l| l.schema == s && l.table == t) {
+            continue;
+        }
+        tx.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {}",
+            schema::qualified(&s, &t)?
+        ))
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(loaded)
+}
+
+/// Removes a dataset's projection (its pointer is gone or no longer
+/// verifies), in one transaction.
+pub async fn drop_dataset(
+    client: &mut Client,
+    dataset: &str,
+) -> Result<Vec<String>, ProjectionError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!("SET LOCAL ROLE {}", schema::PROJECTOR))
+        .await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('kfm.projection'), hashtext($1))",
+        &[&dataset],
+    )
+    .await?;
+    let old = tx
+        .query(
+            &format!("SELECT schema_name, table_name FROM {CATALOG}.layers WHERE dataset = $1"),
+            &[&dataset],
+        )
+        .await?;
+    tx.execute(
+        &format!("DELETE FROM {CATALOG}.projections WHERE dataset = $1"),
+        &[&dataset],
+    )
+    .await?;
+    let mut dropped = Vec::new();
+    for o in old {
+        let (s, t): (String, String) = (o.get(0), o.get(1));
+        let q = schema::qualified(&s, &t)?;
+        tx.batch_execute(&format!("DROP TABLE IF EXISTS {q}"))
+            .await?;
+        dropped.push(format!("{s}.{t}"));
+    }
+    tx.commit().await?;
+    Ok(dropped)
+}

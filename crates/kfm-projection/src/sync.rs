@@ -1,0 +1,357 @@
+//! The projector's pass: make the database hold exactly what is published.
+//!
+//! Every release pointer is verified end to end (manifest signature, the
+//! ledger entry it names) before its version is loaded; every artifact is
+//! read back and checked against the signed manifest's digest. A dataset
+//! whose pointer is gone, or no longer verifies, loses its projection (fail
+//! closed: nothing serves from a table whose canonical source is in doubt).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use ed25519_dalek::VerifyingKey;
+use kfm_core::Digest;
+use kfm_core::dsse::Signer;
+use kfm_ledger::Ledger;
+use kfm_pipeline::records::Manifest;
+use kfm_store::{ReadOnly, zones};
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+
+use crate::ProjectionError;
+use crate::load::{self, Loaded, Source, Version};
+use crate::record::{self, KIND, ProjectionRecord};
+use crate::schema::{self, CATALOG, DATA, Layer, RESTRICTED};
+
+/// Read handles on the zones a projection is built from.
+#[derive(Clone)]
+pub struct Zones {
+    pub published: ReadOnly<zones::Published>,
+    pub processed: ReadOnly<zones::Processed>,
+    pub catalog: ReadOnly<zones::Catalog>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Versions loaded: (dataset, version id, layers).
+    pub loaded: Vec<(String, String, Vec<Loaded>)>,
+    /// Datasets whose projection was removed, with why.
+    pub dropped: Vec<(String, String)>,
+    /// Datasets already projected at their published version.
+    pub unchanged: Vec<String>,
+    /// Ledger records appended (a resumed pass appends what a crash left
+    /// unrecorded; a repeated pass appends nothing).
+    pub recorded: usize,
+    /// Datasets that could not be projected, and why.
+    pub problems: Vec<String>,
+}
+
+/// A connected projector.
+pub struct Projector {
+    pub(crate) client: Client,
+    geometry: Type,
+    zones: Zones,
+    key: VerifyingKey,
+    signer: Signer,
+}
+
+/// The published pointers: dataset → pointer bytes, or why it could not be
+/// read.
+pub(crate) type Pointers = Vec<(String, Result<Vec<u8>, String>)>;
+
+impl Projector {
+    /// Prepares the database (roles, schemas, catalog: see `schema`) and
+    /// returns a projector on it.
+    pub async fn new(
+        client: Client,
+        zones: Zones,
+        key: VerifyingKey,
+        signer: Signer,
+    ) -> Result<Self, ProjectionError> {
+        schema::bootstrap(&client).await?;
+        let geometry = load::geometry_type(&client).await?;
+        Ok(Self {
+            client,
+            geometry,
+            zones,
+            key,
+            signer,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub(crate) fn zones(&self) -> &Zones {
+        &self.zones
+    }
+
+    pub(crate) fn key(&self) -> &VerifyingKey {
+        &self.key
+    }
+
+    pub(crate) async fn pointers(&self) -> Result<Pointers, ProjectionError> {
+        let listed = self
+            .zones
+            .published
+            .list("")
+            .await
+            .map_err(|e| ProjectionError::Store(format!("cannot list published/: {e}")))?;
+        let mut out = Vec::new();
+        for o in listed {
+            let Some(ds) = o.key.strip_suffix(".json") else {
+                continue;
+            };
+            if ds.contains('/') {
+                continue;
+            }
+            let bytes = self
+                .zones
+                .published
+                .get(&o.key)
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| format!("the release pointer cannot be read: {e}"));
+            out.push((ds.to_owned(), bytes));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Reads an artifact the manifest names and checks its digest.
+    pub(crate) async fn artifact(
+        &self,
+        path: &str,
+        digest: &Digest,
+    ) -> Result<Bytes, ProjectionError> {
+        let rel = path.strip_prefix("processed/").ok_or_else(|| {
+            ProjectionError::Artifact(format!("{path}: a projected artifact is under processed/"))
+        })?;
+        let bytes = self
+            .zones
+            .processed
+            .get(rel)
+            .await
+            .map_err(|e| ProjectionError::Store(format!("{path}: {e}")))?;
+        let got = Digest::of(&bytes);
+        if &got != digest {
+            return Err(ProjectionError::Artifact(format!(
+                "{path} has digest {got}, the signed manifest records {digest}"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The layers a manifest publishes: (layer, path, digest).
+    pub(crate) fn layers_of(m: &Manifest) -> Vec<(Layer, String, Digest)> {
+        m.artifacts
+            .iter()
+            .filter_map(|a| {
+                let layer = match a.role.as_str() {
+                    "data" => Layer::Precise,
+                    "generalized" => Layer::Generalized,
+                    _ => return None,
+                };
+                Some((layer, a.path.clone(), a.digest))
+            })
+            .collect()
+    }
+
+    /// Dataset → manifest digest of every projection in the catalog.
+    pub(crate) async fn projected(&self) -> Result<HashMap<String, String>, ProjectionError> {
+        let rows = self
+            .client
+            .query(
+                &format!("SELECT dataset, manifest_digest FROM {CATALOG}.projections"),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// One pass: load what is published and not projected, drop what is
+    /// projected and no longer published, record what is unrecorded.
+    pub async fn sync(&mut self, ledger: &Ledger) -> Result<SyncReport, ProjectionError> {
+        self.pass(ledger, false).await
+    }
+
+    async fn pass(&mut self, ledger: &Ledger, force: bool) -> Result<SyncReport, ProjectionError> {
+        let mut report = SyncReport::default();
+        let pointers = self.pointers().await?;
+        let mut projected = self.projected().await?;
+        for (ds, bytes) in pointers {
+            let current = projected.remove(&ds);
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    // Unreadable is not "gone": what is projected stays.
+                    report.problems.push(format!("{ds}: {e}"));
+                    continue;
+                }
+            };
+            let verified = match kfm_pipeline::verify_pointer(
+                &self.zones.catalog,
+                ledger,
+                &ds,
+                &bytes,
+                &self.key,
+            )
+            .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    report
+                        .problems
+                        .push(format!("{ds}: the release pointer does not verify: {e}"));
+                    if current.is_some() {
+                        self.drop(&ds, "its release pointer does not verify")
+                            .await?;
+                        report
+                            .dropped
+                            .push((ds, "the release pointer does not verify".into()));
+                    }
+                    continue;
+                }
+            };
+            let (p, m) = (verified.pointer, verified.manifest);
+            if !force && current.as_deref() == Some(p.manifest_digest.as_str()) {
+                report.unchanged.push(ds);
+                continue;
+            }
+            match self
+                .load_manifest(&m, &p.manifest_digest, p.ledger_index)
+                .await
+            {
+                Ok(layers) => {
+                    tracing::info!(version = %m.version_id, layers = layers.len(), "projected");
+                    report.loaded.push((ds, m.version_id.clone(), layers));
+                }
+                Err(e @ (ProjectionError::Artifact(_) | ProjectionError::Store(_))) => {
+                    report.problems.push(format!("{ds}: {e}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (ds, _) in projected {
+            self.drop(&ds, "it is no longer published").await?;
+            report
+                .dropped
+                .push((ds, "it is no longer published".into()));
+        }
+        report.recorded = self.record_pending(ledger).await?;
+        Ok(report)
+    }
+
+    async fn load_manifest(
+        &mut self,
+        m: &Manifest,
+        manifest_digest: &str,
+        pointer_ledger_index: u64,
+    ) -> Result<Vec<Loaded>, ProjectionError> {
+        let mut sources = Vec::new();
+        for (layer, path, digest) in Self::layers_of(m) {
+            let bytes = self.artifact(&path, &digest).await?;
+            sources.push(Source {
+                layer,
+                artifact: path,
+                artifact_digest: digest.to_string(),
+                bytes,
+            });
+        }
+        let v = Version {
+            dataset: &m.dataset,
+            version: m.version,
+            version_id: &m.version_id,
+            manifest_digest,
+            pointer_ledger_index,
+            policy_label: &m.policy_label,
+        };
+        load::load(&mut self.client, &self.geometry, &v, &sources).await
+    }
+
+    async fn drop(&mut self, dataset: &str, why: &str) -> Result<(), ProjectionError> {
+        let dropped = load::drop_dataset(&mut self.client, dataset).await?;
+        tracing::info!(tables = dropped.len(), why, "projection dropped");
+        Ok(())
+    }
+
+    /// Appends the ledger record of every layer and drop not yet recorded.
+    async fn record_pending(&mut self, ledger: &Ledger) -> Result<usize, ProjectionError> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT p.dataset, p.version, p.version_id, p.manifest_digest, l.layer, l.schema_name, l.table_name, l.rows, l.projection_digest, l.artifact, l.artifact_digest
+                     FROM {CATALOG}.layers l JOIN {CATALOG}.projections p USING (dataset)
+                     WHERE l.ledger_index IS NULL ORDER BY p.dataset, l.layer"
+                ),
+                &[],
+            )
+            .await?;
+        let mut n = 0;
+        for r in rows {
+            let rec = ProjectionRecord {
+                kind: KIND.into(),
+                operation: "load".into(),
+                dataset: r.get(0),
+                version: r.get::<_, i64>(1) as u64,
+                version_id: r.get(2),
+                manifest_digest: r.get(3),
+                layer: Some(r.get(4)),
+                schema: Some(r.get(5)),
+                table: Some(r.get(6)),
+                rows: Some(r.get::<_, i64>(7) as u64),
+                projection_digest: Some(r.get(8)),
+                artifact: Some(r.get(9)),
+                artifact_digest: Some(r.get(10)),
+            };
+            let index = record::append_once(ledger, &self.signer, &rec).await?;
+            self.client
+                .execute(
+                    &format!(
+                        "UPDATE {CATALOG}.layers SET ledger_index = $1 WHERE dataset = $2 AND layer = $3 AND projection_digest = $4"
+                    ),
+                    &[&(index as i64), &rec.dataset, &rec.layer, &rec.projection_digest],
+                )
+                .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Projects everything published again from its artifacts, each
+    /// version replacing its tables in one transaction (so a reader never
+    /// meets an empty catalog), then drops every table no projection names.
+    pub async fn rebuild(&mut self, ledger: &Ledger) -> Result<SyncReport, ProjectionError> {
+        let mut report = self.pass(ledger, true).await?;
+        let tx = self.client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL ROLE {}", schema::PROJECTOR))
+            .await?;
+        let strays = tx
+            .query(
+                &format!(
+                    "SELECT t.schemaname, t.tablename FROM pg_tables t
+                     WHERE t.schemaname = ANY($1) AND NOT EXISTS (
+                         SELECT 1 FROM {CATALOG}.layers l
+                         WHERE l.schema_name = t.schemaname AND l.table_name = t.tablename)"
+                ),
+                &[&vec![DATA, RESTRICTED]],
+            )
+            .await?;
+        for t in strays {
+            let (s, n) = (t.get::<_, String>(0), t.get::<_, String>(1));
+            tx.batch_execute(&format!(
+                "DROP TABLE IF EXISTS {}",
+                schema::qualified(&s, &n)?
+            ))
+            .await?;
+            report
+                .dropped
+                .push((format!("{s}.{n}"), "no projection names it".into()));
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+}
