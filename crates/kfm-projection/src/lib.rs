@@ -17,6 +17,7 @@
 //!
 //! It never writes the store, and never reads `raw/` or `work/`.
 
+pub mod artifact;
 pub mod connect;
 pub mod geom;
 pub mod load;

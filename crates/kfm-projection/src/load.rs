@@ -7,8 +7,6 @@
 //! PostgreSQL's DDL is transactional, so a projector killed anywhere leaves
 //! the previous state, and nothing to clean up.
 
-use std::io::Cursor;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::pin_mut;
 use tokio::sync::mpsc;
@@ -130,26 +128,23 @@ fn parse(
         let mut digest = Digester::new();
         let mut batch = Vec::with_capacity(BATCH);
         let mut stopped = false;
-        let res = kfm_pipeline::normalize::for_each_published_feature(
-            Cursor::new(&bytes[..]),
-            |ord, f| {
-                let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
-                digest.push_row(&row);
-                batch.push(row);
-                if batch.len() == BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if tx.blocking_send(full).is_err() {
-                        stopped = true;
-                        return Err("the load stopped".into());
-                    }
+        let res = crate::artifact::for_each_feature(&bytes[..], |ord, f| {
+            let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
+            digest.push_row(&row);
+            batch.push(row);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if tx.blocking_send(full).is_err() {
+                    stopped = true;
+                    return Err("the load stopped".into());
                 }
-                Ok(())
-            },
-        );
+            }
+            Ok(())
+        });
         if stopped {
             return Err(ProjectionError::Stopped);
         }
-        res.map_err(|e| ProjectionError::Artifact(format!("{e:?}")))?;
+        res.map_err(ProjectionError::Artifact)?;
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             return Err(ProjectionError::Stopped);
         }
@@ -195,6 +190,7 @@ async fn copy_layer(
         ],
     );
     pin_mut!(writer);
+    let started = std::time::Instant::now();
     let (rows_tx, mut rows_rx) = mpsc::channel::<Vec<Row>>(4);
     let parser = parse(src.bytes.clone(), rows_tx);
     while let Some(batch) = rows_rx.recv().await {
@@ -221,6 +217,7 @@ async fn copy_layer(
             src.artifact
         )));
     }
+    let copy_s = started.elapsed().as_secs_f64();
     // Indexes after the load (one sort each, not one insert per row), then
     // the grants and the row-level security that are the membrane.
     let readers = if schema_name == DATA {
@@ -247,6 +244,12 @@ async fn copy_layer(
         gi = idx("geom"),
     ))
     .await?;
+    tracing::debug!(
+        rows,
+        copy_s,
+        index_s = started.elapsed().as_secs_f64() - copy_s,
+        "layer loaded"
+    );
     Ok(Loaded {
         layer: src.layer,
         schema: schema_name.to_owned(),

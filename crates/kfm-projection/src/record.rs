@@ -38,12 +38,13 @@ pub struct ProjectionRecord {
     pub artifact_digest: Option<String>,
 }
 
-/// Appends `record` unless the ledger already holds it; returns its index.
+/// Appends `record` unless the ledger already holds it; returns its index
+/// and whether this call appended it.
 pub async fn append_once(
     ledger: &Ledger,
     signer: &Signer,
     record: &ProjectionRecord,
-) -> Result<u64, ProjectionError> {
+) -> Result<(u64, bool), ProjectionError> {
     let payload = to_canonical_json(record).map_err(|e| ProjectionError::Record(e.to_string()))?;
     let envelope: Envelope = signer.sign(PAYLOAD_TYPE, &payload);
     let bytes = envelope
@@ -51,13 +52,13 @@ pub async fn append_once(
         .map_err(|e| ProjectionError::Record(e.to_string()))?;
     let leaf = kfm_ledger::leaf_hash(&bytes);
     if let Some(i) = ledger.find_leaf(&leaf).await {
-        return Ok(i);
+        return Ok((i, false));
     }
     let a = ledger
         .append(bytes)
         .await
         .map_err(|e| ProjectionError::Ledger(e.to_string()))?;
-    Ok(a.index)
+    Ok((a.index, true))
 }
 
 /// The record at ledger entry `index`, its signature checked.

@@ -307,7 +307,7 @@ impl Projector {
                 artifact: Some(r.get(9)),
                 artifact_digest: Some(r.get(10)),
             };
-            let index = record::append_once(ledger, &self.signer, &rec).await?;
+            let (index, appended) = record::append_once(ledger, &self.signer, &rec).await?;
             self.client
                 .execute(
                     &format!(
@@ -316,7 +316,7 @@ impl Projector {
                     &[&(index as i64), &rec.dataset, &rec.layer, &rec.projection_digest],
                 )
                 .await?;
-            n += 1;
+            n += usize::from(appended);
         }
         Ok(n)
     }

@@ -81,12 +81,12 @@ pub async fn table_digest(
 /// The digest of an artifact, computed from its bytes alone.
 fn artifact_digest(bytes: &[u8]) -> Result<(String, u64), ProjectionError> {
     let mut d = Digester::new();
-    kfm_pipeline::normalize::for_each_published_feature(std::io::Cursor::new(bytes), |ord, f| {
+    crate::artifact::for_each_feature(bytes, |ord, f| {
         let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
         d.push_row(&row);
         Ok(())
     })
-    .map_err(|e| ProjectionError::Artifact(format!("{e:?}")))?;
+    .map_err(ProjectionError::Artifact)?;
     Ok(d.finish())
 }
 
