@@ -27,6 +27,35 @@ impl std::fmt::Debug for PgTarget {
 
 /// Connects, the connection driven by a task of its own.
 pub async fn connect(target: &PgTarget) -> Result<Client, ProjectionError> {
+    connect_to(target, None).await
+}
+
+/// `host:port/database` of the target (or of `dbname` on its server):
+/// what may be printed and recorded about it.
+pub fn describe(target: &PgTarget, dbname: Option<&str>) -> String {
+    let Ok(c) = Config::from_str(&target.url) else {
+        return "(an unparsable URL)".into();
+    };
+    let host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let db = dbname
+        .or(c.get_dbname())
+        .or(c.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+/// Connects to the target's server, to `dbname` instead of its database
+/// when given (a drill's scratch database, or the maintenance database
+/// that creates it).
+pub async fn connect_to(
+    target: &PgTarget,
+    dbname: Option<&str>,
+) -> Result<Client, ProjectionError> {
     let mut config = Config::from_str(&target.url).map_err(|e| {
         ProjectionError::Connect(format!(
             "postgres.url {:?} does not parse: {e}; use postgres://USER@HOST:PORT/DATABASE",
@@ -41,6 +70,9 @@ pub async fn connect(target: &PgTarget) -> Result<Client, ProjectionError> {
     if let Some(p) = &target.password {
         config.password(p);
     }
+    if let Some(db) = dbname {
+        config.dbname(db);
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
@@ -48,7 +80,7 @@ pub async fn connect(target: &PgTarget) -> Result<Client, ProjectionError> {
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
         ProjectionError::Connect(format!(
             "cannot connect to PostgreSQL at {}: {e}",
-            target.url
+            describe(target, dbname)
         ))
     })?;
     tokio::spawn(async move {

@@ -19,6 +19,7 @@
 
 pub mod artifact;
 pub mod connect;
+pub mod drill;
 pub mod geom;
 pub mod load;
 pub mod record;
@@ -27,7 +28,7 @@ pub mod schema;
 pub mod sync;
 pub mod verify;
 
-pub use connect::{PgTarget, connect};
+pub use connect::{PgTarget, connect, connect_to, describe};
 pub use load::Loaded;
 pub use schema::Layer;
 pub use sync::{Projector, SyncReport, Zones};

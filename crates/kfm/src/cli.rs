@@ -150,6 +150,13 @@ by compare-and-swap. Exit 0 rolled back, 1 refused (quarantined), 2 no such vers
         command: ProjectionCommand,
     },
 
+    /// Disaster recovery: the drill that proves the platform can be rebuilt from its
+    /// canonical store alone.
+    Dr {
+        #[command(subcommand)]
+        command: DrCommand,
+    },
+
     /// Policy as code: test, digest, pin, eval, diff and sign the policy bundle.
     Policy {
         #[command(subcommand)]
@@ -204,6 +211,35 @@ ledger cannot be reached (nothing half-visible is left: every load is one transa
 Exit 0: every published version is projected and equal; 1: a table differs, is missing, is\n\
 stale, unrecorded or not named by any projection; 2: cannot evaluate.")]
     Verify,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DrCommand {
+    /// From the canonical store alone: verify the ledger and every release pointer, rebuild
+    /// every projection into an empty database, compare every digest, check the pinned
+    /// policy, resolve evidence for a sample of features of every layer; report RTO and RPO
+    /// and append the signed receipt to the ledger.
+    #[command(
+        after_help = "Example:\n  kfm dr drill                      # into a scratch database on [postgres]'s server, dropped after\n  kfm dr drill --into postgres://kfm@db2:5432/kfm --keep\n\n\
+Exit 0: the drill passed; 1: it ran and something did not verify (the receipt, recorded all\n\
+the same, says what) or --into names a database that is not empty; 2: cannot evaluate\n\
+(PostgreSQL, the store or the ledger unreachable: no receipt)."
+    )]
+    Drill(DrillArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Rebuild into this (empty) database instead of a scratch one; its password as for
+    /// [postgres] (postgres.password or PGPASSWORD).
+    #[arg(long, value_name = "URL")]
+    pub into: Option<String>,
+    /// Keep the scratch database afterwards (it is dropped by default).
+    #[arg(long)]
+    pub keep: bool,
+    /// Features traced back to the canonical store per layer.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10000))]
+    pub sample: u64,
 }
 
 #[derive(Args, Debug)]

@@ -4,6 +4,7 @@
 
 mod cli;
 mod default_policy;
+mod dr;
 mod events;
 mod failure;
 mod infra;
@@ -164,6 +165,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
         Command::Events { command } => events::run(ws, &command, fmt).await,
         Command::Projection { command } => projection::run(ws, &command, fmt).await,
+        Command::Dr { command } => dr::run(ws, &command, fmt).await,
         Command::Policy { command } => policy::run(ws, &command, fmt),
         Command::Serve(a) => serve::serve(ws, &a).await,
         Command::Token { command } => serve::token(ws, &command, fmt),

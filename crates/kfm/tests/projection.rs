@@ -540,3 +540,120 @@ fn sigkill_mid_load_twenty_times_leaves_nothing_half_visible_and_verify_passes()
     // The writer lock of a killed projector is released with its process.
     assert!(Duration::from_secs(0) < full);
 }
+
+fn drill(ws: &Path, url: &str, args: &[&str]) -> (i32, Value) {
+    let o = Command::new(common::bin())
+        .current_dir(ws)
+        .env("KFM_WORKSPACE", ws)
+        .env("KFM_POSTGRES_URL", url)
+        .env_remove("KFM_LOG")
+        .args(["--format", "json", "dr", "drill"])
+        .args(args)
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: exit {:?}: {}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn the_dr_drill_rebuilds_from_the_canonical_store_alone_after_the_database_is_deleted() {
+    let Some(db) = Db::fresh() else { return };
+    let (_d, ws) = samples_promoted();
+    ok(&projection(&ws, &db, &["run", "--once"]));
+    // The database is lost entirely.
+    let url = db.url();
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", db.0));
+    let before = ledger_size(&ws);
+    let (code, v) = drill(&ws, &url, &[]);
+    assert_eq!(code, 0, "{v}");
+    let r = &v["receipt"];
+    assert_eq!(r["kind"], "kfm.dr-drill/v1");
+    assert_eq!(r["outcome"], "passed", "{v}");
+    assert_eq!(r["pointers_verified"], 3);
+    assert_eq!(r["layers"].as_array().unwrap().len(), 4);
+    assert!(
+        r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["equal"] == true)
+    );
+    // Five features of each of the four layers traced to the artifact and
+    // the ledger.
+    let ev = r["evidence"].as_array().unwrap();
+    assert_eq!(ev.len(), 20, "{v}");
+    assert!(ev.iter().all(|e| e["resolved"] == true), "{v}");
+    assert_eq!(r["rpo"]["verified"], true);
+    assert_eq!(r["rpo"]["size"].as_u64(), Some(before));
+    assert_eq!(r["policy"]["pinned"], true);
+    assert!(r["rto_seconds"].as_f64().unwrap() > 0.0);
+    // The receipt is the one new ledger entry (the projection records it
+    // would write are already there); the scratch database is gone.
+    assert_eq!(ledger_size(&ws), before + 1);
+    assert_eq!(v["ledger_index"].as_u64(), Some(before));
+    let scratch = r["database"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(scratch.starts_with("kfm_dr_"), "{scratch}");
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{scratch}'")
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn a_drill_that_meets_a_damaged_artifact_or_an_unpinned_policy_fails_and_says_so() {
+    let Some(db) = Db::fresh() else { return };
+    let (_d, ws) = samples_promoted();
+    // Into a database that already holds projections: refused.
+    ok(&projection(&ws, &db, &["run", "--once"]));
+    let o = Command::new(common::bin())
+        .current_dir(&ws)
+        .env("KFM_WORKSPACE", &ws)
+        .env("KFM_POSTGRES_URL", db.url())
+        .args(["dr", "drill", "--into", &db.url()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already holds projections"));
+
+    // One byte of a processed artifact changed, and the pin moved.
+    let art = ws.join("store/processed/ks-places/v1/features.geojson");
+    let mut bytes = std::fs::read(&art).unwrap();
+    let at = bytes.iter().position(|&b| b == b'S').unwrap();
+    bytes[at] = b's';
+    let _ = std::fs::remove_file(&art);
+    std::fs::write(&art, bytes).unwrap();
+    let pins = ws.join("environments/dev.toml");
+    let text = std::fs::read_to_string(&pins).unwrap();
+    // Another (well-formed) digest than the bundle's.
+    let at = text.find("sha256:").unwrap() + "sha256:".len();
+    let moved = format!("{}{}{}", &text[..at], "0".repeat(64), &text[at + 64..]);
+    std::fs::write(&pins, moved).unwrap();
+    let before = ledger_size(&ws);
+    let (code, v) = drill(&ws, &db.url(), &[]);
+    assert_eq!(code, 1, "{v}");
+    let r = &v["receipt"];
+    assert_eq!(r["outcome"], "failed");
+    assert_eq!(r["policy"]["pinned"], false, "{v}");
+    let problems = r["problems"].to_string();
+    assert!(
+        problems.contains("ks-places") && problems.contains("digest"),
+        "{problems}"
+    );
+    // A failed drill is recorded too.
+    assert_eq!(ledger_size(&ws), before + 1);
+}
