@@ -15,14 +15,9 @@
 //!    the release pointer by compare-and-swap. A crash anywhere leaves the
 //!    pointer on the old version or the new one, never in between.
 
-use std::path::Path;
-
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use kfm_core::{Acquisition, DatasetId, Digest, Signer};
-use kfm_ledger::Ledger;
+use kfm_core::{Acquisition, DatasetId, Digest};
 use kfm_store::Store;
-use serde::Serialize;
 
 use crate::catalog::{self, Artifact, CatalogInput};
 use crate::gates::{Gate, GateResult};
@@ -30,60 +25,11 @@ use crate::ingest::{AcquisitionEntry, acquisitions, load_spec};
 use crate::prepare::{Processed, artifact_list, gate_b, gate_c, plan_of, process};
 use crate::publish::RunContext;
 use crate::qa::QaReport;
-use crate::records::{self, DigestSet, LedgerRef, ReleasePointer, ResourceDescriptor};
+use crate::records::{self, DigestSet, LedgerRef, ResourceDescriptor};
 use crate::release::next_version;
 
-/// Everything a run needs from outside. Each dependency that may be
-/// missing is a `Result`, so that its absence becomes a gate's
-/// "cannot evaluate" with the reason, not an early exit.
-pub struct PromoteRequest<'a> {
-    pub store: &'a Store,
-    pub spec_path: &'a Path,
-    pub dataset: &'a DatasetId,
-    /// A specific acquisition (digest); default the newest.
-    pub acquisition: Option<Digest>,
-    pub actor: String,
-    pub policy: Result<PolicyInfo, String>,
-    pub signer: Result<&'a Signer, String>,
-    pub ledger: Result<&'a Ledger, String>,
-    /// The run's clock: timestamps and embargo dates.
-    pub now: DateTime<Utc>,
-    /// How long a run's scratch under work/ is kept; older runs' scratch
-    /// is removed when a run of the dataset starts.
-    pub work_keep: chrono::Duration,
-    /// Called as each gate starts (progress display; tests use it to act
-    /// at a precise point of the run).
-    pub on_gate: &'a (dyn Fn(Gate) + Sync),
-}
-
 pub use crate::error::PromoteError;
-pub use crate::run::{PolicyInfo, new_run_id, ts};
-
-/// The outcome of a run that started.
-#[derive(Debug, Clone, Serialize)]
-pub struct PromoteOutcome {
-    pub run_id: String,
-    pub dataset: String,
-    pub published: bool,
-    /// The version this run produced (published) or attempted.
-    pub version: u64,
-    pub version_id: String,
-    pub acquisition: String,
-    pub gates: Vec<GateResult>,
-    /// `quarantine/<ds>/<run_id>/report.json` when quarantined.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quarantine_report: Option<String>,
-    /// Where this run's receipt sits in the ledger, if it was recorded.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub receipt: Option<LedgerRef>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pointer: Option<ReleasePointer>,
-    pub artifacts: Vec<Artifact>,
-    /// Earlier runs of this dataset found interrupted, recorded as aborted
-    /// (in the ledger) before this one began.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub aborted: Vec<crate::runs::AbortedRecord>,
-}
+pub use crate::run::{PolicyInfo, PromoteOutcome, PromoteRequest, new_run_id, ts};
 
 /// Runs the truth path for one dataset.
 pub async fn promote(req: PromoteRequest<'_>) -> Result<PromoteOutcome, PromoteError> {

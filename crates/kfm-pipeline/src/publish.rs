@@ -22,8 +22,8 @@ use crate::records::{
 const MAX_ENTRY: usize = 65_535;
 use crate::error::PromoteError;
 use crate::prepare::Processed;
-use crate::promote::{PromoteOutcome, PromoteRequest};
 use crate::run::{PolicyInfo, ts};
+use crate::run::{PromoteOutcome, PromoteRequest};
 
 /// What every step of one run shares.
 pub(crate) struct RunContext<'r, 'a> {

@@ -200,7 +200,7 @@ async fn run_passes(
     a: &ProjectionRunArgs,
     fmt: Format,
 ) -> Result<u8, Failure> {
-    let mut events = ledger.events();
+    let mut events = Some(ledger.events());
     let stop = crate::serve::shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -212,9 +212,20 @@ async fn run_passes(
         }
         // A moved pointer is announced to every process sharing the
         // ledger; the interval catches what an announcement missed.
+        // A closed channel (the ledger went) leaves the interval alone,
+        // never a busy loop.
+        let moved = async {
+            match &mut events {
+                Some(rx) => !matches!(
+                    rx.recv().await,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed)
+                ),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut stop => return Ok(0),
-            _ = events.recv() => {},
+            open = moved => if !open { events = None },
             () = tokio::time::sleep(Duration::from_secs(a.interval_s)) => {},
         }
     }

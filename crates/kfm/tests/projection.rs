@@ -657,3 +657,63 @@ fn a_drill_that_meets_a_damaged_artifact_or_an_unpinned_policy_fails_and_says_so
     // A failed drill is recorded too.
     assert_eq!(ledger_size(&ws), before + 1);
 }
+
+#[test]
+fn a_running_projector_follows_a_promotion_and_stops_cleanly_on_sigterm() {
+    let Some(db) = Db::fresh() else { return };
+    let (_d, ws) = samples_promoted();
+    let child = Command::new(common::bin())
+        .current_dir(&ws)
+        .env("KFM_WORKSPACE", &ws)
+        .env("KFM_POSTGRES_URL", db.url())
+        .args([
+            "--format",
+            "json",
+            "projection",
+            "run",
+            "--interval-s",
+            "3600",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let projected = |sql: &str| psql_as(&db.0, "postgres", sql).stdout == b"1\n";
+    assert!(
+        common::eventually(Duration::from_secs(60), || projected(
+            "SELECT count(*) FROM kfm.projections WHERE version_id = 'ks-places@v1'"
+        )),
+        "the first pass did not project the samples"
+    );
+    // A promotion while the projector runs: the moved pointer is announced
+    // through the ledger's writer, and the projector passes again at once
+    // (its interval is an hour).
+    let src = ws.join("datasets/ks-places.csv");
+    let mut csv = std::fs::read_to_string(&src).unwrap();
+    csv.push_str("Elsewhere,38.6,-98.4,US,KS,009\n");
+    std::fs::write(&src, csv).unwrap();
+    ok(&kfm(&ws, &["ingest", "datasets/ks-places.yaml"]));
+    ok(&kfm(&ws, &["promote", "ks-places"]));
+    assert!(
+        common::eventually(Duration::from_secs(60), || projected(
+            "SELECT count(*) FROM kfm.projections WHERE version_id = 'ks-places@v2'"
+        )),
+        "the running projector did not follow the promotion"
+    );
+    // SIGTERM: it stops between passes, exit 0.
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passes: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(passes.len() >= 2, "{passes:?}");
+    assert_eq!(verify_json(&ws, &db).0, 0);
+}
