@@ -211,9 +211,22 @@ pub async fn bootstrap(client: &Client) -> Result<(), ProjectionError> {
          GRANT SELECT ON {CATALOG}.projections, {CATALOG}.layers TO {API}, {API_PRECISE};
          RESET ROLE;"
     );
-    client
-        .batch_execute(&setup)
-        .await
-        .map_err(|e| ProjectionError::Setup(format!("cannot create KFM's schemas: {e}")))?;
+    // Grants on roles are cluster-wide rows: two databases bootstrapping at
+    // once can meet "tuple concurrently updated"; the batch is idempotent.
+    for attempt in 0..5 {
+        match client.batch_execute(&setup).await {
+            Ok(()) => return Ok(()),
+            Err(e) if lost_a_race(&e) && attempt < 4 => {
+                let _ = client.batch_execute("RESET ROLE").await;
+                tokio::time::sleep(std::time::Duration::from_millis(50 * (attempt + 1))).await;
+            }
+            Err(e) => {
+                return Err(ProjectionError::Setup(format!(
+                    "cannot create KFM's schemas: {}",
+                    ProjectionError::from(e)
+                )));
+            }
+        }
+    }
     Ok(())
 }
