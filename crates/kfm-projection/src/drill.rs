@@ -6,6 +6,8 @@
 //! The caller (the CLI) verifies the ledger offline and the pinned policy
 //! first and passes what it found, so that one receipt says all of it.
 
+use std::collections::HashMap;
+
 use kfm_core::Envelope;
 use kfm_core::canonical::to_canonical_json;
 use kfm_core::dsse::Signer;
@@ -143,18 +145,22 @@ impl Projector {
             let digest: kfm_core::Digest = artifact_digest
                 .parse()
                 .map_err(|e| ProjectionError::Catalog(format!("{ds}: artifact digest: {e}")))?;
-            let bytes = self.artifact(&artifact, &digest).await?;
-            let mut from_artifact = std::collections::HashMap::new();
-            crate::artifact::for_each_feature(&bytes, |ord, f| {
-                if ords.contains(&(ord as i64)) {
-                    let r = Row::of(ord, &f).map_err(|e| e.to_string())?;
-                    let mut d = Digester::new();
-                    d.push_row(&r);
-                    from_artifact.insert(ord as i64, (r.fid.clone(), d.finish().0));
-                }
-                Ok(())
-            })
-            .map_err(ProjectionError::Artifact)?;
+            /// The sampled positions, and what the artifact holds there.
+            type Sample = (Vec<i64>, HashMap<i64, (String, String)>);
+            let (_, (_, from_artifact)) = self
+                .scan_artifact(
+                    &artifact,
+                    &digest,
+                    (ords.clone(), HashMap::new()),
+                    |(wanted, found): &mut Sample, r: &Row| {
+                        if wanted.contains(&r.ord) {
+                            let mut d = Digester::new();
+                            d.push_row(r);
+                            found.insert(r.ord, (r.fid.clone(), d.finish().0));
+                        }
+                    },
+                )
+                .await?;
             let q = schema::qualified(&s, &t)?;
             let db_rows = self
                 .client

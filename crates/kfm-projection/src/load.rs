@@ -7,7 +7,7 @@
 //! PostgreSQL's DDL is transactional, so a projector killed anywhere leaves
 //! the previous state, and nothing to clean up.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use futures::pin_mut;
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -15,16 +15,19 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Transaction};
 
 use crate::ProjectionError;
+use crate::artifact::Body;
 use crate::rows::{Digester, Row};
 use crate::schema::{self, API, API_PRECISE, CATALOG, DATA, Layer};
+use crate::sync::{Check, await_check};
 
-/// One artifact to load, its bytes already checked against the signed
-/// manifest's digest.
+/// One artifact to load: its bytes, and the check of their digest against
+/// the signed manifest (awaited before the load may commit).
 pub struct Source {
     pub layer: Layer,
     pub artifact: String,
     pub artifact_digest: String,
-    pub bytes: Bytes,
+    pub body: Body,
+    pub check: Check,
 }
 
 /// What a layer's load produced, as the catalog records it.
@@ -121,14 +124,14 @@ pub async fn geometry_type(client: &Client) -> Result<Type, ProjectionError> {
 /// Parses an artifact on a blocking thread, sending rows in batches; the
 /// digest of what was sent comes back when it ends.
 fn parse(
-    bytes: Bytes,
+    body: Body,
     tx: mpsc::Sender<Vec<Row>>,
 ) -> tokio::task::JoinHandle<Result<(String, u64), ProjectionError>> {
     tokio::task::spawn_blocking(move || {
         let mut digest = Digester::new();
         let mut batch = Vec::with_capacity(BATCH);
         let mut stopped = false;
-        let res = crate::artifact::for_each_feature(&bytes[..], |ord, f| {
+        let res = crate::artifact::for_each_feature_in(body, |ord, f| {
             let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
             digest.push_row(&row);
             batch.push(row);
@@ -155,7 +158,7 @@ fn parse(
 async fn copy_layer(
     tx: &Transaction<'_>,
     geometry: &Type,
-    src: &Source,
+    src: Source,
     v: &Version<'_>,
 ) -> Result<Loaded, ProjectionError> {
     let schema_name = schema::schema_for(src.layer, v.policy_label);
@@ -192,7 +195,7 @@ async fn copy_layer(
     pin_mut!(writer);
     let started = std::time::Instant::now();
     let (rows_tx, mut rows_rx) = mpsc::channel::<Vec<Row>>(4);
-    let parser = parse(src.bytes.clone(), rows_tx);
+    let parser = parse(src.body, rows_tx);
     while let Some(batch) = rows_rx.recv().await {
         for r in &batch {
             writer
@@ -207,9 +210,13 @@ async fn copy_layer(
                 .await?;
         }
     }
-    let (digest, rows) = parser
+    let parsed = parser
         .await
-        .map_err(|e| ProjectionError::Artifact(format!("the parser stopped: {e}")))??;
+        .map_err(|e| ProjectionError::Artifact(format!("the parser stopped: {e}")))?;
+    // Invariant: rows from a streamed artifact are kept only if its digest
+    // is the signed manifest's (else this transaction rolls back).
+    await_check(src.check).await?;
+    let (digest, rows) = parsed?;
     let copied = writer.finish().await?;
     if copied != rows {
         return Err(ProjectionError::Artifact(format!(
@@ -256,8 +263,8 @@ async fn copy_layer(
         table,
         rows,
         digest,
-        artifact: src.artifact.clone(),
-        artifact_digest: src.artifact_digest.clone(),
+        artifact: src.artifact,
+        artifact_digest: src.artifact_digest,
     })
 }
 
@@ -267,7 +274,7 @@ pub async fn load(
     client: &mut Client,
     geometry: &Type,
     v: &Version<'_>,
-    sources: &[Source],
+    sources: Vec<Source>,
 ) -> Result<Vec<Loaded>, ProjectionError> {
     let tx = client.transaction().await?;
     tx.batch_execute(&format!("SET LOCAL ROLE {}", schema::PROJECTOR))

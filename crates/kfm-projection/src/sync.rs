@@ -18,9 +18,14 @@ use kfm_store::{ReadOnly, zones};
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use futures::StreamExt;
+use sha2::{Digest as _, Sha256};
+
 use crate::ProjectionError;
+use crate::artifact::{Body, WHOLE_MAX, for_each_feature_in};
 use crate::load::{self, Loaded, Source, Version};
 use crate::record::{self, KIND, ProjectionRecord};
+use crate::rows::{Digester, Row};
 use crate::schema::{self, CATALOG, DATA, Layer, RESTRICTED};
 
 /// Read handles on the zones a projection is built from.
@@ -47,6 +52,16 @@ pub struct SyncReport {
     pub problems: Vec<String>,
 }
 
+/// The check of a streamed artifact's digest (see `open_artifact`).
+pub(crate) type Check = tokio::task::JoinHandle<Result<(), ProjectionError>>;
+
+/// The verdict of a digest check.
+pub(crate) async fn await_check(check: Check) -> Result<(), ProjectionError> {
+    check
+        .await
+        .map_err(|e| ProjectionError::Artifact(format!("the artifact's reader stopped: {e}")))?
+}
+
 /// A connected projector.
 pub struct Projector {
     pub(crate) client: Client,
@@ -54,6 +69,8 @@ pub struct Projector {
     zones: Zones,
     key: VerifyingKey,
     signer: Signer,
+    /// Artifacts up to this many bytes are read whole, larger ones streamed.
+    whole_max: u64,
 }
 
 /// The published pointers: dataset → pointer bytes, or why it could not be
@@ -77,15 +94,19 @@ impl Projector {
             zones,
             key,
             signer,
+            whole_max: WHOLE_MAX,
         })
+    }
+
+    /// Reads artifacts up to `bytes` whole and streams larger ones (default
+    /// `artifact::WHOLE_MAX`): less for a host short of memory.
+    pub fn read_whole_up_to(mut self, bytes: u64) -> Self {
+        self.whole_max = bytes;
+        self
     }
 
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    pub(crate) fn zones(&self) -> &Zones {
-        &self.zones
     }
 
     pub(crate) fn key(&self) -> &VerifyingKey {
@@ -120,6 +141,17 @@ impl Projector {
         Ok(out)
     }
 
+    /// The release a pointer names, verified end to end (manifest
+    /// signature and digest, the ledger entry it names).
+    pub(crate) async fn verified(
+        &self,
+        ledger: &Ledger,
+        ds: &str,
+        pointer: &[u8],
+    ) -> Result<kfm_pipeline::VerifiedRelease, String> {
+        kfm_pipeline::verify_pointer(&self.zones.catalog, ledger, ds, pointer, &self.key).await
+    }
+
     /// Reads an artifact the manifest names and checks its digest.
     pub(crate) async fn artifact(
         &self,
@@ -142,6 +174,88 @@ impl Projector {
             )));
         }
         Ok(bytes)
+    }
+
+    /// An artifact's bytes, and the check of its digest: done already when
+    /// it is read whole (up to `artifact::WHOLE_MAX`), else done by the
+    /// task that streams it, once it has sent the last chunk. Whoever
+    /// builds anything from a streamed body must await the check before
+    /// keeping it (a load: before its commit).
+    pub(crate) async fn open_artifact(
+        &self,
+        path: &str,
+        digest: &Digest,
+    ) -> Result<(Body, Check), ProjectionError> {
+        let rel = path.strip_prefix("processed/").ok_or_else(|| {
+            ProjectionError::Artifact(format!("{path}: a projected artifact is under processed/"))
+        })?;
+        let size = self
+            .zones
+            .processed
+            .head(rel)
+            .await
+            .map_err(|e| ProjectionError::Store(format!("{path}: {e}")))?
+            .ok_or_else(|| ProjectionError::Artifact(format!("{path}: missing from the store")))?
+            .size;
+        if size <= self.whole_max {
+            let bytes = self.artifact(path, digest).await?;
+            return Ok((Body::Whole(bytes), tokio::spawn(async { Ok(()) })));
+        }
+        let (_, mut chunks) = self
+            .zones
+            .processed
+            .get_stream(rel)
+            .await
+            .map_err(|e| ProjectionError::Store(format!("{path}: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let (path, want) = (path.to_owned(), *digest);
+        let check = tokio::spawn(async move {
+            let mut h = Sha256::new();
+            while let Some(c) = chunks.next().await {
+                let c = c.map_err(|e| ProjectionError::Store(format!("{path}: {e}")))?;
+                h.update(&c);
+                if tx.send(c).await.is_err() {
+                    return Err(ProjectionError::Stopped);
+                }
+            }
+            let got = hex::encode(h.finalize());
+            if got != want.hex() {
+                return Err(ProjectionError::Artifact(format!(
+                    "{path} has digest sha256:{got}, the signed manifest records {want}"
+                )));
+            }
+            Ok(())
+        });
+        Ok((Body::Chunks(rx), check))
+    }
+
+    /// Parses an artifact on a blocking thread, handing each row to `on`
+    /// with `state`; returns its projection digest and row count, and the
+    /// state, once the artifact's own digest is checked.
+    pub(crate) async fn scan_artifact<S: Send + 'static>(
+        &self,
+        path: &str,
+        digest: &Digest,
+        mut state: S,
+        on: fn(&mut S, &Row),
+    ) -> Result<((String, u64), S), ProjectionError> {
+        let (body, check) = self.open_artifact(path, digest).await?;
+        let (parsed, digest, state) = tokio::task::spawn_blocking(move || {
+            let mut d = Digester::new();
+            let r = for_each_feature_in(body, |ord, f| {
+                let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
+                d.push_row(&row);
+                on(&mut state, &row);
+                Ok(())
+            });
+            (r, d.finish(), state)
+        })
+        .await
+        .map_err(|e| ProjectionError::Artifact(format!("the parser stopped: {e}")))?;
+        // The digest's verdict first: a damaged artifact may also not parse.
+        await_check(check).await?;
+        parsed.map_err(ProjectionError::Artifact)?;
+        Ok((digest, state))
     }
 
     /// The layers a manifest publishes: (layer, path, digest).
@@ -191,15 +305,7 @@ impl Projector {
                     continue;
                 }
             };
-            let verified = match kfm_pipeline::verify_pointer(
-                &self.zones.catalog,
-                ledger,
-                &ds,
-                &bytes,
-                &self.key,
-            )
-            .await
-            {
+            let verified = match self.verified(ledger, &ds, &bytes).await {
                 Ok(v) => v,
                 Err(e) => {
                     report
@@ -252,12 +358,13 @@ impl Projector {
     ) -> Result<Vec<Loaded>, ProjectionError> {
         let mut sources = Vec::new();
         for (layer, path, digest) in Self::layers_of(m) {
-            let bytes = self.artifact(&path, &digest).await?;
+            let (body, check) = self.open_artifact(&path, &digest).await?;
             sources.push(Source {
                 layer,
                 artifact: path,
                 artifact_digest: digest.to_string(),
-                bytes,
+                body,
+                check,
             });
         }
         let v = Version {
@@ -268,7 +375,7 @@ impl Projector {
             pointer_ledger_index,
             policy_label: &m.policy_label,
         };
-        load::load(&mut self.client, &self.geometry, &v, &sources).await
+        load::load(&mut self.client, &self.geometry, &v, sources).await
     }
 
     async fn drop(&mut self, dataset: &str, why: &str) -> Result<(), ProjectionError> {

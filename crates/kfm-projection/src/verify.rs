@@ -10,7 +10,7 @@ use tokio_postgres::types::Type;
 
 use crate::ProjectionError;
 use crate::record;
-use crate::rows::{Digester, Row, canonical_props};
+use crate::rows::{Digester, canonical_props};
 use crate::schema::{self, CATALOG, DATA, RESTRICTED};
 use crate::sync::Projector;
 
@@ -78,18 +78,6 @@ pub async fn table_digest(
     Ok(d.finish())
 }
 
-/// The digest of an artifact, computed from its bytes alone.
-fn artifact_digest(bytes: &[u8]) -> Result<(String, u64), ProjectionError> {
-    let mut d = Digester::new();
-    crate::artifact::for_each_feature(bytes, |ord, f| {
-        let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
-        d.push_row(&row);
-        Ok(())
-    })
-    .map_err(ProjectionError::Artifact)?;
-    Ok(d.finish())
-}
-
 impl Projector {
     /// Proves every projected table equal to its canonical artifact, every
     /// published dataset projected at its published version, every layer
@@ -111,15 +99,7 @@ impl Projector {
                     continue;
                 }
             };
-            let v = match kfm_pipeline::verify_pointer(
-                &self.zones().catalog,
-                ledger,
-                &ds,
-                &bytes,
-                self.key(),
-            )
-            .await
-            {
+            let v = match self.verified(ledger, &ds, &bytes).await {
                 Ok(v) => v,
                 Err(e) => {
                     report
@@ -222,11 +202,10 @@ impl Projector {
                 "loaded from artifact {artifact_digest}, the manifest names {digest}"
             )));
         }
-        let bytes = match self.artifact(path, digest).await {
-            Ok(b) => b,
+        let (canonical, n) = match self.scan_artifact(path, digest, (), |_, _| {}).await {
+            Ok((d, _)) => d,
             Err(e) => return Ok(Some(e.to_string())),
         };
-        let (canonical, n) = artifact_digest_of(bytes)?;
         let (in_db, m) = match table_digest(&self.client, s, t).await {
             Ok(x) => x,
             Err(e) => return Ok(Some(format!("cannot read the table: {e}"))),
@@ -260,8 +239,4 @@ impl Projector {
             Err(e) => Ok(Some(e.to_string())),
         }
     }
-}
-
-fn artifact_digest_of(bytes: bytes::Bytes) -> Result<(String, u64), ProjectionError> {
-    artifact_digest(&bytes)
 }

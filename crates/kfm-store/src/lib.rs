@@ -782,6 +782,7 @@ fn lock_file(dir: &FsPath, name: &str, try_only: bool) -> Result<Option<std::fs:
 mod audit;
 mod files;
 mod runs;
+mod stream;
 
 pub use files::{LocalObject, Scratch};
 pub use runs::RunLock;

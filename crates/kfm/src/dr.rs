@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use kfm_core::dsse::Signer;
 use kfm_projection::drill::{self, DrillLayer, DrillReceipt, LedgerState, PolicyState};
-use kfm_projection::{PgTarget, Projector, Zones};
+use kfm_projection::{PgTarget, Projector};
 
 use crate::cli::{DrCommand, DrillArgs, Format};
 use crate::failure::{EXIT_RULE, Failure};
@@ -120,19 +120,11 @@ async fn drill(ws: &Workspace, a: &DrillArgs, fmt: Format) -> Result<u8, Failure
         }
     };
     let database = kfm_projection::describe(&target, scratch.as_deref());
-    let opts = ws.ledger_options(&store).await?;
-    let ledger = ws
-        .open_ledger(&store, ls, opts, "urn:kfm:dr")
-        .await
-        .map_err(|e| Failure::input(format!("cannot open the ledger: {e}")))?;
-    let zones = Zones {
-        published: store.reader(),
-        processed: store.reader(),
-        catalog: store.reader(),
-    };
+    let (ledger, zones) = crate::projection::open(ws, &store, ls, "urn:kfm:dr").await?;
     let result = async {
         let client = kfm_projection::connect_to(&target, scratch.as_deref()).await?;
-        let mut p = Projector::new(client, zones, key, projector_signer).await?;
+        let mut p =
+            crate::projection::tuned(Projector::new(client, zones, key, projector_signer).await?)?;
         if scratch.is_none() && !p.is_empty().await? {
             return Err(Failure {
                 code: EXIT_RULE,

@@ -68,6 +68,24 @@ pub(crate) fn target(ws: &Workspace) -> Result<PgTarget, Failure> {
     })
 }
 
+/// `KFM_PROJECTION_WHOLE_MAX` (bytes): artifacts up to it are read whole,
+/// larger ones streamed (default 256 MiB; less for a host short of memory).
+pub(crate) fn tuned(p: Projector) -> Result<Projector, Failure> {
+    const VAR: &str = "KFM_PROJECTION_WHOLE_MAX";
+    match std::env::var(VAR) {
+        Err(_) => Ok(p),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(|n| p.read_whole_up_to(n))
+            .map_err(|_| {
+                Failure::input(format!("{VAR}={v:?} is not a number of bytes")).hint(format!(
+                    "unset {VAR} for the default (256 MiB), or give bytes, e.g. {VAR}=67108864"
+                ))
+            }),
+    }
+}
+
 #[derive(Serialize)]
 struct LayerOut<'a> {
     layer: &'a str,
@@ -150,6 +168,26 @@ fn print_pass(r: &SyncReport, seconds: f64, fmt: Format) -> Result<(), Failure> 
     Ok(())
 }
 
+/// The ledger (as this workspace runs it) and the zones a projection reads.
+pub(crate) async fn open(
+    ws: &Workspace,
+    store: &kfm_store::Store,
+    signer: kfm_ledger::LedgerSigner,
+    source: &str,
+) -> Result<(kfm_ledger::Ledger, Zones), Failure> {
+    let opts = ws.ledger_options(store).await?;
+    let ledger = ws
+        .open_ledger(store, signer, opts, source)
+        .await
+        .map_err(|e| Failure::input(format!("cannot open the ledger: {e}")))?;
+    let zones = Zones {
+        published: store.reader(),
+        processed: store.reader(),
+        catalog: store.reader(),
+    };
+    Ok((ledger, zones))
+}
+
 pub(crate) async fn run(
     ws: Option<&std::path::Path>,
     cmd: &ProjectionCommand,
@@ -161,19 +199,10 @@ pub(crate) async fn run(
     let signer = Signer::new(ls.signing_key());
     let key = crate::ledger::dsse_key(ls.verifier_key())?;
     let store = ws.store()?;
-    let opts = ws.ledger_options(&store).await?;
-    let ledger = ws
-        .open_ledger(&store, ls, opts, "urn:kfm:projector")
-        .await
-        .map_err(|e| Failure::input(format!("cannot open the ledger: {e}")))?;
-    let zones = Zones {
-        published: store.reader(),
-        processed: store.reader(),
-        catalog: store.reader(),
-    };
+    let (ledger, zones) = open(&ws, &store, ls, "urn:kfm:projector").await?;
     let result = async {
         let client = kfm_projection::connect(&target).await?;
-        let mut projector = Projector::new(client, zones, key, signer).await?;
+        let mut projector = tuned(Projector::new(client, zones, key, signer).await?)?;
         match cmd {
             ProjectionCommand::Run(a) => run_passes(&mut projector, &ledger, a, fmt).await,
             ProjectionCommand::Rebuild => {

@@ -96,12 +96,18 @@ impl Drop for Db {
     }
 }
 
-fn projection(ws: &Path, db: &Db, args: &[&str]) -> Output {
-    Command::new(common::bin())
-        .current_dir(ws)
+/// `kfm` in `ws`, its projections in the PostgreSQL at `url`.
+fn kfm_pg(ws: &Path, url: &str) -> Command {
+    let mut c = Command::new(common::bin());
+    c.current_dir(ws)
         .env("KFM_WORKSPACE", ws)
-        .env("KFM_POSTGRES_URL", db.url())
-        .env_remove("KFM_LOG")
+        .env("KFM_POSTGRES_URL", url)
+        .env_remove("KFM_LOG");
+    c
+}
+
+fn projection(ws: &Path, db: &Db, args: &[&str]) -> Output {
+    kfm_pg(ws, &db.url())
         .arg("projection")
         .args(args)
         .output()
@@ -252,6 +258,22 @@ fn projects_every_published_version_verifies_it_and_catches_a_tampered_table() {
         before + 4,
         "a rebuild of equal tables appends no new record"
     );
+
+    // Every artifact streamed instead of read whole: the same tables, the
+    // same digests (so the same records: none new), and verify agrees.
+    let o = kfm_pg(&ws, &db.url())
+        .env("KFM_PROJECTION_WHOLE_MAX", "0")
+        .args(["projection", "rebuild"])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert_eq!(ledger_size(&ws), before + 4);
+    let o = kfm_pg(&ws, &db.url())
+        .env("KFM_PROJECTION_WHOLE_MAX", "0")
+        .args(["projection", "verify"])
+        .output()
+        .unwrap();
+    ok(&o);
 }
 
 #[test]
@@ -415,10 +437,7 @@ fn a_new_version_replaces_the_old_and_a_pointer_that_stops_verifying_is_dropped(
 #[test]
 fn a_url_with_a_password_or_an_unreachable_server_is_refused_with_exit_2() {
     let (_d, ws) = samples_promoted();
-    let o = Command::new(common::bin())
-        .current_dir(&ws)
-        .env("KFM_WORKSPACE", &ws)
-        .env("KFM_POSTGRES_URL", "postgres://kfm:hunter2@127.0.0.1/kfm")
+    let o = kfm_pg(&ws, "postgres://kfm:hunter2@127.0.0.1/kfm")
         .args(["projection", "run", "--once"])
         .output()
         .unwrap();
@@ -429,10 +448,7 @@ fn a_url_with_a_password_or_an_unreachable_server_is_refused_with_exit_2() {
         "{err}"
     );
     // Nothing listens on port 9 of loopback.
-    let o = Command::new(common::bin())
-        .current_dir(&ws)
-        .env("KFM_WORKSPACE", &ws)
-        .env("KFM_POSTGRES_URL", "postgres://postgres@127.0.0.1:9/kfm")
+    let o = kfm_pg(&ws, "postgres://postgres@127.0.0.1:9/kfm")
         .args(["projection", "verify"])
         .output()
         .unwrap();
@@ -514,10 +530,7 @@ fn sigkill_mid_load_twenty_times_leaves_nothing_half_visible_and_verify_passes()
         // Spread the kills over the whole of a rebuild: connecting, the
         // COPY, the indexes, the commit, the ledger records.
         let at = full.mul_f64(f64::from(round) / 20.0 + 0.02);
-        let mut child = Command::new(common::bin())
-            .current_dir(&ws)
-            .env("KFM_WORKSPACE", &ws)
-            .env("KFM_POSTGRES_URL", db.url())
+        let mut child = kfm_pg(&ws, &db.url())
             .args(["projection", "rebuild"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -542,11 +555,19 @@ fn sigkill_mid_load_twenty_times_leaves_nothing_half_visible_and_verify_passes()
 }
 
 fn drill(ws: &Path, url: &str, args: &[&str]) -> (i32, Value) {
-    let o = Command::new(common::bin())
-        .current_dir(ws)
-        .env("KFM_WORKSPACE", ws)
-        .env("KFM_POSTGRES_URL", url)
-        .env_remove("KFM_LOG")
+    drill_with(ws, url, args, None)
+}
+
+fn drill_streamed(ws: &Path, url: &str) -> (i32, Value) {
+    drill_with(ws, url, &[], Some("0"))
+}
+
+fn drill_with(ws: &Path, url: &str, args: &[&str], whole_max: Option<&str>) -> (i32, Value) {
+    let mut c = kfm_pg(ws, url);
+    if let Some(n) = whole_max {
+        c.env("KFM_PROJECTION_WHOLE_MAX", n);
+    }
+    let o = c
         .args(["--format", "json", "dr", "drill"])
         .args(args)
         .output()
@@ -620,10 +641,7 @@ fn a_drill_that_meets_a_damaged_artifact_or_an_unpinned_policy_fails_and_says_so
     let (_d, ws) = samples_promoted();
     // Into a database that already holds projections: refused.
     ok(&projection(&ws, &db, &["run", "--once"]));
-    let o = Command::new(common::bin())
-        .current_dir(&ws)
-        .env("KFM_WORKSPACE", &ws)
-        .env("KFM_POSTGRES_URL", db.url())
+    let o = kfm_pg(&ws, &db.url())
         .args(["dr", "drill", "--into", &db.url()])
         .output()
         .unwrap();
@@ -644,7 +662,9 @@ fn a_drill_that_meets_a_damaged_artifact_or_an_unpinned_policy_fails_and_says_so
     let moved = format!("{}{}{}", &text[..at], "0".repeat(64), &text[at + 64..]);
     std::fs::write(&pins, moved).unwrap();
     let before = ledger_size(&ws);
-    let (code, v) = drill(&ws, &db.url(), &[]);
+    // Streamed, the damaged artifact is caught after its last chunk, and
+    // what was loaded from it rolls back.
+    let (code, v) = drill_streamed(&ws, &db.url());
     assert_eq!(code, 1, "{v}");
     let r = &v["receipt"];
     assert_eq!(r["outcome"], "failed");
@@ -662,10 +682,7 @@ fn a_drill_that_meets_a_damaged_artifact_or_an_unpinned_policy_fails_and_says_so
 fn a_running_projector_follows_a_promotion_and_stops_cleanly_on_sigterm() {
     let Some(db) = Db::fresh() else { return };
     let (_d, ws) = samples_promoted();
-    let child = Command::new(common::bin())
-        .current_dir(&ws)
-        .env("KFM_WORKSPACE", &ws)
-        .env("KFM_POSTGRES_URL", db.url())
+    let child = kfm_pg(&ws, &db.url())
         .args([
             "--format",
             "json",
