@@ -4,7 +4,11 @@
 //! and G change the world (ledger, store, pointer), so they run only when
 //! A–E all passed; otherwise they are reported as not run.
 
+use chrono::NaiveDate;
+use kfm_core::{LicenseId, PolicyLabel};
 use serde::{Deserialize, Serialize};
+
+use crate::run::PolicyInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Gate {
@@ -103,6 +107,61 @@ impl GateResult {
     }
     pub fn passed(&self) -> bool {
         self.status == Status::Pass
+    }
+}
+
+/// Gate B's rule, the same for a promotion (from its spec) and a rollback
+/// (from the stored version's manifest): what the policy's license table
+/// says of a license.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LicenseFacts {
+    /// `NOASSERTION` or the like: the rights are unknown.
+    pub unknown: bool,
+    /// The policy bundle's `data.kfm.licenses` names it.
+    pub in_policy: bool,
+    /// Its terms (or the policy) require attribution text.
+    pub needs_attribution: bool,
+}
+
+pub fn license_facts(id: &LicenseId, policy: &PolicyInfo) -> LicenseFacts {
+    let entry = policy.licenses.get(id.as_str());
+    LicenseFacts {
+        unknown: id.is_unknown(),
+        in_policy: entry.is_some(),
+        needs_attribution: id.requires_attribution()
+            || entry.is_some_and(|e| e.get("attribution") == Some(&serde_json::Value::Bool(true))),
+    }
+}
+
+/// Gate C's release rules on the label and the date, the same for a
+/// promotion and a rollback: a quarantined dataset is never released, an
+/// embargoed one not before its date (and not at all if the date is
+/// missing). `None`: the label leaves the decision to the caller's own
+/// checks (a sensitive location's generalised derivative).
+pub fn release_rule(
+    label: PolicyLabel,
+    embargo_until: Option<NaiveDate>,
+    today: NaiveDate,
+) -> Option<GateResult> {
+    match label {
+        PolicyLabel::Quarantine => Some(GateResult::fail(
+            Gate::C,
+            vec!["policy_label is quarantine: a quarantined dataset is never released; relabel it after review".into()],
+        )),
+        PolicyLabel::Embargoed => Some(match embargo_until {
+            None => GateResult::cannot(
+                Gate::C,
+                "policy_label is embargoed but no embargo date is recorded (sensitivity.embargo_until): the release date cannot be judged",
+            ),
+            Some(d) if today < d => GateResult::fail(
+                Gate::C,
+                vec![format!(
+                    "embargoed until {d}: not released before its date (today is {today})"
+                )],
+            ),
+            Some(d) => GateResult::pass(Gate::C, vec![format!("embargo ended {d}")]),
+        }),
+        _ => None,
     }
 }
 

@@ -216,15 +216,14 @@ pub(crate) fn gate_b(spec: &DatasetSpec, policy: Result<&PolicyInfo, &String>) -
             );
         }
     };
-    let entry = policy.licenses.get(id);
-    if !lic.spdx.is_unknown() && entry.is_none() {
+    let facts = crate::gates::license_facts(&lic.spdx, policy);
+    if !facts.unknown && !facts.in_policy {
         problems.push(format!(
             "license {id} is not known to the policy bundle (data.kfm.licenses, revision {}): add it there after legal review, or correct license.spdx",
             policy.revision
         ));
     }
-    let needs_attribution = lic.spdx.requires_attribution()
-        || entry.is_some_and(|e| e.get("attribution") == Some(&serde_json::Value::Bool(true)));
+    let needs_attribution = facts.needs_attribution;
     let has_attribution = lic
         .attribution
         .as_ref()
@@ -261,25 +260,10 @@ pub(crate) fn gate_c(
 ) -> GateResult {
     let s = &spec.sensitivity;
     let label = s.policy_label;
+    if let Some(r) = crate::gates::release_rule(label, s.embargo_until, now.date_naive()) {
+        return r;
+    }
     match label {
-        PolicyLabel::Quarantine => GateResult::fail(
-            Gate::C,
-            vec!["policy_label is quarantine: a quarantined dataset is never released; relabel it after review".into()],
-        ),
-        PolicyLabel::Embargoed => match s.embargo_until {
-            None => GateResult::cannot(
-                Gate::C,
-                "policy_label is embargoed but sensitivity.embargo_until is missing: the release date cannot be judged",
-            ),
-            Some(d) if now.date_naive() < d => GateResult::fail(
-                Gate::C,
-                vec![format!(
-                    "embargoed until {d}: not released before its date (today is {})",
-                    now.date_naive()
-                )],
-            ),
-            Some(d) => GateResult::pass(Gate::C, vec![format!("embargo ended {d}")]),
-        },
         PolicyLabel::RestrictedSensitiveLocation => match plan_of(spec) {
             None => GateResult::fail(
                 Gate::C,

@@ -162,18 +162,18 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
                 .and_then(|s| s["kfm:attribution"].as_str().map(str::to_owned));
             match id {
                 Err(e) => GateResult::fail(Gate::B, vec![e.to_string()]),
-                Ok(id) if id.is_unknown() => GateResult::fail(Gate::B, vec![format!("license {id:?} is unknown")]),
-                Ok(id) => match p.licenses.get(id.as_str()) {
-                    None => GateResult::fail(Gate::B, vec![format!("license {} is not known to the current policy bundle", id.as_str())]),
-                    Some(e) => {
-                        let needs = id.requires_attribution() || e.get("attribution") == Some(&serde_json::Value::Bool(true));
-                        if needs && attribution.is_none() {
-                            GateResult::fail(Gate::B, vec![format!("license {} requires attribution, and this version's catalog has none", id.as_str())])
-                        } else {
-                            GateResult::pass(Gate::B, vec![format!("{} known to policy revision {}", id.as_str(), p.revision)])
-                        }
+                Ok(id) => {
+                    let f = crate::gates::license_facts(&id, p);
+                    if f.unknown {
+                        GateResult::fail(Gate::B, vec![format!("license {id:?} is unknown")])
+                    } else if !f.in_policy {
+                        GateResult::fail(Gate::B, vec![format!("license {} is not known to the current policy bundle", id.as_str())])
+                    } else if f.needs_attribution && attribution.is_none() {
+                        GateResult::fail(Gate::B, vec![format!("license {} requires attribution, and this version's catalog has none", id.as_str())])
+                    } else {
+                        GateResult::pass(Gate::B, vec![format!("{} known to policy revision {}", id.as_str(), p.revision)])
                     }
-                },
+                }
             }
         }
     });
@@ -189,16 +189,12 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
                     m.policy_label
                 )],
             ),
-            Ok(PolicyLabel::Quarantine) => {
-                GateResult::fail(Gate::C, vec!["policy_label is quarantine".into()])
+            Ok(l)
+                if let Some(r) =
+                    crate::gates::release_rule(l, m.embargo_until, req.now.date_naive()) =>
+            {
+                r
             }
-            Ok(PolicyLabel::Embargoed) => match m.embargo_until {
-                None => GateResult::cannot(Gate::C, "embargoed, with no embargo date recorded"),
-                Some(d) if req.now.date_naive() < d => {
-                    GateResult::fail(Gate::C, vec![format!("embargoed until {d}")])
-                }
-                Some(d) => GateResult::pass(Gate::C, vec![format!("embargo ended {d}")]),
-            },
             Ok(PolicyLabel::RestrictedSensitiveLocation)
                 if !m.artifacts.is_empty()
                     && !m.artifacts.iter().any(|a| a.role == "generalized") =>
