@@ -106,7 +106,7 @@ impl Projector {
                 &[&vec![schema::DATA, schema::RESTRICTED]],
             )
             .await?;
-        Ok(row.get::<_, i64>(0) == 0)
+        Ok(row.try_get::<_, i64>(0)? == 0)
     }
 
     /// Traces `per_layer` features of every projected layer (spread over
@@ -133,11 +133,11 @@ impl Projector {
         let mut out = Vec::new();
         for l in layers {
             let (ds, layer, s, t): (String, String, String, String) =
-                (l.get(0), l.get(1), l.get(2), l.get(3));
-            let rows = l.get::<_, i64>(4).max(0) as u64;
-            let (artifact, artifact_digest): (String, String) = (l.get(5), l.get(6));
-            let record_index = l.get::<_, Option<i64>>(7).map(|i| i as u64);
-            let pointer_index = l.get::<_, i64>(8) as u64;
+                (l.try_get(0)?, l.try_get(1)?, l.try_get(2)?, l.try_get(3)?);
+            let rows = l.try_get::<_, i64>(4)?.max(0) as u64;
+            let (artifact, artifact_digest): (String, String) = (l.try_get(5)?, l.try_get(6)?);
+            let record_index = l.try_get::<_, Option<i64>>(7)?.map(|i| i as u64);
+            let pointer_index = l.try_get::<_, i64>(8)? as u64;
             let n = per_layer.min(rows);
             let ords: Vec<i64> = (0..n)
                 .map(|k| ((k * rows.saturating_sub(1)) / n.saturating_sub(1).max(1)) as i64)
@@ -173,9 +173,9 @@ impl Projector {
                 .await?;
             let proofs = prove_all(ledger, verifier_key, origin, record_index, pointer_index).await;
             for r in db_rows {
-                let ord: i64 = r.get(0);
-                let fid: String = r.get(1);
-                let props = match r.get::<_, Option<String>>(4) {
+                let ord: i64 = r.try_get(0)?;
+                let fid: String = r.try_get(1)?;
+                let props = match r.try_get::<_, Option<String>>(4)? {
                     Some(t) => Some(canonical_props(&t).map_err(ProjectionError::Catalog)?),
                     None => None,
                 };
@@ -183,8 +183,8 @@ impl Projector {
                 d.push(
                     ord,
                     &fid,
-                    r.get(2),
-                    r.get::<_, Option<Vec<u8>>>(3).as_deref(),
+                    r.try_get(2)?,
+                    r.try_get::<_, Option<Vec<u8>>>(3)?.as_deref(),
                     props.as_deref(),
                 );
                 let in_db = d.finish().0;

@@ -115,9 +115,9 @@ pub async fn geometry_type(client: &Client) -> Result<Type, ProjectionError> {
         .ok_or_else(|| ProjectionError::Setup("PostGIS's geometry type is missing".into()))?;
     Ok(Type::new(
         "geometry".into(),
-        row.get::<_, u32>(0),
+        row.try_get::<_, u32>(0)?,
         tokio_postgres::types::Kind::Simple,
-        row.get::<_, String>(1),
+        row.try_get::<_, String>(1)?,
     ))
 }
 
@@ -333,7 +333,7 @@ pub async fn load(
         .await?;
     }
     for o in old {
-        let (s, t): (String, String) = (o.get(0), o.get(1));
+        let (s, t): (String, String) = (o.try_get(0)?, o.try_get(1)?);
         if loaded.iter().any(|l| l.schema == s && l.table == t) {
             continue;
         }
@@ -374,7 +374,7 @@ pub async fn drop_dataset(
     .await?;
     let mut dropped = Vec::new();
     for o in old {
-        let (s, t): (String, String) = (o.get(0), o.get(1));
+        let (s, t): (String, String) = (o.try_get(0)?, o.try_get(1)?);
         let q = schema::qualified(&s, &t)?;
         tx.batch_execute(&format!("DROP TABLE IF EXISTS {q}"))
             .await?;

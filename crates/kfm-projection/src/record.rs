@@ -1,5 +1,5 @@
 //! What the projector writes into the ledger: one signed record per
-//! projected layer (and per dropped projection), so that an auditor can
+//! projected layer, so that an auditor can
 //! prove, from the ledger alone, which table held which canonical artifact.
 
 use kfm_core::Envelope;
@@ -22,13 +22,15 @@ pub const KIND: &str = "kfm.projection/v1";
 #[serde(deny_unknown_fields)]
 pub struct ProjectionRecord {
     pub kind: String,
-    /// `load` or `drop`.
+    /// `load` (the only operation recorded: a projection dropped because
+    /// its pointer moved or stopped verifying is explained by the entry
+    /// that moved it, or by the failed verification).
     pub operation: String,
     pub dataset: String,
     pub version: u64,
     pub version_id: String,
     pub manifest_digest: String,
-    /// `precise` or `generalized` (`drop`: every layer).
+    /// `precise` or `generalized`.
     pub layer: Option<String>,
     pub schema: Option<String>,
     pub table: Option<String>,

@@ -129,10 +129,10 @@ async fn ready(client: &Client) -> Result<bool, ProjectionError> {
             &[&ROLES.to_vec()],
         )
         .await?;
-    Ok(row.get::<_, i32>(0) == 3
-        && row.get::<_, bool>(1)
-        && row.get::<_, bool>(2)
-        && row.get::<_, i32>(3) == 1)
+    Ok(row.try_get::<_, i32>(0)? == 3
+        && row.try_get::<_, bool>(1)?
+        && row.try_get::<_, bool>(2)?
+        && row.try_get::<_, i32>(3)? == 1)
 }
 
 /// Creates the extension, roles, schemas, grants and catalog tables that
@@ -173,7 +173,7 @@ pub async fn bootstrap(client: &Client) -> Result<(), ProjectionError> {
     let db: String = client
         .query_one("SELECT current_database()", &[])
         .await?
-        .get(0);
+        .try_get(0)?;
     let setup = format!(
         "GRANT {PROJECTOR} TO current_user;
          GRANT CONNECT, CREATE ON DATABASE \"{db}\" TO {PROJECTOR};

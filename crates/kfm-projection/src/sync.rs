@@ -282,7 +282,9 @@ impl Projector {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
     }
 
     /// One pass: load what is published and not projected, drop what is
@@ -402,17 +404,17 @@ impl Projector {
             let rec = ProjectionRecord {
                 kind: KIND.into(),
                 operation: "load".into(),
-                dataset: r.get(0),
-                version: r.get::<_, i64>(1) as u64,
-                version_id: r.get(2),
-                manifest_digest: r.get(3),
-                layer: Some(r.get(4)),
-                schema: Some(r.get(5)),
-                table: Some(r.get(6)),
-                rows: Some(r.get::<_, i64>(7) as u64),
-                projection_digest: Some(r.get(8)),
-                artifact: Some(r.get(9)),
-                artifact_digest: Some(r.get(10)),
+                dataset: r.try_get(0)?,
+                version: r.try_get::<_, i64>(1)? as u64,
+                version_id: r.try_get(2)?,
+                manifest_digest: r.try_get(3)?,
+                layer: Some(r.try_get(4)?),
+                schema: Some(r.try_get(5)?),
+                table: Some(r.try_get(6)?),
+                rows: Some(r.try_get::<_, i64>(7)? as u64),
+                projection_digest: Some(r.try_get(8)?),
+                artifact: Some(r.try_get(9)?),
+                artifact_digest: Some(r.try_get(10)?),
             };
             let (index, appended) = record::append_once(ledger, &self.signer, &rec).await?;
             self.client
@@ -448,7 +450,7 @@ impl Projector {
             )
             .await?;
         for t in strays {
-            let (s, n) = (t.get::<_, String>(0), t.get::<_, String>(1));
+            let (s, n) = (t.try_get::<_, String>(0)?, t.try_get::<_, String>(1)?);
             tx.batch_execute(&format!(
                 "DROP TABLE IF EXISTS {}",
                 schema::qualified(&s, &n)?

@@ -142,10 +142,10 @@ impl Projector {
                     ));
                     continue;
                 };
-                let (s, t): (String, String) = (row.get(0), row.get(1));
+                let (s, t): (String, String) = (row.try_get(0)?, row.try_get(1)?);
                 named.insert((s.clone(), t.clone()));
-                let recorded_rows = row.get::<_, i64>(2) as u64;
-                let recorded: String = row.get(3);
+                let recorded_rows = row.try_get::<_, i64>(2)? as u64;
+                let recorded: String = row.try_get(3)?;
                 let mut check = LayerCheck {
                     dataset: ds.clone(),
                     layer: layer.as_str().into(),
@@ -173,7 +173,7 @@ impl Projector {
             )
             .await?;
         for t in tables {
-            let key = (t.get::<_, String>(0), t.get::<_, String>(1));
+            let key = (t.try_get::<_, String>(0)?, t.try_get::<_, String>(1)?);
             if !named.contains(&key) {
                 report.problems.push(format!(
                     "{}.{}: a table no current projection names",
@@ -194,9 +194,9 @@ impl Projector {
         digest: &kfm_core::Digest,
         row: &tokio_postgres::Row,
     ) -> Result<Option<String>, ProjectionError> {
-        let recorded_rows = row.get::<_, i64>(2) as u64;
-        let recorded: String = row.get(3);
-        let artifact_digest: String = row.get(4);
+        let recorded_rows = row.try_get::<_, i64>(2)? as u64;
+        let recorded: String = row.try_get(3)?;
+        let artifact_digest: String = row.try_get(4)?;
         if artifact_digest != digest.to_string() {
             return Ok(Some(format!(
                 "loaded from artifact {artifact_digest}, the manifest names {digest}"
@@ -220,7 +220,7 @@ impl Projector {
                 "the catalog records {recorded} ({recorded_rows} rows); the artifact and the table are {canonical} ({n} rows)"
             )));
         }
-        let Some(index) = row.get::<_, Option<i64>>(5) else {
+        let Some(index) = row.try_get::<_, Option<i64>>(5)? else {
             return Ok(Some(
                 "not yet recorded in the ledger; run `kfm projection run`".into(),
             ));
