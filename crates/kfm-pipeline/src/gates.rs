@@ -8,8 +8,6 @@ use chrono::NaiveDate;
 use kfm_core::{LicenseId, PolicyLabel};
 use serde::{Deserialize, Serialize};
 
-use crate::run::PolicyInfo;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Gate {
     A,
@@ -123,8 +121,10 @@ pub struct LicenseFacts {
     pub needs_attribution: bool,
 }
 
-pub fn license_facts(id: &LicenseId, policy: &PolicyInfo) -> LicenseFacts {
-    let entry = policy.licenses.get(id.as_str());
+/// `licenses`: the policy bundle's `data.kfm.licenses` (license id →
+/// `{attribution: bool}`).
+pub fn license_facts(id: &LicenseId, licenses: &serde_json::Value) -> LicenseFacts {
+    let entry = licenses.get(id.as_str());
     LicenseFacts {
         unknown: id.is_unknown(),
         in_policy: entry.is_some(),

@@ -216,7 +216,7 @@ pub(crate) fn gate_b(spec: &DatasetSpec, policy: Result<&PolicyInfo, &String>) -
             );
         }
     };
-    let facts = crate::gates::license_facts(&lic.spdx, policy);
+    let facts = crate::gates::license_facts(&lic.spdx, &policy.licenses);
     if !facts.unknown && !facts.in_policy {
         problems.push(format!(
             "license {id} is not known to the policy bundle (data.kfm.licenses, revision {}): add it there after legal review, or correct license.spdx",

@@ -163,7 +163,7 @@ pub async fn rollback(req: RollbackRequest<'_>) -> Result<RollbackOutcome, Promo
             match id {
                 Err(e) => GateResult::fail(Gate::B, vec![e.to_string()]),
                 Ok(id) => {
-                    let f = crate::gates::license_facts(&id, p);
+                    let f = crate::gates::license_facts(&id, &p.licenses);
                     if f.unknown {
                         GateResult::fail(Gate::B, vec![format!("license {id:?} is unknown")])
                     } else if !f.in_policy {

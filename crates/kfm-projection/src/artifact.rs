@@ -16,6 +16,16 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 /// does not grow with the size of what is published.
 pub const WHOLE_MAX: u64 = 256 << 20;
 
+/// The check of a streamed artifact's digest (see `Projector::open_artifact`).
+pub(crate) type Check = tokio::task::JoinHandle<Result<(), crate::ProjectionError>>;
+
+/// The verdict of a digest check.
+pub(crate) async fn await_check(check: Check) -> Result<(), crate::ProjectionError> {
+    check.await.map_err(|e| {
+        crate::ProjectionError::Artifact(format!("the artifact's reader stopped: {e}"))
+    })?
+}
+
 /// An artifact's bytes: whole, or chunks as they arrive from the store.
 pub enum Body {
     Whole(Bytes),

@@ -15,10 +15,9 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Transaction};
 
 use crate::ProjectionError;
-use crate::artifact::Body;
+use crate::artifact::{Body, Check, await_check};
 use crate::rows::{Digester, Row};
 use crate::schema::{self, API, API_PRECISE, CATALOG, DATA, Layer};
-use crate::sync::{Check, await_check};
 
 /// One artifact to load: its bytes, and the check of their digest against
 /// the signed manifest (awaited before the load may commit).

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use crate::ProjectionError;
-use crate::artifact::{Body, WHOLE_MAX, for_each_feature_in};
+use crate::artifact::{Body, Check, WHOLE_MAX, await_check, for_each_feature_in};
 use crate::load::{self, Loaded, Source, Version};
 use crate::record::{self, KIND, ProjectionRecord};
 use crate::rows::{Digester, Row};
@@ -50,16 +50,6 @@ pub struct SyncReport {
     pub recorded: usize,
     /// Datasets that could not be projected, and why.
     pub problems: Vec<String>,
-}
-
-/// The check of a streamed artifact's digest (see `open_artifact`).
-pub(crate) type Check = tokio::task::JoinHandle<Result<(), ProjectionError>>;
-
-/// The verdict of a digest check.
-pub(crate) async fn await_check(check: Check) -> Result<(), ProjectionError> {
-    check
-        .await
-        .map_err(|e| ProjectionError::Artifact(format!("the artifact's reader stopped: {e}")))?
 }
 
 /// A connected projector.
