@@ -19,11 +19,22 @@ pub const WHOLE_MAX: u64 = 256 << 20;
 /// The check of a streamed artifact's digest (see `Projector::open_artifact`).
 pub(crate) type Check = tokio::task::JoinHandle<Result<(), crate::ProjectionError>>;
 
-/// The verdict of a digest check.
-pub(crate) async fn await_check(check: Check) -> Result<(), crate::ProjectionError> {
-    check.await.map_err(|e| {
+/// What was built from an artifact, kept only if its digest check passed.
+/// The digest's verdict comes first (a damaged artifact may also fail to
+/// parse); a reader that stopped only because the parser stopped first
+/// leaves the parser's own error to be reported.
+pub(crate) async fn checked<T>(
+    check: Check,
+    parsed: Result<T, crate::ProjectionError>,
+) -> Result<T, crate::ProjectionError> {
+    let verdict = check.await.map_err(|e| {
         crate::ProjectionError::Artifact(format!("the artifact's reader stopped: {e}"))
-    })?
+    })?;
+    match (verdict, parsed) {
+        (Ok(()), parsed) => parsed,
+        (Err(crate::ProjectionError::Stopped), Err(e)) => Err(e),
+        (Err(e), _) => Err(e),
+    }
 }
 
 /// An artifact's bytes: whole, or chunks as they arrive from the store.

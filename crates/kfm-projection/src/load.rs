@@ -15,7 +15,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Transaction};
 
 use crate::ProjectionError;
-use crate::artifact::{Body, Check, await_check};
+use crate::artifact::{Body, Check, checked};
 use crate::rows::{Digester, Row};
 use crate::schema::{self, API, API_PRECISE, CATALOG, DATA, Layer};
 
@@ -214,8 +214,7 @@ async fn copy_layer(
         .map_err(|e| ProjectionError::Artifact(format!("the parser stopped: {e}")))?;
     // Invariant: rows from a streamed artifact are kept only if its digest
     // is the signed manifest's (else this transaction rolls back).
-    await_check(src.check).await?;
-    let (digest, rows) = parsed?;
+    let (digest, rows) = checked(src.check, parsed).await?;
     let copied = writer.finish().await?;
     if copied != rows {
         return Err(ProjectionError::Artifact(format!(

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 
 use crate::ProjectionError;
-use crate::artifact::{Body, Check, WHOLE_MAX, await_check, for_each_feature_in};
+use crate::artifact::{Body, Check, WHOLE_MAX, checked, for_each_feature_in};
 use crate::load::{self, Loaded, Source, Version};
 use crate::record::{self, KIND, ProjectionRecord};
 use crate::rows::{Digester, Row};
@@ -242,9 +242,7 @@ impl Projector {
         })
         .await
         .map_err(|e| ProjectionError::Artifact(format!("the parser stopped: {e}")))?;
-        // The digest's verdict first: a damaged artifact may also not parse.
-        await_check(check).await?;
-        parsed.map_err(ProjectionError::Artifact)?;
+        checked(check, parsed.map_err(ProjectionError::Artifact)).await?;
         Ok((digest, state))
     }
 
