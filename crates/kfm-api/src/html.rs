@@ -115,11 +115,12 @@ pub fn collection(
         html! {
             (badges(&rel.manifest.policy_label, &rel.manifest.license, g.attribution.as_ref(), view.generalized))
             p { (rel.description) }
-            p { "Version " code { (rel.version_id) } ", " (view.features.len()) " features." }
+            p { "Version " code { (rel.version_id) } ", " (view.rows) " features." }
             @if let Some(e) = extent { p { "Extent (as served to you): " (format!("{:.4}, {:.4}, {:.4}, {:.4}", e[0], e[1], e[2], e[3])) } }
             ul {
                 li { a href={(base) "/collections/" (id) "/items?f=html"} { "Items" } }
                 li { a href={(base) "/collections/" (id) "/items"} { "Items (GeoJSON)" } }
+                li { a href={(base) "/collections/" (id) "/queryables"} { "Queryables (what to filter and sort by)" } }
                 li { a href={(base) "/collections/" (id) "/stac"} { "STAC Collection" } }
                 li { a href={(base) "/collections/" (id) "/prov"} { "Provenance (PROV-JSON)" } }
                 li { a href={(base) "/collections/" (id) "/export?format=geojson"} { "Export GeoJSON" } " · " a href={(base) "/collections/" (id) "/export?format=csv"} { "Export CSV" } }
@@ -138,16 +139,16 @@ fn coords(f: &Feature) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A page of items; `matched` when known (nothing filters the
+/// collection), `next` the link to the following page.
 pub fn items(
     base: &str,
     rel: &Release,
     g: &Grant,
     view: &View,
     feats: &[&Feature],
-    matched: usize,
-    offset: usize,
-    limit: usize,
+    matched: Option<u64>,
+    next: Option<String>,
 ) -> Response {
     let id = &rel.dataset;
     let mut keys: Vec<&String> = Vec::new();
@@ -163,9 +164,12 @@ pub fn items(
         base,
         html! {
             (badges(&rel.manifest.policy_label, &rel.manifest.license, g.attribution.as_ref(), view.generalized))
-            p { (matched) " features match; showing " (feats.len()) " from " (offset) "." }
-            @if offset + feats.len() < matched {
-                p { a href={(base) "/collections/" (id) "/items?f=html&limit=" (limit) "&offset=" (offset + feats.len())} { "Next page" } }
+            p {
+                @if let Some(m) = matched { (m) " features; " }
+                "showing " (feats.len()) "."
+            }
+            @if let Some(n) = next {
+                p { a href=(n) { "Next page" } }
             }
             table {
                 tr { th { "id" } th { "coordinates" } @for k in &keys { th { (k) } } }

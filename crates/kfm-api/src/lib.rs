@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod releases;
 mod routes;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,7 +37,7 @@ use kfm_policy::DecisionPoint;
 pub use audit::{AuditNote, AuditSink};
 pub use auth::{Principal, Tokens};
 pub use metrics::Metrics;
-pub use releases::{Releases, Zones};
+pub use releases::{Backend, Releases, Zones};
 
 /// The response header that carries the audit reference.
 pub const AUDIT_HEADER: &str = "kfm-audit-ref";
@@ -296,9 +297,16 @@ pub fn spawn_refresh(st: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut events = Some(st.audit.ledger().events());
         loop {
+            // A release whose projection is still being loaded is looked
+            // for every second, so it is served soon after it lands.
+            let every = if st.releases.pending() {
+                Duration::from_secs(1).min(st.config.refresh_every)
+            } else {
+                st.config.refresh_every
+            };
             match events.as_mut() {
                 Some(rx) => tokio::select! {
-                    () = tokio::time::sleep(st.config.refresh_every) => {}
+                    () = tokio::time::sleep(every) => {}
                     ev = rx.recv() => match ev {
                         Ok(ev) if !is_release_moved(&ev) => continue,
                         // Several events, one refresh.
@@ -308,7 +316,7 @@ pub fn spawn_refresh(st: Arc<AppState>) -> tokio::task::JoinHandle<()> {
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => events = None,
                     },
                 },
-                None => tokio::time::sleep(st.config.refresh_every).await,
+                None => tokio::time::sleep(every).await,
             }
             refresh_once(&st).await;
         }

@@ -1,10 +1,14 @@
-//! What the API serves: published releases, verified end to end, loaded
-//! into memory with their features pre-serialised per policy "view".
+//! What the API serves: published releases, verified end to end, and the
+//! views of their features each class of caller gets.
 //!
 //! A release is served only after its pointer verifies (manifest digest and
-//! signature, the ledger entries it names) and every artifact read back has
-//! the digest its signed manifest records. A pointer that stops verifying
-//! takes its dataset out of service (fail closed) until it verifies again.
+//! signature, the ledger entries it names). With the in-memory backend
+//! every artifact is read back, checked against the digest its signed
+//! manifest records and held in memory; with the PostGIS backend only the
+//! catalog documents are read, and the features come from the projection
+//! of exactly that manifest (the projector checked the artifacts before
+//! loading them). A pointer that stops verifying takes its dataset out of
+//! service (fail closed) until it verifies again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,9 +18,13 @@ use ed25519_dalek::VerifyingKey;
 use geojson::{Feature, GeoJson, JsonValue};
 use kfm_core::Digest;
 use kfm_ledger::Ledger;
-use kfm_pipeline::generalize::{Plan, generalize};
+use kfm_pipeline::generalize::Plan;
 use kfm_pipeline::records::{self, Manifest};
+use kfm_projection::read::{Projection, Reader};
 use kfm_store::{ReadOnly, zones};
+
+pub use crate::view::{PageCache, Shape, View};
+use crate::view::{PgView, ViewData, shape_features};
 
 /// Read handles on exactly the zones the API may read (published, catalog,
 /// processed): it has no way to name `raw` or `work`, and none of these can
@@ -36,48 +44,6 @@ pub struct Layer {
     pub digest: String,
 }
 
-/// Features as one class of caller may see them, ready to send.
-pub struct View {
-    pub features: Vec<Feature>,
-    /// Each feature as JSON, in order.
-    pub json: Vec<Bytes>,
-    /// Each feature's bbox (of the geometry as served), for `bbox=` filters.
-    pub bboxes: Vec<Option<[f64; 4]>>,
-    pub ids: HashMap<String, usize>,
-    /// Whether coordinates were generalised for this view.
-    pub generalized: bool,
-    /// Item pages already answered from this view, by everything else
-    /// their bytes depend on (see `routes::items`). A release never
-    /// changes, so a page never goes stale; it leaves with its view.
-    pub pages: PageCache,
-}
-
-/// Encoded GeoJSON pages of one view. Why: every caller of a class gets
-/// the same bytes for the same query, and building them (links, governance
-/// members, 17 KB of copied features for 100 items) was a fifth of the
-/// items route's work. Bounded: cleared when full, so odd queries cannot
-/// grow it.
-#[derive(Default)]
-pub struct PageCache(Mutex<HashMap<String, Bytes>>);
-
-/// Pages kept per view.
-const PAGES_PER_VIEW: usize = 256;
-
-impl PageCache {
-    pub fn get(&self, key: &str) -> Option<Bytes> {
-        self.0.lock().ok()?.get(key).cloned()
-    }
-
-    pub fn put(&self, key: String, page: Bytes) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= PAGES_PER_VIEW {
-                m.clear();
-            }
-            m.insert(key, page);
-        }
-    }
-}
-
 /// A verified dataset version.
 pub struct Release {
     pub dataset: String,
@@ -95,121 +61,57 @@ pub struct Release {
     pub bbox: Option<[f64; 4]>,
     pub precise: Option<Layer>,
     pub generalized: Option<Layer>,
+    /// The property holding each feature's time, if the dataset has one.
+    pub temporal: Option<String>,
+    /// Whether the manifest publishes features at all (a metadata-only
+    /// release does not).
+    pub has_features: bool,
+    /// With the PostGIS backend: the projection of this manifest, once the
+    /// projector has loaded it.
+    projection: RwLock<Option<Arc<Projection>>>,
+    backend: Backend,
     views: Mutex<HashMap<String, Arc<View>>>,
 }
 
-/// Shaping obligations that change the features themselves.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Shape {
-    pub generalize: Option<Plan>,
-    pub redact: Vec<String>,
+/// Where a server's features come from.
+#[derive(Clone)]
+pub enum Backend {
+    /// Each release's artifacts, read and held in memory.
+    Memory,
+    /// The projections in PostgreSQL/PostGIS, read as KFM's API roles.
+    Postgis(Arc<Reader>),
 }
 
-impl Shape {
-    fn key(&self) -> String {
-        format!("{:?}|{}", self.generalize, self.redact.join(","))
-    }
-}
-
-fn bbox_of(f: &Feature) -> Option<[f64; 4]> {
-    let g = f.geometry.as_ref()?;
-    let mut b = [
-        f64::INFINITY,
-        f64::INFINITY,
-        f64::NEG_INFINITY,
-        f64::NEG_INFINITY,
-    ];
-    kfm_pipeline::normalize::for_each_position(&g.value, &mut |p| {
-        b[0] = b[0].min(p[0]);
-        b[1] = b[1].min(p[1]);
-        b[2] = b[2].max(p[0]);
-        b[3] = b[3].max(p[1]);
-    });
-    b[0].is_finite().then_some(b)
-}
-
-fn feature_id(f: &Feature) -> Option<String> {
-    match &f.id {
-        Some(geojson::feature::Id::String(s)) => Some(s.clone()),
-        Some(geojson::feature::Id::Number(n)) => Some(n.to_string()),
-        None => None,
-    }
+/// Why a view cannot be served now. Said only to a caller the policy
+/// allowed (a denied one gets the same 404 as for nothing at all).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ViewError {
+    /// The projector has not loaded this version yet (a promotion just
+    /// moved the pointer): retry shortly.
+    #[error("this version is being projected into the database; retry shortly")]
+    Pending,
+    /// The view cannot be built as the policy asks from what is stored.
+    #[error("{0}")]
+    Unservable(String),
 }
 
 impl Release {
     /// The features as a caller under `shape` may see them. Generalised
     /// views start from the generalised derivative when promotion made one
     /// (the precise layer is then never touched) and apply the obligation
-    /// again here: defence in depth, so a derivative built under an older,
-    /// coarser or finer plan is still served as the policy says now.
-    pub fn view(&self, shape: &Shape) -> Option<Arc<View>> {
+    /// again: defence in depth, so a derivative built under an older plan
+    /// is still served as the policy says now.
+    pub fn view(&self, shape: &Shape) -> Result<Arc<View>, ViewError> {
         let key = shape.key();
         if let Ok(v) = self.views.lock()
             && let Some(view) = v.get(&key)
         {
-            return Some(view.clone());
+            return Ok(view.clone());
         }
-        let mut features: Vec<Feature> = match &shape.generalize {
-            Some(plan) => {
-                let (base, derived) = match (&self.generalized, &self.precise) {
-                    (Some(g), _) => (&g.features, true),
-                    (None, Some(p)) => (&p.features, false),
-                    (None, None) => return None,
-                };
-                let mut out = generalize(base, plan);
-                if derived {
-                    // Keep the larger uncertainty: the derivative's own
-                    // accounts for the original geometry, which this
-                    // process never reads.
-                    for (o, b) in out.iter_mut().zip(base.iter()) {
-                        let before = b
-                            .property("coordinateUncertaintyInMeters")
-                            .and_then(JsonValue::as_u64)
-                            .unwrap_or(0);
-                        if let Some(props) = o.properties.as_mut() {
-                            let now = props
-                                .get("coordinateUncertaintyInMeters")
-                                .and_then(JsonValue::as_u64)
-                                .unwrap_or(0);
-                            props.insert(
-                                "coordinateUncertaintyInMeters".into(),
-                                JsonValue::from(now.max(before)),
-                            );
-                        }
-                    }
-                }
-                out
-            }
-            None => self.precise.as_ref()?.features.clone(),
-        };
-        if !shape.redact.is_empty() {
-            for f in &mut features {
-                if let Some(p) = f.properties.as_mut() {
-                    for k in &shape.redact {
-                        p.remove(k);
-                    }
-                }
-            }
-        }
-        // A feature that cannot be encoded makes the view unavailable (the
-        // request is then answered as not available), never an empty item.
-        let json = features
-            .iter()
-            .map(|f| serde_json::to_vec(f).ok().map(Bytes::from))
-            .collect::<Option<Vec<_>>>()?;
-        let bboxes = features.iter().map(bbox_of).collect();
-        let ids = features
-            .iter()
-            .enumerate()
-            .filter_map(|(i, f)| feature_id(f).map(|id| (id, i)))
-            .collect();
-        let view = Arc::new(View {
-            features,
-            json,
-            bboxes,
-            ids,
-            generalized: shape.generalize.is_some(),
-            pages: PageCache::default(),
+        let view = Arc::new(match &self.backend {
+            _ if !self.has_features => View::empty(),
+            Backend::Memory => self.memory_view(shape)?,
+            Backend::Postgis(reader) => self.postgis_view(reader, shape)?,
         });
         if let Ok(mut v) = self.views.lock() {
             // A handful of shapes exist per release; bound it all the same.
@@ -218,7 +120,117 @@ impl Release {
             }
             v.insert(key, view.clone());
         }
-        Some(view)
+        Ok(view)
+    }
+
+    fn memory_view(&self, shape: &Shape) -> Result<View, ViewError> {
+        let (base, derived) = match (&shape.generalize, &self.generalized, &self.precise) {
+            (Some(_), Some(g), _) => (&g.features, true),
+            (_, _, Some(p)) => (&p.features, false),
+            _ => return Ok(View::empty()),
+        };
+        let features = shape_features(base, shape, derived);
+        View::memory(
+            features,
+            shape.generalize.is_some(),
+            self.temporal
+                .as_deref()
+                .filter(|t| !shape.redact.iter().any(|r| r == t)),
+        )
+        .ok_or_else(|| {
+            ViewError::Unservable("a feature of this release could not be encoded".into())
+        })
+    }
+
+    fn postgis_view(&self, reader: &Arc<Reader>, shape: &Shape) -> Result<View, ViewError> {
+        let projection = self
+            .projection
+            .read()
+            .ok()
+            .and_then(|p| p.clone())
+            .ok_or(ViewError::Pending)?;
+        let layer = match &shape.generalize {
+            Some(plan) => {
+                let layer = projection
+                    .layer(kfm_projection::Layer::Generalized)
+                    .ok_or_else(|| {
+                        ViewError::Unservable(
+                            "the policy asks for generalised coordinates and this version has no generalised layer to serve them from".into(),
+                        )
+                    })?;
+                // Invariant: a generalised view reads only the derivative,
+                // and only when it was built under the plan the policy asks
+                // for now; filters then run on the geometry as served.
+                if self.derivative_plan().as_ref() != Some(plan) {
+                    return Err(ViewError::Unservable(
+                        "the policy's generalisation differs from the one this version was published with; it can be served once promoted again".into(),
+                    ));
+                }
+                layer
+            }
+            None => projection
+                .layer(kfm_projection::Layer::Precise)
+                .ok_or_else(|| ViewError::Unservable("this version has no data layer".into()))?,
+        };
+        let queryables = layer.queryables.without(&shape.redact);
+        let temporal = self
+            .temporal
+            .as_deref()
+            .filter(|t| queryables.kind(t).is_some())
+            .map(str::to_owned);
+        Ok(View {
+            generalized: shape.generalize.is_some(),
+            queryables,
+            temporal,
+            rows: layer.rows,
+            extent: layer.extent,
+            pages: PageCache::default(),
+            data: ViewData::Postgis(PgView {
+                reader: reader.clone(),
+                layer: layer.clone(),
+                shape: shape.clone(),
+                derived: shape.generalize.is_some(),
+            }),
+        })
+    }
+
+    /// The plan the generalised derivative was built under (the manifest's).
+    fn derivative_plan(&self) -> Option<Plan> {
+        let g: kfm_core::spec::Generalization =
+            serde_json::from_value(self.manifest.generalization.clone()?).ok()?;
+        Plan::from_spec(&g).ok()
+    }
+
+    /// Whether this release waits for its projection.
+    pub fn pending(&self) -> bool {
+        matches!(self.backend, Backend::Postgis(_))
+            && self.has_features
+            && self.projection.read().is_ok_and(|p| p.is_none())
+    }
+
+    /// Looks up this release's projection (PostGIS backend).
+    async fn find_projection(&self) -> Result<(), String> {
+        let Backend::Postgis(reader) = &self.backend else {
+            return Ok(());
+        };
+        if !self.has_features {
+            return Ok(());
+        }
+        match reader
+            .projection(&self.dataset, &self.manifest_digest)
+            .await
+        {
+            Ok(p) => {
+                if let Ok(mut cur) = self.projection.write() {
+                    *cur = p.map(Arc::new);
+                }
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "{}: the projection cannot be read: {e}",
+                self.dataset
+            )),
+        }
     }
 
     /// The generalisation plan the spec recorded, as policy input.
@@ -257,9 +269,15 @@ fn parse_layer(bytes: &[u8], path: &str, digest: &str) -> Result<Layer, LoadErro
         .map_err(|e| LoadError(format!("{path}: {e}")))?
         .parse()
         .map_err(|e| LoadError(format!("{path}: {e}")))?;
-    let GeoJson::FeatureCollection(fc) = gj else {
+    let GeoJson::FeatureCollection(mut fc) = gj else {
         return Err(LoadError(format!("{path}: not a FeatureCollection")));
     };
+    // Served in the normal form the PostGIS backend serves too.
+    for f in &mut fc.features {
+        if let Some(p) = f.properties.as_mut() {
+            kfm_query::normal::object(p);
+        }
+    }
     Ok(Layer {
         features: fc.features,
         path: path.to_owned(),
@@ -267,19 +285,27 @@ fn parse_layer(bytes: &[u8], path: &str, digest: &str) -> Result<Layer, LoadErro
     })
 }
 
-/// Loads a version from its signed manifest: every artifact and catalog
-/// document is read back and checked against the manifest's digests.
+/// Loads a version from its signed manifest: every catalog document (and,
+/// with the in-memory backend, every artifact) is read back and checked
+/// against the manifest's digests.
 pub async fn load_version(
     zones: &Zones,
+    backend: &Backend,
     manifest: Manifest,
     manifest_digest: String,
     pointer_ledger_index: Option<u64>,
 ) -> Result<Release, LoadError> {
     let mut precise = None;
     let mut generalized = None;
+    let has_features = manifest
+        .artifacts
+        .iter()
+        .any(|a| matches!(a.role.as_str(), "data" | "generalized"));
+    let in_memory = matches!(backend, Backend::Memory);
     for a in &manifest.artifacts {
         let digest = a.digest.to_string();
         match a.role.as_str() {
+            _ if !in_memory => {}
             "data" => {
                 let b = read_verified(zones, &a.path, &digest).await?;
                 precise = Some(parse_layer(&b, &a.path, &digest)?);
@@ -328,7 +354,8 @@ pub async fn load_version(
             let v: Vec<f64> = a.iter().filter_map(JsonValue::as_f64).collect();
             (v.len() == 4).then(|| [v[0], v[1], v[2], v[3]])
         });
-    Ok(Release {
+    let temporal = manifest.temporal_property.clone();
+    let release = Release {
         dataset: manifest.dataset.clone(),
         version_id: manifest.version_id.clone(),
         manifest,
@@ -342,14 +369,20 @@ pub async fn load_version(
         bbox,
         precise,
         generalized,
+        temporal,
+        has_features,
+        projection: RwLock::new(None),
+        backend: backend.clone(),
         views: Mutex::new(HashMap::new()),
-    })
+    };
+    Ok(release)
 }
 
 /// The served releases, refreshed from the published zone.
 pub struct Releases {
     zones: Zones,
     key: VerifyingKey,
+    backend: Backend,
     current: RwLock<HashMap<String, Arc<Release>>>,
     /// Versions read through the evidence resolver.
     versions: Mutex<HashMap<String, Arc<Release>>>,
@@ -360,10 +393,11 @@ pub struct Releases {
 }
 
 impl Releases {
-    pub fn new(zones: Zones, key: VerifyingKey) -> Self {
+    pub fn new(zones: Zones, key: VerifyingKey, backend: Backend) -> Self {
         Self {
             zones,
             key,
+            backend,
             current: RwLock::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             history: RwLock::new(HashMap::new()),
@@ -404,6 +438,15 @@ impl Releases {
 
     pub fn zones(&self) -> &Zones {
         &self.zones
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Whether a served release still waits for its projection.
+    pub fn pending(&self) -> bool {
+        self.all().iter().any(|r| r.pending())
     }
 
     /// The published release of `dataset`, if it is being served.
@@ -463,6 +506,11 @@ impl Releases {
             if let Some(cur) = self.get(ds)
                 && Some(&cur.manifest_digest) == digest_now.as_ref()
             {
+                if cur.pending()
+                    && let Err(e) = cur.find_projection().await
+                {
+                    problems.push(e);
+                }
                 next.insert(ds.to_owned(), cur);
                 continue;
             }
@@ -484,6 +532,7 @@ impl Releases {
             let p = verified.pointer;
             match load_version(
                 &self.zones,
+                &self.backend,
                 verified.manifest,
                 p.manifest_digest.clone(),
                 Some(p.ledger_index),
@@ -491,6 +540,9 @@ impl Releases {
             .await
             {
                 Ok(r) => {
+                    if let Err(e) = r.find_projection().await {
+                        problems.push(e);
+                    }
                     tracing::info!(version = %r.version_id, "serving release");
                     next.insert(ds.to_owned(), Arc::new(r));
                 }
@@ -541,8 +593,11 @@ impl Releases {
         )
         .ok()?;
         let m = verified.manifest;
+        // A withdrawn version is not projected: its evidence is read from
+        // the store (see `routes::catalog::evidence`), in memory either way.
         let r = load_version(
             &self.zones,
+            &Backend::Memory,
             m,
             pointer.manifest_digest.clone(),
             Some(pointer.ledger_index),

@@ -148,6 +148,8 @@ struct RawConfig {
     events: RawEvents,
     #[serde(default)]
     postgres: RawPostgres,
+    #[serde(default)]
+    serve: RawServe,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +157,25 @@ struct RawConfig {
 struct RawPostgres {
     url: Option<String>,
     password: Option<String>,
+    api_password: Option<String>,
+    api_precise_password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServe {
+    backend: Option<String>,
+}
+
+/// Where `kfm serve` reads features from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServeBackend {
+    /// Each published version's artifacts, held in memory (the default:
+    /// no service needed).
+    Memory,
+    /// The projections in PostgreSQL/PostGIS (`[postgres] url`): memory
+    /// does not grow with what is published.
+    Postgis,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +283,8 @@ pub struct Config {
     /// Where the projections live (PostgreSQL with PostGIS); `None`: no
     /// projection is configured.
     pub postgres: Option<PostgresConfig>,
+    /// Where `kfm serve` reads features from.
+    pub serve_backend: ServeBackend,
 }
 
 /// The PostgreSQL that holds KFM's projections.
@@ -271,6 +294,11 @@ pub struct PostgresConfig {
     pub url: String,
     /// The password, by reference; else PostgreSQL's own `PGPASSWORD`.
     pub password: Option<SecretRef>,
+    /// The passwords of KFM's two API roles (`kfm_api`, `kfm_api_precise`)
+    /// that `kfm serve` logs in as, by reference; none with trust or peer
+    /// authentication.
+    pub api_password: Option<SecretRef>,
+    pub api_precise_password: Option<SecretRef>,
 }
 
 /// Where every ledger entry is published when the platform runs
@@ -307,7 +335,7 @@ pub struct ConfigError {
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 25] = [
+pub const ENV_KEYS: [(&str, &str); 28] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -333,6 +361,12 @@ pub const ENV_KEYS: [(&str, &str); 25] = [
     ("events.prefix", "KFM_EVENTS_PREFIX"),
     ("postgres.url", "KFM_POSTGRES_URL"),
     ("postgres.password", "KFM_POSTGRES_PASSWORD"),
+    ("postgres.api_password", "KFM_POSTGRES_API_PASSWORD"),
+    (
+        "postgres.api_precise_password",
+        "KFM_POSTGRES_API_PRECISE_PASSWORD",
+    ),
+    ("serve.backend", "KFM_SERVE_BACKEND"),
 ];
 
 impl Config {
@@ -647,18 +681,48 @@ impl Config {
                         "a password in the URL is refused: give it by reference in postgres.password (env:NAME or file:PATH), or in PGPASSWORD".into(),
                     ));
                 }
-                let (p, psrc) = pick("postgres.password", raw.postgres.password);
-                let password = match p {
-                    None => None,
-                    Some(p) => Some(SecretRef::parse(&p).ok_or_else(|| {
-                        err_at(
-                            "postgres.password",
-                            psrc,
-                            "a literal password is refused: give a reference, env:NAME or file:PATH".into(),
-                        )
-                    })?),
+                let reference = |key: &'static str, v: Option<String>| {
+                    let (p, psrc) = pick(key, v);
+                    match p {
+                        None => Ok(None),
+                        Some(p) => SecretRef::parse(&p).map(Some).ok_or_else(|| {
+                            err_at(
+                                key,
+                                psrc,
+                                "a literal password is refused: give a reference, env:NAME or file:PATH".into(),
+                            )
+                        }),
+                    }
                 };
-                Some(PostgresConfig { url, password })
+                Some(PostgresConfig {
+                    url,
+                    password: reference("postgres.password", raw.postgres.password)?,
+                    api_password: reference("postgres.api_password", raw.postgres.api_password)?,
+                    api_precise_password: reference(
+                        "postgres.api_precise_password",
+                        raw.postgres.api_precise_password,
+                    )?,
+                })
+            }
+        };
+
+        let (v, src) = pick("serve.backend", raw.serve.backend);
+        let serve_backend = match v.as_deref().map(str::trim) {
+            None | Some("memory") => ServeBackend::Memory,
+            Some("postgis") if postgres.is_some() => ServeBackend::Postgis,
+            Some("postgis") => {
+                return Err(err_at(
+                    "serve.backend",
+                    src,
+                    "postgis needs the database: set [postgres] url (or KFM_POSTGRES_URL), or use memory".into(),
+                ));
+            }
+            Some(o) => {
+                return Err(err_at(
+                    "serve.backend",
+                    src,
+                    format!("{o:?} is not a backend: use memory (the default) or postgis"),
+                ));
             }
         };
 
@@ -683,6 +747,7 @@ impl Config {
             work_keep,
             events,
             postgres,
+            serve_backend,
         })
     }
 

@@ -24,7 +24,8 @@ pub mod zone;
 pub use acquisition::{ACQUISITION_KIND, Acquisition, Tool};
 pub use canonical::to_canonical_json;
 pub use config::{
-    Config, ConfigError, Environment, EnvironmentPins, PostgresConfig, SecretRef, StoreUrl,
+    Config, ConfigError, Environment, EnvironmentPins, PostgresConfig, SecretRef, ServeBackend,
+    StoreUrl,
 };
 pub use digest::{Digest, DigestParseError, Hasher};
 pub use dsse::{DsseError, Envelope, Signer};

@@ -214,6 +214,11 @@ pub struct TemporalExtent {
     pub start: NaiveDate,
     #[serde(default)]
     pub end: Option<NaiveDate>,
+    /// The feature property that holds each feature's date or date-time
+    /// (RFC 3339): what the API's `datetime=` and CQL2's temporal
+    /// functions filter on. Without it, features have no time of their own.
+    #[serde(default)]
+    pub property: Option<String>,
 }
 
 /// The format of a source file.
@@ -482,6 +487,16 @@ impl DatasetSpec {
                 ));
             }
             _ => {}
+        }
+
+        if let Some(t) = &self.temporal_extent
+            && let Some(p) = &t.property
+            && p.trim().is_empty()
+        {
+            return Some((
+                vec!["temporal_extent", "property"],
+                "temporal_extent.property is empty: name the feature property that holds each feature's date (2024-05-01) or date-time, or remove the key".into(),
+            ));
         }
 
         if let Some(t) = &self.temporal_extent

@@ -244,6 +244,10 @@ impl RunContext<'_, '_> {
                 }
                 v
             }),
+            temporal_property: spec
+                .temporal_extent
+                .as_ref()
+                .and_then(|t| t.property.clone()),
             artifacts: artifacts.to_vec(),
             catalog,
             policy: PolicyRef {

@@ -120,6 +120,10 @@ pub struct Manifest {
     /// builds for this version carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generalization: Option<serde_json::Value>,
+    /// The feature property holding each feature's date or date-time
+    /// (the spec's `temporal_extent.property`): what `datetime=` filters on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal_property: Option<String>,
     pub artifacts: Vec<Artifact>,
     pub catalog: Vec<Artifact>,
     pub policy: PolicyRef,

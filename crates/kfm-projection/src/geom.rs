@@ -22,6 +22,8 @@ pub enum GeomError {
     MixedDimensions,
     #[error("the geometry cannot be written as EWKB: {0}")]
     Encode(String),
+    #[error("the EWKB cannot be read: {0}")]
+    Decode(String),
 }
 
 /// A borrowed GeoJSON geometry, walked for geozero.
@@ -76,6 +78,198 @@ impl GeozeroGeometry for Walk<'_> {
 
     fn srid(&self) -> Option<i32> {
         Some(SRID)
+    }
+}
+
+/// EWKB (as PostGIS sends a `geometry` in binary) back into a GeoJSON
+/// geometry: the inverse of [`ewkb`], exact to the bit (coordinates travel
+/// as IEEE doubles both ways), with an altitude where the EWKB has Z.
+pub fn decode(bytes: &[u8]) -> Result<geojson::Geometry, GeomError> {
+    let mut b = Builder::default();
+    geozero::wkb::process_ewkb_geom(&mut std::io::Cursor::new(bytes), &mut b)
+        .map_err(|e| GeomError::Decode(e.to_string()))?;
+    b.done
+        .map(geojson::Geometry::new)
+        .ok_or_else(|| GeomError::Decode("no geometry in the EWKB".into()))
+}
+
+/// A geometry under construction, innermost last.
+enum Frame {
+    Point(Option<Position>),
+    MultiPoint(Vec<Position>),
+    Line(Vec<Position>),
+    MultiLine(Vec<Vec<Position>>),
+    Polygon(Vec<Vec<Position>>),
+    MultiPolygon(Vec<Vec<Vec<Position>>>),
+    Collection(Vec<geojson::Geometry>),
+}
+
+/// Builds GeoJSON from geozero's events.
+#[derive(Default)]
+struct Builder {
+    stack: Vec<Frame>,
+    done: Option<GeometryValue>,
+}
+
+fn bad(what: &str) -> geozero::error::GeozeroError {
+    geozero::error::GeozeroError::Geometry(format!("unexpected {what} in the EWKB"))
+}
+
+impl Builder {
+    fn position(&mut self, p: Position) -> GzResult<()> {
+        match self.stack.last_mut() {
+            Some(Frame::Point(slot)) => *slot = Some(p),
+            Some(Frame::MultiPoint(v) | Frame::Line(v)) => v.push(p),
+            _ => return Err(bad("coordinate")),
+        }
+        Ok(())
+    }
+
+    /// A finished geometry goes into its parent, or is the result.
+    fn finish(&mut self, g: GeometryValue) -> GzResult<()> {
+        match self.stack.last_mut() {
+            Some(Frame::Collection(v)) => v.push(geojson::Geometry::new(g)),
+            None => self.done = Some(g),
+            _ => return Err(bad("member geometry")),
+        }
+        Ok(())
+    }
+
+    /// A finished ring or line goes into its polygon, multilinestring, or
+    /// (tagged) stands alone.
+    fn line_end(&mut self, tagged: bool) -> GzResult<()> {
+        let Some(Frame::Line(l)) = self.stack.pop() else {
+            return Err(bad("end of a line"));
+        };
+        if tagged {
+            return self.finish(GeometryValue::LineString { coordinates: l });
+        }
+        match self.stack.last_mut() {
+            Some(Frame::Polygon(rings)) => rings.push(l),
+            Some(Frame::MultiLine(ls)) => ls.push(l),
+            _ => return Err(bad("line")),
+        }
+        Ok(())
+    }
+}
+
+impl GeomProcessor for Builder {
+    fn dimensions(&self) -> CoordDimensions {
+        CoordDimensions::xyz()
+    }
+
+    fn xy(&mut self, x: f64, y: f64, _idx: usize) -> GzResult<()> {
+        self.position(vec![x, y].into())
+    }
+
+    fn coordinate(
+        &mut self,
+        x: f64,
+        y: f64,
+        z: Option<f64>,
+        _m: Option<f64>,
+        _t: Option<f64>,
+        _tm: Option<u64>,
+        _idx: usize,
+    ) -> GzResult<()> {
+        match z {
+            Some(z) => self.position(vec![x, y, z].into()),
+            None => self.position(vec![x, y].into()),
+        }
+    }
+
+    fn point_begin(&mut self, _idx: usize) -> GzResult<()> {
+        self.stack.push(Frame::Point(None));
+        Ok(())
+    }
+
+    fn point_end(&mut self, _idx: usize) -> GzResult<()> {
+        let Some(Frame::Point(Some(p))) = self.stack.pop() else {
+            return Err(bad("end of a point"));
+        };
+        self.finish(GeometryValue::Point { coordinates: p })
+    }
+
+    fn multipoint_begin(&mut self, size: usize, _idx: usize) -> GzResult<()> {
+        self.stack
+            .push(Frame::MultiPoint(Vec::with_capacity(size.min(1 << 16))));
+        Ok(())
+    }
+
+    fn multipoint_end(&mut self, _idx: usize) -> GzResult<()> {
+        let Some(Frame::MultiPoint(v)) = self.stack.pop() else {
+            return Err(bad("end of a multipoint"));
+        };
+        self.finish(GeometryValue::MultiPoint { coordinates: v })
+    }
+
+    fn linestring_begin(&mut self, _tagged: bool, size: usize, _idx: usize) -> GzResult<()> {
+        self.stack
+            .push(Frame::Line(Vec::with_capacity(size.min(1 << 16))));
+        Ok(())
+    }
+
+    fn linestring_end(&mut self, tagged: bool, _idx: usize) -> GzResult<()> {
+        self.line_end(tagged)
+    }
+
+    fn multilinestring_begin(&mut self, size: usize, _idx: usize) -> GzResult<()> {
+        self.stack
+            .push(Frame::MultiLine(Vec::with_capacity(size.min(1 << 16))));
+        Ok(())
+    }
+
+    fn multilinestring_end(&mut self, _idx: usize) -> GzResult<()> {
+        let Some(Frame::MultiLine(v)) = self.stack.pop() else {
+            return Err(bad("end of a multilinestring"));
+        };
+        self.finish(GeometryValue::MultiLineString { coordinates: v })
+    }
+
+    fn polygon_begin(&mut self, _tagged: bool, size: usize, _idx: usize) -> GzResult<()> {
+        self.stack
+            .push(Frame::Polygon(Vec::with_capacity(size.min(1 << 16))));
+        Ok(())
+    }
+
+    fn polygon_end(&mut self, tagged: bool, _idx: usize) -> GzResult<()> {
+        let Some(Frame::Polygon(rings)) = self.stack.pop() else {
+            return Err(bad("end of a polygon"));
+        };
+        if tagged {
+            return self.finish(GeometryValue::Polygon { coordinates: rings });
+        }
+        match self.stack.last_mut() {
+            Some(Frame::MultiPolygon(v)) => v.push(rings),
+            _ => return Err(bad("polygon")),
+        }
+        Ok(())
+    }
+
+    fn multipolygon_begin(&mut self, size: usize, _idx: usize) -> GzResult<()> {
+        self.stack
+            .push(Frame::MultiPolygon(Vec::with_capacity(size.min(1 << 16))));
+        Ok(())
+    }
+
+    fn multipolygon_end(&mut self, _idx: usize) -> GzResult<()> {
+        let Some(Frame::MultiPolygon(v)) = self.stack.pop() else {
+            return Err(bad("end of a multipolygon"));
+        };
+        self.finish(GeometryValue::MultiPolygon { coordinates: v })
+    }
+
+    fn geometrycollection_begin(&mut self, size: usize, _idx: usize) -> GzResult<()> {
+        self.stack
+            .push(Frame::Collection(Vec::with_capacity(size.min(1 << 16))));
+        Ok(())
+    }
+
+    fn geometrycollection_end(&mut self, _idx: usize) -> GzResult<()> {
+        let Some(Frame::Collection(v)) = self.stack.pop() else {
+            return Err(bad("end of a geometry collection"));
+        };
+        self.finish(GeometryValue::GeometryCollection { geometries: v })
     }
 }
 
@@ -173,6 +367,25 @@ mod tests {
             hex::encode(got),
             "0101000020e6100000000000000000244000000000000034c0"
         );
+    }
+
+    #[test]
+    fn decoding_gives_back_every_geometry_exactly() {
+        for g in [
+            r#"{"type":"Point","coordinates":[-98.12345678901234,38.1]}"#,
+            r#"{"type":"Point","coordinates":[1.0,2.0,3.5]}"#,
+            r#"{"type":"MultiPoint","coordinates":[[1.0,2.0],[3.0,4.0]]}"#,
+            r#"{"type":"LineString","coordinates":[[1.0,2.0],[3.0,4.0]]}"#,
+            r#"{"type":"MultiLineString","coordinates":[[[1.0,2.0],[3.0,4.0]],[[5.0,6.0],[7.0,8.0]]]}"#,
+            r#"{"type":"Polygon","coordinates":[[[0.0,0.0],[1.0,0.0],[1.0,1.0],[0.0,0.0]],[[0.2,0.2],[0.3,0.2],[0.3,0.3],[0.2,0.2]]]}"#,
+            r#"{"type":"MultiPolygon","coordinates":[[[[0.0,0.0],[1.0,0.0],[1.0,1.0],[0.0,0.0]]],[[[5.0,5.0],[6.0,5.0],[6.0,6.0],[5.0,5.0]]]]}"#,
+            r#"{"type":"GeometryCollection","geometries":[{"type":"Point","coordinates":[1.0,2.0]},{"type":"LineString","coordinates":[[1.0,2.0],[3.0,4.0]]}]}"#,
+        ] {
+            let v = parse(g);
+            let back = decode(&ewkb(&v).unwrap()).unwrap();
+            assert_eq!(back.value, v, "{g}");
+        }
+        assert!(decode(b"\x01\x02").is_err());
     }
 
     #[test]

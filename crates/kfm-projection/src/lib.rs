@@ -13,7 +13,9 @@
 //!   changed, drop what is no longer published, record each table's
 //!   projection digest in the ledger (`record`);
 //! - proof (`verify`): each table's digest recomputed from the database
-//!   and from the artifact, and compared with the ledger's record.
+//!   and from the artifact, and compared with the ledger's record;
+//! - the read side (`read`): what `kfm serve` with the PostGIS backend
+//!   asks, as KFM's API roles, in statements `kfm-query` builds.
 //!
 //! It never writes the store, and never reads `raw/` or `work/`.
 
@@ -22,6 +24,7 @@ pub mod connect;
 pub mod drill;
 pub mod geom;
 pub mod load;
+pub mod read;
 pub mod record;
 pub mod rows;
 pub mod schema;

@@ -16,8 +16,8 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::ProjectionError;
 use crate::artifact::{Body, Check, checked};
-use crate::rows::{Digester, Row};
-use crate::schema::{self, API, API_PRECISE, CATALOG, DATA, Layer};
+use crate::rows::{Digester, LayerStats, Row};
+use crate::schema::{self, API, API_PRECISE, CATALOG, DATA, FORMAT, Layer};
 
 /// One artifact to load: its bytes, and the check of their digest against
 /// the signed manifest (awaited before the load may commit).
@@ -30,7 +30,7 @@ pub struct Source {
 }
 
 /// What a layer's load produced, as the catalog records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Loaded {
     pub layer: Layer,
     pub schema: String,
@@ -39,6 +39,10 @@ pub struct Loaded {
     pub digest: String,
     pub artifact: String,
     pub artifact_digest: String,
+    /// What queries on the layer are typed by (stored beside the table).
+    pub queryables: kfm_query::Queryables,
+    /// The layer's extent, `[minx, miny, maxx, maxy]`.
+    pub extent: Option<[f64; 4]>,
 }
 
 /// The version being loaded.
@@ -49,6 +53,8 @@ pub struct Version<'a> {
     pub manifest_digest: &'a str,
     pub pointer_ledger_index: u64,
     pub policy_label: &'a str,
+    /// The property holding each feature's time, if the dataset has one.
+    pub temporal: Option<&'a str>,
 }
 
 /// Rows sent from the parsing thread to the COPY at a time.
@@ -74,6 +80,34 @@ impl ToSql for Raw<'_> {
     }
     fn accepts(_ty: &Type) -> bool {
         true
+    }
+    to_sql_checked!();
+}
+
+/// A `timestamptz` in PostgreSQL's binary form: microseconds since
+/// 2000-01-01 (ours count from 1970-01-01).
+#[derive(Debug)]
+pub(crate) struct Micros(pub Option<i64>);
+
+/// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
+pub(crate) const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+impl ToSql for Micros {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            Some(t) => {
+                out.put_i64(t - PG_EPOCH_US);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
     }
     to_sql_checked!();
 }
@@ -120,18 +154,24 @@ pub async fn geometry_type(client: &Client) -> Result<Type, ProjectionError> {
     ))
 }
 
+/// What parsing a layer yields besides its rows.
+type Parsed = ((String, u64), LayerStats);
+
 /// Parses an artifact on a blocking thread, sending rows in batches; the
-/// digest of what was sent comes back when it ends.
+/// digest of what was sent, and the layer's stats, come back when it ends.
 fn parse(
     body: Body,
+    temporal: Option<String>,
     tx: mpsc::Sender<Vec<Row>>,
-) -> tokio::task::JoinHandle<Result<(String, u64), ProjectionError>> {
+) -> tokio::task::JoinHandle<Result<Parsed, ProjectionError>> {
     tokio::task::spawn_blocking(move || {
         let mut digest = Digester::new();
+        let mut stats = LayerStats::default();
         let mut batch = Vec::with_capacity(BATCH);
         let mut stopped = false;
         let res = crate::artifact::for_each_feature_in(body, |ord, f| {
-            let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
+            let row = Row::of(ord, &f, temporal.as_deref(), Some(&mut stats))
+                .map_err(|e| e.to_string())?;
             digest.push_row(&row);
             batch.push(row);
             if batch.len() == BATCH {
@@ -150,7 +190,7 @@ fn parse(
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             return Err(ProjectionError::Stopped);
         }
-        Ok(digest.finish())
+        Ok((digest.finish(), stats))
     })
 }
 
@@ -172,13 +212,15 @@ async fn copy_layer(
              fid text NOT NULL,
              fid_numeric boolean NOT NULL,
              geom geometry(Geometry, 4326),
-             props jsonb
+             props jsonb,
+             t timestamptz,
+             terms text[] NOT NULL
          )"
     ))
     .await?;
     let sink = tx
         .copy_in(&format!(
-            "COPY {q} (ord, fid, fid_numeric, geom, props) FROM STDIN (FORMAT binary)"
+            "COPY {q} (ord, fid, fid_numeric, geom, props, t, terms) FROM STDIN (FORMAT binary)"
         ))
         .await?;
     let writer = BinaryCopyInWriter::new(
@@ -189,12 +231,14 @@ async fn copy_layer(
             Type::BOOL,
             geometry.clone(),
             Type::JSONB,
+            Type::TIMESTAMPTZ,
+            Type::TEXT_ARRAY,
         ],
     );
     pin_mut!(writer);
     let started = std::time::Instant::now();
     let (rows_tx, mut rows_rx) = mpsc::channel::<Vec<Row>>(4);
-    let parser = parse(src.body, rows_tx);
+    let parser = parse(src.body, v.temporal.map(str::to_owned), rows_tx);
     while let Some(batch) = rows_rx.recv().await {
         for r in &batch {
             writer
@@ -205,6 +249,8 @@ async fn copy_layer(
                     &r.fid_numeric,
                     &Raw(r.geom.as_deref()),
                     &Jsonb(r.props.as_deref()),
+                    &Micros(r.t),
+                    &r.terms,
                 ])
                 .await?;
         }
@@ -214,7 +260,8 @@ async fn copy_layer(
         .map_err(|e| ProjectionError::Artifact(format!("the parser stopped: {e}")))?;
     // Invariant: rows from a streamed artifact are kept only if its digest
     // is the signed manifest's (else this transaction rolls back).
-    let (digest, rows) = checked(src.check, parsed).await?;
+    let ((digest, rows), stats) = checked(src.check, parsed).await?;
+    let (queryables, extent) = stats.finish();
     let copied = writer.finish().await?;
     if copied != rows {
         return Err(ProjectionError::Artifact(format!(
@@ -235,10 +282,18 @@ async fn copy_layer(
         n.truncate(63);
         n
     };
+    // The time index only where there is time to index.
+    let time_index = if v.temporal.is_some() {
+        format!("CREATE INDEX \"{}\" ON {q} (t);", idx("t"))
+    } else {
+        String::new()
+    };
     tx.batch_execute(&format!(
         "ALTER TABLE {q} ADD CONSTRAINT \"{pk}\" PRIMARY KEY (ord);
          CREATE UNIQUE INDEX \"{fi}\" ON {q} (fid);
          CREATE INDEX \"{gi}\" ON {q} USING gist (geom);
+         CREATE INDEX \"{ti}\" ON {q} USING gin (terms);
+         {time_index}
          ALTER TABLE {q} ENABLE ROW LEVEL SECURITY;
          CREATE POLICY read ON {q} FOR SELECT TO {readers} USING (true);
          REVOKE ALL ON {q} FROM PUBLIC;
@@ -247,6 +302,7 @@ async fn copy_layer(
         pk = idx("pk"),
         fi = idx("fid"),
         gi = idx("geom"),
+        ti = idx("terms"),
     ))
     .await?;
     tracing::debug!(
@@ -263,6 +319,8 @@ async fn copy_layer(
         digest,
         artifact: src.artifact,
         artifact_digest: src.artifact_digest,
+        queryables,
+        extent,
     })
 }
 
@@ -300,7 +358,7 @@ pub async fn load(
     .await?;
     tx.execute(
         &format!(
-            "INSERT INTO {CATALOG}.projections (dataset, version, version_id, manifest_digest, pointer_ledger_index, policy_label) VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO {CATALOG}.projections (dataset, version, version_id, manifest_digest, pointer_ledger_index, policy_label, temporal_property) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         ),
         &[
             &v.dataset,
@@ -309,13 +367,14 @@ pub async fn load(
             &v.manifest_digest,
             &(v.pointer_ledger_index as i64),
             &v.policy_label,
+            &v.temporal,
         ],
     )
     .await?;
     for l in &loaded {
         tx.execute(
             &format!(
-                "INSERT INTO {CATALOG}.layers (dataset, layer, schema_name, table_name, rows, projection_digest, artifact, artifact_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                "INSERT INTO {CATALOG}.layers (dataset, layer, schema_name, table_name, rows, projection_digest, artifact, artifact_digest, format, queryables, extent) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, $11)"
             ),
             &[
                 &v.dataset,
@@ -326,6 +385,11 @@ pub async fn load(
                 &l.digest,
                 &l.artifact,
                 &l.artifact_digest,
+                &FORMAT,
+                &serde_json::to_string(&l.queryables).map_err(|e| {
+                    ProjectionError::Catalog(format!("the queryables cannot be encoded: {e}"))
+                })?,
+                &l.extent.map(|e| e.to_vec()),
             ],
         )
         .await?;

@@ -17,6 +17,8 @@
 //! `props::text` re-canonicalised): equal digests mean an equal table.
 
 use geojson::Feature;
+use kfm_query::{Observer, Queryables};
+use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::geom::{self, GeomError};
@@ -29,6 +31,56 @@ pub struct Row {
     pub geom: Option<Vec<u8>>,
     /// JCS text of the properties (valid JSON, so also what jsonb is given).
     pub props: Option<Vec<u8>>,
+    /// The feature's time (the dataset's temporal property), microseconds
+    /// since the Unix epoch: the `t` column.
+    pub t: Option<i64>,
+    /// The feature's search terms: the `terms` column.
+    pub terms: Vec<String>,
+}
+
+/// What a layer's queries are typed by, gathered row by row while it loads
+/// (and again when it is verified): its queryables and its extent.
+#[derive(Default)]
+pub struct LayerStats {
+    observer: Observer,
+    extent: Option<[f64; 4]>,
+}
+
+impl LayerStats {
+    /// One feature's normalised properties and geometry.
+    pub fn observe(
+        &mut self,
+        props: Option<&Map<String, Value>>,
+        geometry: Option<&geojson::GeometryValue>,
+    ) {
+        self.observer
+            .observe(props, geometry.map(|g| g.type_name()));
+        if let Some(g) = geometry {
+            kfm_pipeline::normalize::for_each_position(g, &mut |p| {
+                let e = self.extent.get_or_insert([p[0], p[1], p[0], p[1]]);
+                e[0] = e[0].min(p[0]);
+                e[1] = e[1].min(p[1]);
+                e[2] = e[2].max(p[0]);
+                e[3] = e[3].max(p[1]);
+            });
+        }
+    }
+
+    pub fn finish(self) -> (Queryables, Option<[f64; 4]>) {
+        (self.observer.finish(), self.extent)
+    }
+}
+
+/// The columns derived from a feature's normalised properties: its time
+/// and its search terms.
+pub fn derived(
+    props: Option<&Map<String, Value>>,
+    temporal: Option<&str>,
+) -> (Option<i64>, Vec<String>) {
+    let t = temporal
+        .and_then(|name| props?.get(name)?.as_str())
+        .and_then(kfm_query::time::instant);
+    (t, kfm_query::terms::terms(props))
 }
 
 /// Why a feature cannot become a row.
@@ -47,7 +99,14 @@ pub enum RowError {
 }
 
 impl Row {
-    pub fn of(ord: usize, f: &Feature) -> Result<Row, RowError> {
+    /// The row of the feature at `ord` (its time read from the property
+    /// `temporal`), counted into `stats` when given.
+    pub fn of(
+        ord: usize,
+        f: &Feature,
+        temporal: Option<&str>,
+        stats: Option<&mut LayerStats>,
+    ) -> Result<Row, RowError> {
         let (fid, fid_numeric) = match &f.id {
             Some(geojson::feature::Id::String(s)) => (s.clone(), false),
             Some(geojson::feature::Id::Number(n)) => (n.to_string(), true),
@@ -70,12 +129,22 @@ impl Row {
             }
             None => None,
         };
+        let mut norm = f.properties.clone();
+        if let Some(m) = norm.as_mut() {
+            kfm_query::normal::object(m);
+        }
+        let (t, terms) = derived(norm.as_ref(), temporal);
+        if let Some(stats) = stats {
+            stats.observe(norm.as_ref(), f.geometry.as_ref().map(|g| &g.value));
+        }
         Ok(Row {
             ord: ord as i64,
             fid,
             fid_numeric,
             geom,
             props,
+            t,
+            terms,
         })
     }
 }
@@ -176,7 +245,7 @@ mod tests {
         let digest = |fs: &[&Feature]| {
             let mut d = Digester::new();
             for (i, f) in fs.iter().enumerate() {
-                d.push_row(&Row::of(i, f).unwrap());
+                d.push_row(&Row::of(i, f, None, None).unwrap());
             }
             d.finish()
         };
@@ -188,7 +257,7 @@ mod tests {
         assert_eq!(digest(&[&a]), digest(&[&a2]));
         assert_ne!(digest(&[&a, &b]), digest(&[&b, &a]));
         // What jsonb prints back canonicalises to what was sent.
-        let r = Row::of(0, &a).unwrap();
+        let r = Row::of(0, &a, None, None).unwrap();
         assert_eq!(
             canonical_props(r#"{"a": "x", "b": 1}"#).unwrap(),
             r.props.unwrap()

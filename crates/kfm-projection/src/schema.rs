@@ -31,6 +31,11 @@ pub const DATA: &str = "kfm_data";
 /// Precise layers of datasets that are not `public`.
 pub const RESTRICTED: &str = "kfm_restricted";
 
+/// The shape of a projected table this build writes and reads: 2 added the
+/// `t` (time) and `terms` (search) columns and the layer's queryables and
+/// extent in the catalog. A projection of another format is loaded again.
+pub const FORMAT: i32 = 2;
+
 /// The two layers a published version can have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Layer {
@@ -125,14 +130,17 @@ async fn ready(client: &Client) -> Result<bool, ProjectionError> {
             "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = ANY($1))::int,
                     to_regclass('kfm.projections') IS NOT NULL,
                     to_regclass('kfm.layers') IS NOT NULL,
-                    (SELECT count(*) FROM pg_extension WHERE extname = 'postgis')::int",
+                    (SELECT count(*) FROM pg_extension WHERE extname = 'postgis')::int,
+                    (SELECT count(*) FROM information_schema.columns
+                      WHERE table_schema = 'kfm' AND table_name = 'layers' AND column_name = 'format')::int",
             &[&ROLES.to_vec()],
         )
         .await?;
     Ok(row.try_get::<_, i32>(0)? == 3
         && row.try_get::<_, bool>(1)?
         && row.try_get::<_, bool>(2)?
-        && row.try_get::<_, i32>(3)? == 1)
+        && row.try_get::<_, i32>(3)? == 1
+        && row.try_get::<_, i32>(4)? == 1)
 }
 
 /// Creates the extension, roles, schemas, grants and catalog tables that
@@ -208,6 +216,10 @@ pub async fn bootstrap(client: &Client) -> Result<(), ProjectionError> {
              PRIMARY KEY (dataset, layer),
              UNIQUE (schema_name, table_name)
          );
+         ALTER TABLE {CATALOG}.projections ADD COLUMN IF NOT EXISTS temporal_property text;
+         ALTER TABLE {CATALOG}.layers ADD COLUMN IF NOT EXISTS format int NOT NULL DEFAULT 1;
+         ALTER TABLE {CATALOG}.layers ADD COLUMN IF NOT EXISTS queryables jsonb;
+         ALTER TABLE {CATALOG}.layers ADD COLUMN IF NOT EXISTS extent float8[];
          GRANT SELECT ON {CATALOG}.projections, {CATALOG}.layers TO {API}, {API_PRECISE};
          RESET ROLE;"
     );

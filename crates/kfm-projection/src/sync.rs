@@ -233,7 +233,7 @@ impl Projector {
         let (parsed, digest, state) = tokio::task::spawn_blocking(move || {
             let mut d = Digester::new();
             let r = for_each_feature_in(body, |ord, f| {
-                let row = Row::of(ord, &f).map_err(|e| e.to_string())?;
+                let row = Row::of(ord, &f, None, None).map_err(|e| e.to_string())?;
                 d.push_row(&row);
                 on(&mut state, &row);
                 Ok(())
@@ -261,17 +261,25 @@ impl Projector {
             .collect()
     }
 
-    /// Dataset → manifest digest of every projection in the catalog.
-    pub(crate) async fn projected(&self) -> Result<HashMap<String, String>, ProjectionError> {
+    /// Dataset → manifest digest of every projection in the catalog, and
+    /// whether all its layers are of this build's format.
+    pub(crate) async fn projected(
+        &self,
+    ) -> Result<HashMap<String, (String, bool)>, ProjectionError> {
         let rows = self
             .client
             .query(
-                &format!("SELECT dataset, manifest_digest FROM {CATALOG}.projections"),
-                &[],
+                &format!(
+                    "SELECT p.dataset, p.manifest_digest,
+                            coalesce(bool_and(l.format = $1), true)
+                     FROM {CATALOG}.projections p LEFT JOIN {CATALOG}.layers l USING (dataset)
+                     GROUP BY p.dataset, p.manifest_digest"
+                ),
+                &[&schema::FORMAT],
             )
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?))))
             .collect()
     }
 
@@ -312,7 +320,13 @@ impl Projector {
                 }
             };
             let (p, m) = (verified.pointer, verified.manifest);
-            if !force && current.as_deref() == Some(p.manifest_digest.as_str()) {
+            // Invariant: a projection is kept only if it is of the
+            // published version and of the format this build reads.
+            if !force
+                && current
+                    .as_ref()
+                    .is_some_and(|(d, fmt)| *fmt && d == &p.manifest_digest)
+            {
                 report.unchanged.push(ds);
                 continue;
             }
@@ -364,6 +378,7 @@ impl Projector {
             manifest_digest,
             pointer_ledger_index,
             policy_label: &m.policy_label,
+            temporal: m.temporal_property.as_deref(),
         };
         load::load(&mut self.client, &self.geometry, &v, sources).await
     }

@@ -9,8 +9,9 @@ use tokio_postgres::binary_copy::BinaryCopyOutStream;
 use tokio_postgres::types::Type;
 
 use crate::ProjectionError;
+use crate::load::PG_EPOCH_US;
 use crate::record;
-use crate::rows::{Digester, canonical_props};
+use crate::rows::{Digester, LayerStats, canonical_props, derived};
 use crate::schema::{self, CATALOG, DATA, RESTRICTED};
 use crate::sync::Projector;
 
@@ -41,41 +42,125 @@ impl VerifyReport {
     }
 }
 
-/// The digest of a table as the database returns it.
+/// What a table holds, as the database returns it.
+pub struct TableScan {
+    /// The projection digest of its rows, and how many there are.
+    pub digest: (String, u64),
+    /// The first row whose derived columns (`t`, `terms`) are not what its
+    /// properties give.
+    pub derived: Option<String>,
+    /// The queryables and extent its rows give.
+    pub queryables: kfm_query::Queryables,
+    pub extent: Option<[f64; 4]>,
+}
+
+/// A `timestamptz` in binary, as microseconds since the Unix epoch.
+struct Ts(i64);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Ts {
+    fn from_sql(
+        _ty: &Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let b: [u8; 8] = raw.try_into()?;
+        Ok(Ts(i64::from_be_bytes(b) + PG_EPOCH_US))
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TIMESTAMPTZ
+    }
+}
+
+/// Reads a table back: its digest from the database's own output, and a
+/// check of every column derived from the properties (a search term or a
+/// time changed behind KFM's back would change answers the digest alone
+/// does not cover).
 pub async fn table_digest(
     client: &tokio_postgres::Client,
     schema_name: &str,
     table: &str,
-) -> Result<(String, u64), ProjectionError> {
+    temporal: Option<&str>,
+) -> Result<TableScan, ProjectionError> {
     let q = schema::qualified(schema_name, table)?;
     let stream = client
         .copy_out(&format!(
-            "COPY (SELECT ord, fid, fid_numeric, ST_AsEWKB(geom, 'NDR'), props::text FROM {q} ORDER BY ord) TO STDOUT (FORMAT binary)"
+            "COPY (SELECT ord, fid, fid_numeric, ST_AsEWKB(geom, 'NDR'), props::text, t, terms FROM {q} ORDER BY ord) TO STDOUT (FORMAT binary)"
         ))
         .await?;
     let rows = BinaryCopyOutStream::new(
         stream,
-        &[Type::INT8, Type::TEXT, Type::BOOL, Type::BYTEA, Type::TEXT],
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::BOOL,
+            Type::BYTEA,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::TEXT_ARRAY,
+        ],
     );
     pin_mut!(rows);
     let mut d = Digester::new();
+    let mut stats = LayerStats::default();
+    let mut problem = None;
+    let bad = |what: String| ProjectionError::Catalog(format!("{schema_name}.{table}: {what}"));
     while let Some(r) = rows.next().await {
         let r = r?;
-        let props = match r.try_get::<Option<&str>>(4)? {
-            Some(t) => Some(canonical_props(t).map_err(|e| {
-                ProjectionError::Catalog(format!("{schema_name}.{table}: props: {e}"))
-            })?),
+        let ord = r.try_get::<i64>(0)?;
+        let text = r.try_get::<Option<&str>>(4)?;
+        let props = match text {
+            Some(t) => Some(canonical_props(t).map_err(|e| bad(format!("props: {e}")))?),
             None => None,
         };
+        let geom = r.try_get::<Option<&[u8]>>(3)?;
         d.push(
-            r.try_get::<i64>(0)?,
+            ord,
             r.try_get::<&str>(1)?,
             r.try_get::<bool>(2)?,
-            r.try_get::<Option<&[u8]>>(3)?,
+            geom,
             props.as_deref(),
         );
+        let mut map: Option<serde_json::Map<String, serde_json::Value>> = match text {
+            Some(t) => Some(serde_json::from_str(t).map_err(|e| bad(format!("props: {e}")))?),
+            None => None,
+        };
+        if let Some(m) = map.as_mut() {
+            kfm_query::normal::object(m);
+        }
+        let geometry = match geom {
+            Some(g) => Some(crate::geom::decode(g).map_err(|e| bad(format!("row {ord}: {e}")))?),
+            None => None,
+        };
+        stats_push(&mut stats, map.as_ref(), geometry.as_ref());
+        if problem.is_none() {
+            let (t, terms) = derived(map.as_ref(), temporal);
+            let db_t = r.try_get::<Option<Ts>>(5)?.map(|t| t.0);
+            let db_terms = r.try_get::<Vec<String>>(6)?;
+            if db_t != t {
+                problem = Some(format!(
+                    "row {ord}: its time (t) is not its properties' time"
+                ));
+            } else if db_terms != terms {
+                problem = Some(format!(
+                    "row {ord}: its search terms are not its properties' words"
+                ));
+            }
+        }
     }
-    Ok(d.finish())
+    let (queryables, extent) = stats.finish();
+    Ok(TableScan {
+        digest: d.finish(),
+        derived: problem,
+        queryables,
+        extent,
+    })
+}
+
+fn stats_push(
+    stats: &mut LayerStats,
+    props: Option<&serde_json::Map<String, serde_json::Value>>,
+    geometry: Option<&geojson::Geometry>,
+) {
+    stats.observe(props, geometry.map(|g| &g.value));
 }
 
 impl Projector {
@@ -108,7 +193,7 @@ impl Projector {
                     continue;
                 }
             };
-            match projected_digest {
+            match projected_digest.map(|(d, _)| d) {
                 None => {
                     report.problems.push(format!(
                         "{ds}: published ({}) but not projected; run `kfm projection run`",
@@ -130,7 +215,7 @@ impl Projector {
                     .client
                     .query_opt(
                         &format!(
-                            "SELECT schema_name, table_name, rows, projection_digest, artifact_digest, ledger_index FROM {CATALOG}.layers WHERE dataset = $1 AND layer = $2"
+                            "SELECT schema_name, table_name, rows, projection_digest, artifact_digest, ledger_index, queryables::text, extent FROM {CATALOG}.layers WHERE dataset = $1 AND layer = $2"
                         ),
                         &[&ds, &layer.as_str()],
                     )
@@ -155,7 +240,14 @@ impl Projector {
                     problem: None,
                 };
                 check.problem = self
-                    .check_layer(ledger, &s, &t, &path, &digest, &row)
+                    .check_layer(
+                        ledger,
+                        (&s, &t),
+                        &path,
+                        &digest,
+                        v.manifest.temporal_property.as_deref(),
+                        &row,
+                    )
                     .await?;
                 report.layers.push(check);
             }
@@ -188,10 +280,10 @@ impl Projector {
     async fn check_layer(
         &self,
         ledger: &Ledger,
-        s: &str,
-        t: &str,
+        (s, t): (&str, &str),
         path: &str,
         digest: &kfm_core::Digest,
+        temporal: Option<&str>,
         row: &tokio_postgres::Row,
     ) -> Result<Option<String>, ProjectionError> {
         let recorded_rows = row.try_get::<_, i64>(2)? as u64;
@@ -206,14 +298,33 @@ impl Projector {
             Ok((d, _)) => d,
             Err(e) => return Ok(Some(e.to_string())),
         };
-        let (in_db, m) = match table_digest(&self.client, s, t).await {
+        let scan = match table_digest(&self.client, s, t, temporal).await {
             Ok(x) => x,
             Err(e) => return Ok(Some(format!("cannot read the table: {e}"))),
         };
+        let (in_db, m) = scan.digest.clone();
         if in_db != canonical || m != n {
             return Ok(Some(format!(
                 "the table ({m} rows, {in_db}) is not its artifact {path} ({n} rows, {canonical})"
             )));
+        }
+        if let Some(p) = scan.derived {
+            return Ok(Some(p));
+        }
+        let stored_q: Option<String> = row.try_get(6)?;
+        let stored_q: Option<kfm_query::Queryables> = stored_q
+            .as_deref()
+            .and_then(|q| serde_json::from_str(q).ok());
+        if stored_q.as_ref() != Some(&scan.queryables) {
+            return Ok(Some(
+                "the catalog's queryables are not what the table's rows give".into(),
+            ));
+        }
+        let stored_e: Option<Vec<f64>> = row.try_get(7)?;
+        if stored_e != scan.extent.map(|e| e.to_vec()) {
+            return Ok(Some(
+                "the catalog's extent is not the table's rows' extent".into(),
+            ));
         }
         if recorded != canonical || recorded_rows != n {
             return Ok(Some(format!(

@@ -41,12 +41,21 @@ pub(crate) fn target(ws: &Workspace) -> Result<PgTarget, Failure> {
         ));
     };
     let password = match &pg.password {
-        Some(SecretRef::Env(name)) => Some(std::env::var(name).map_err(|_| {
-            Failure::input(format!(
-                "postgres.password refers to ${name}, which is not set"
-            ))
-        })?),
-        Some(SecretRef::File(p)) => {
+        Some(r) => Some(resolve(ws, r, "postgres.password")?),
+        None => std::env::var("PGPASSWORD").ok(),
+    };
+    Ok(PgTarget {
+        url: pg.url.clone(),
+        password,
+    })
+}
+
+/// A password given by reference in `key`, read now; never printed.
+pub(crate) fn resolve(ws: &Workspace, r: &SecretRef, key: &str) -> Result<String, Failure> {
+    match r {
+        SecretRef::Env(name) => std::env::var(name)
+            .map_err(|_| Failure::input(format!("{key} refers to ${name}, which is not set"))),
+        SecretRef::File(p) => {
             let path = if p.is_relative() {
                 ws.dir.join(p)
             } else {
@@ -54,18 +63,13 @@ pub(crate) fn target(ws: &Workspace) -> Result<PgTarget, Failure> {
             };
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 Failure::input(format!(
-                    "cannot read the PostgreSQL password file {}: {e}",
+                    "cannot read the password file {} ({key}): {e}",
                     path.display()
                 ))
             })?;
-            Some(text.trim_end_matches(['\n', '\r']).to_owned())
+            Ok(text.trim_end_matches(['\n', '\r']).to_owned())
         }
-        None => std::env::var("PGPASSWORD").ok(),
-    };
-    Ok(PgTarget {
-        url: pg.url.clone(),
-        password,
-    })
+    }
 }
 
 /// `KFM_PROJECTION_WHOLE_MAX` (bytes): artifacts up to it are read whole,

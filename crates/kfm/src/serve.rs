@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kfm_api::{ApiConfig, AppState, Releases, Tokens, Zones};
-use kfm_core::Environment;
+use kfm_api::{ApiConfig, AppState, Backend, Releases, Tokens, Zones};
+use kfm_core::{Environment, ServeBackend};
 use kfm_ledger::Ledger;
 use kfm_policy::{Bundle, DecisionPoint, Options};
 use serde::Serialize;
@@ -108,10 +108,11 @@ pub(crate) async fn prepare(
         ledger_origin: ws.config.ledger_origin.clone(),
         verifier_key: verifier,
     };
+    let backend = backend(ws).await?;
     let state = AppState::new(
         config,
         policy,
-        Releases::new(zones, key),
+        Releases::new(zones, key, backend),
         ledger.clone(),
         match jwt {
             Some(j) => Tokens::new(tokens_path(ws)).with_jwt(j),
@@ -133,6 +134,36 @@ pub(crate) async fn prepare(
         },
         descriptors,
     })
+}
+
+/// Where the server reads features from: memory, or the projections in
+/// PostgreSQL as KFM's API roles (`[serve] backend`).
+async fn backend(ws: &Workspace) -> Result<Backend, Failure> {
+    match ws.config.serve_backend {
+        ServeBackend::Memory => Ok(Backend::Memory),
+        ServeBackend::Postgis => {
+            let target = crate::projection::target(ws)?;
+            let pg = ws.config.postgres.as_ref();
+            let api_password = pg
+                .and_then(|p| p.api_password.as_ref())
+                .map(|r| crate::projection::resolve(ws, r, "postgres.api_password"))
+                .transpose()?;
+            let precise_password = pg
+                .and_then(|p| p.api_precise_password.as_ref())
+                .map(|r| crate::projection::resolve(ws, r, "postgres.api_precise_password"))
+                .transpose()?;
+            let reader =
+                kfm_projection::read::Reader::connect(&kfm_projection::read::ReaderConfig {
+                    target,
+                    api_password,
+                    precise_password,
+                    pool_size: 8,
+                    statement_timeout: ws.config.server_request_timeout,
+                })
+                .await?;
+            Ok(Backend::Postgis(Arc::new(reader)))
+        }
+    }
 }
 
 pub(crate) async fn shutdown_signal() {
@@ -172,8 +203,12 @@ pub(crate) async fn run_prepared(p: Prepared, announce: bool) -> Result<u8, Fail
             "NOT READY (see /readyz)"
         };
         println!(
-            "serving the governed API on http://{addr} ({ready}, {} release(s)); Ctrl-C stops it",
-            p.state.releases.all().len()
+            "serving the governed API on http://{addr} ({ready}, {} release(s), features from {}); Ctrl-C stops it",
+            p.state.releases.all().len(),
+            match p.state.releases.backend() {
+                Backend::Memory => "memory",
+                Backend::Postgis(_) => "PostGIS",
+            }
         );
     }
     if announce {

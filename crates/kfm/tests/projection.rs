@@ -9,92 +9,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pg::{Db, psql, psql_as};
 use common::{kfm, samples_promoted};
 use serde_json::Value;
-
-const HOST: &str = "127.0.0.1";
-const PORT: &str = "5432";
-
-fn psql_as(db: &str, user: &str, sql: &str) -> Output {
-    Command::new("psql")
-        .args([
-            "-h",
-            HOST,
-            "-p",
-            PORT,
-            "-U",
-            user,
-            "-d",
-            db,
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("psql runs")
-}
-
-fn psql(db: &str, sql: &str) -> String {
-    let o = psql_as(db, "postgres", sql);
-    assert!(
-        o.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-/// A fresh database, dropped when the test ends.
-struct Db(String);
-
-impl Db {
-    /// `None` (and a message) when PostgreSQL with PostGIS is not reachable.
-    fn fresh() -> Option<Db> {
-        let required = std::env::var("KFM_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-        let probe = Command::new("psql")
-            .args([
-                "-h", HOST, "-p", PORT, "-U", "postgres", "-d", "postgres", "-At", "-c",
-            ])
-            .arg("SELECT count(*) FROM pg_available_extensions WHERE name = 'postgis'")
-            .output();
-        let ok = matches!(&probe, Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "1");
-        if !ok {
-            let why = match probe {
-                Ok(o) if o.status.success() => {
-                    "PostGIS is not installed into it (postgresql-15-postgis-3)".to_owned()
-                }
-                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                Err(e) => format!("psql: {e}"),
-            };
-            assert!(
-                !required,
-                "KFM_REQUIRE_SERVICES=1 but PostgreSQL/PostGIS at {HOST}:{PORT} is not usable: {why}"
-            );
-            eprintln!("SKIPPED: PostgreSQL with PostGIS at {HOST}:{PORT} is not usable: {why}");
-            return None;
-        }
-        let name = format!("kfm_t_{}", uuid::Uuid::new_v4().simple());
-        psql("postgres", &format!("CREATE DATABASE {name}"));
-        Some(Db(name))
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@{HOST}:{PORT}/{}", self.0)
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = psql_as(
-            "postgres",
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0),
-        );
-    }
-}
 
 /// `kfm` in `ws`, its projections in the PostgreSQL at `url`.
 fn kfm_pg(ws: &Path, url: &str) -> Command {
@@ -258,6 +175,37 @@ fn projects_every_published_version_verifies_it_and_catches_a_tampered_table() {
         before + 4,
         "a rebuild of equal tables appends no new record"
     );
+
+    // The columns derived from the properties (search terms, time) and the
+    // catalog's queryables and extent are proven too: a search or datetime
+    // answer changed behind KFM's back is caught, naming what.
+    for (tamper, names) in [
+        (
+            "UPDATE kfm_data.ks_places_v1_p SET terms = array_append(terms, E'name\\x1fplanted') WHERE ord = 2",
+            "search terms",
+        ),
+        (
+            "UPDATE kfm_data.ks_sites_synthetic_v1_g SET t = now() WHERE ord = 5",
+            "its time",
+        ),
+        (
+            "UPDATE kfm.layers SET queryables = '{\"properties\": [], \"geometry_types\": []}' WHERE dataset = 'ks-counties'",
+            "queryables",
+        ),
+        (
+            "UPDATE kfm.layers SET extent = '{0,0,1,1}' WHERE dataset = 'ks-places'",
+            "extent",
+        ),
+    ] {
+        psql(&db.0, tamper);
+        let (code, v) = verify_json(&ws, &db);
+        assert_eq!(code, 1, "{tamper}: {v}");
+        assert!(v.to_string().contains(names), "{tamper}: {v}");
+        ok(&projection(&ws, &db, &["rebuild"]));
+        let (code, v) = verify_json(&ws, &db);
+        assert_eq!(code, 0, "{v}");
+    }
+    assert_eq!(ledger_size(&ws), before + 4);
 
     // Every artifact streamed instead of read whole: the same tables, the
     // same digests (so the same records: none new), and verify agrees.

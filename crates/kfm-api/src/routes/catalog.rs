@@ -11,8 +11,8 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{
-    GEOJSON, JSON, bad_request, base, check_id, extent_of, grant_on, granted, json_answer,
-    not_ready, note, with_governance, with_note,
+    GEOJSON, JSON, bad_request, base, check_id, grant_on, granted, json_answer, not_ready, note,
+    with_governance, with_note,
 };
 use crate::audit::AuditNote;
 use crate::auth::Principal;
@@ -50,7 +50,7 @@ pub(crate) async fn stac(
             a["href"] = json!(format!("{b}/collections/{id}/export?format=geojson"));
         }
     }
-    if let Some(e) = extent_of(&view) {
+    if let Some(e) = view.extent {
         doc["extent"]["spatial"]["bbox"] = json!([e]);
     }
     if let Some(links) = doc["links"].as_array_mut() {
@@ -112,7 +112,7 @@ pub(crate) async fn catalog(
             {"@type": "dcat:Distribution", "dcat:downloadURL": {"@id": format!("{b}/collections/{id}/export?format=csv")}, "dcat:mediaType": "text/csv", "dct:license": license}
         ]);
         d["rdfs:seeAlso"] = json!([{"@id": format!("{b}/collections/{id}/stac")}, {"@id": format!("{b}/collections/{id}/prov")}]);
-        match extent_of(&view) {
+        match view.extent {
             Some(e) => {
                 d["dct:spatial"]["dcat:bbox"]["@value"] = json!(format!(
                     "POLYGON(({w} {s}, {e2} {s}, {e2} {n}, {w} {n}, {w} {s}))",
@@ -187,14 +187,23 @@ pub(crate) async fn evidence(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(&i) = view.ids.get(&fid) else {
-        return not_found(g.note);
+    let feature = match view.feature(&fid).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return not_found(g.note),
+        Err(e) => return with_note(super::read_error(&e), g.note),
     };
-    let layer = if view.generalized && rel.generalized.is_some() {
-        rel.generalized.as_ref()
+    // The artifact this caller's view is read from.
+    let has_generalized = rel
+        .manifest
+        .artifacts
+        .iter()
+        .any(|a| a.role == "generalized");
+    let role = if view.generalized && has_generalized {
+        "generalized"
     } else {
-        rel.precise.as_ref()
+        "data"
     };
+    let layer = rel.manifest.artifacts.iter().find(|a| a.role == role);
     // Invariant: evidence is the release's provenance or nothing. Gate D
     // admits no release whose PROV lacks entities and activities; one that
     // lacks them here is answered as an error, never as "no acquisitions".
@@ -228,7 +237,7 @@ pub(crate) async fn evidence(
         .is_some_and(|c| c.manifest_digest == rel.manifest_digest);
     let doc = json!({
         "dataset_version_id": rel.version_id,
-        "feature": view.features[i],
+        "feature": feature,
         "current_release": current,
         // A superseded version, answered only where the policy allows it
         // (the decision's input says `release: withdrawn`), and marked.
@@ -240,7 +249,7 @@ pub(crate) async fn evidence(
             "pointer_ledger_index": rel.pointer_ledger_index,
             "receipt": {"digest": m.receipt.digest, "ledger_index": m.receipt.ledger_index},
             "run_id": m.run_id,
-            "artifact": layer.map(|l| json!({"path": l.path, "digest": l.digest})),
+            "artifact": layer.map(|l| json!({"path": l.path, "digest": l.digest.to_string()})),
             "catalog": m.catalog.iter().map(|c| json!({"path": c.path, "digest": c.digest.to_string()})).collect::<Vec<_>>(),
             "policy_at_release": {"digest": m.policy.digest, "revision": m.policy.revision},
             "acquisitions": acquisitions,

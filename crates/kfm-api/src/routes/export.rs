@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{GEOJSON, Query, bad_request, governance, granted, with_note};
+use crate::AppState;
 use crate::auth::Principal;
 use crate::enforce::Grant;
 use crate::releases::{Release, View};
-use crate::{AppState, error};
 
 #[utoipa::path(get, path = "/collections/{collection_id}/export", tag = "Exports",
     params(("collection_id" = String, Path, description = "Dataset id"),
@@ -46,17 +46,12 @@ pub(crate) async fn export(
     // Streamed: memory does not grow with the export, and when the
     // client goes away its body is dropped and the writing stops.
     let mut r = if csv {
-        match export_csv(rel.clone(), &g, view.clone()) {
-            Ok(body) => {
-                let mut r = Response::new(body);
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/csv; charset=utf-8"),
-                );
-                r
-            }
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "ExportFailed", &e),
-        }
+        let mut r = Response::new(export_csv(rel.clone(), &g, view.clone()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        r
     } else {
         let mut head = serde_json::Map::new();
         head.insert("type".into(), json!("FeatureCollection"));
@@ -66,31 +61,42 @@ pub(crate) async fn export(
         out.pop();
         out.extend_from_slice(b",\"features\":[");
         let v = view.clone();
-        let chunks = futures::stream::unfold(Some((0usize, Some(Bytes::from(out)))), move |st| {
-            let v = v.clone();
-            async move {
-                let (at, head) = st?;
-                if let Some(h) = head {
-                    return Some((Ok::<_, std::io::Error>(h), Some((at, None))));
-                }
-                if at >= v.json.len() {
-                    return if at == usize::MAX {
-                        None
-                    } else {
-                        Some((Ok(Bytes::from_static(b"]}")), Some((usize::MAX, None))))
-                    };
-                }
-                let end = (at + EXPORT_CHUNK).min(v.json.len());
-                let mut buf = Vec::new();
-                for (n, f) in v.json[at..end].iter().enumerate() {
-                    if at + n > 0 {
-                        buf.push(b',');
+        // State: the last position sent (-1 before the first), the head
+        // still to send, whether a feature went out, and whether it ended.
+        let chunks = futures::stream::unfold(
+            (-1i64, Some(Bytes::from(out)), false, false),
+            move |(at, head, any, done)| {
+                let v = v.clone();
+                async move {
+                    if done {
+                        return None;
                     }
-                    buf.extend_from_slice(f);
+                    if let Some(h) = head {
+                        return Some((Ok::<_, std::io::Error>(h), (at, None, any, false)));
+                    }
+                    let batch = match v.batch_json(at, EXPORT_CHUNK).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            return Some((
+                                Err(std::io::Error::other(e.to_string())),
+                                (at, None, any, true),
+                            ));
+                        }
+                    };
+                    let Some(last) = batch.last().map(|(o, _)| *o) else {
+                        return Some((Ok(Bytes::from_static(b"]}")), (at, None, any, true)));
+                    };
+                    let mut buf = Vec::new();
+                    for (n, (_, f)) in batch.iter().enumerate() {
+                        if any || n > 0 {
+                            buf.push(b',');
+                        }
+                        buf.extend_from_slice(f);
+                    }
+                    Some((Ok(Bytes::from(buf)), (last, None, true, false)))
                 }
-                Some((Ok(Bytes::from(buf)), Some((end, None))))
-            }
-        });
+            },
+        );
         let mut r = Response::new(Body::from_stream(chunks));
         r.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(GEOJSON));
@@ -106,17 +112,18 @@ pub(crate) async fn export(
     with_note(r, g.note)
 }
 
-/// Features per chunk of a streamed export.
-const EXPORT_CHUNK: usize = 256;
+/// Features per chunk of a streamed export (and per read of a projected
+/// table).
+const EXPORT_CHUNK: usize = 1024;
 
 /// CSV with the license and attribution as leading `#` comment lines (read
 /// them with `comment='#'` in pandas, or skip 3 header lines in QGIS).
 /// Points become `longitude,latitude`; other geometries a GeoJSON column.
 ///
 /// Streamed in chunks of [`EXPORT_CHUNK`] rows, in time linear in its size:
-/// the columns are found in one pass (a set, in first-seen order), and
-/// each row places a feature's properties by column index.
-fn export_csv(rel: Arc<Release>, g: &Grant, view: Arc<View>) -> Result<Body, String> {
+/// the columns are the view's queryables (every property, in the order
+/// first seen), and each row places a feature's properties by column index.
+fn export_csv(rel: Arc<Release>, g: &Grant, view: Arc<View>) -> Body {
     let mut head = Vec::new();
     head.extend_from_slice(format!("# dataset: {}\n", rel.version_id).as_bytes());
     head.extend_from_slice(format!("# license: {}\n", rel.manifest.license).as_bytes());
@@ -126,81 +133,91 @@ fn export_csv(rel: Arc<Release>, g: &Grant, view: Arc<View>) -> Result<Body, Str
     if view.generalized {
         head.extend_from_slice(b"# coordinates generalized: see dataGeneralizations and coordinateUncertaintyInMeters\n");
     }
-    let mut keys: Vec<String> = Vec::new();
-    let mut column: HashMap<String, usize> = HashMap::new();
-    for f in &view.features {
-        for k in f.properties.iter().flat_map(|p| p.keys()) {
-            if !column.contains_key(k) {
-                column.insert(k.clone(), keys.len());
-                keys.push(k.clone());
-            }
-        }
-    }
+    let keys: Vec<String> = view.queryables.names().map(str::to_owned).collect();
+    let column: HashMap<String, usize> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (k.clone(), i))
+        .collect();
     let mut w = csv::Writer::from_writer(head);
-    w.write_record(
+    let header = w.write_record(
         ["id", "longitude", "latitude", "geometry"]
             .into_iter()
             .chain(keys.iter().map(String::as_str)),
-    )
-    .map_err(|e| e.to_string())?;
-    let head = w.into_inner().map_err(|e| e.to_string())?;
+    );
+    let head = header
+        .map_err(|e| e.to_string())
+        .and_then(|()| w.into_inner().map_err(|e| e.to_string()));
     let width = 4 + keys.len();
     let column = Arc::new(column);
-    let chunks = futures::stream::unfold(Some((0usize, Some(head))), move |st| {
+    let first = head.map(Bytes::from).map_err(std::io::Error::other);
+    let chunks = futures::stream::unfold((-1i64, Some(first), false), move |(at, head, done)| {
         let (view, column) = (view.clone(), column.clone());
         async move {
-            let (at, head) = st?;
-            if let Some(h) = head {
-                return Some((Ok::<_, std::io::Error>(Bytes::from(h)), Some((at, None))));
-            }
-            if at >= view.features.len() {
+            if done {
                 return None;
             }
-            let end = (at + EXPORT_CHUNK).min(view.features.len());
-            let mut w = csv::Writer::from_writer(Vec::new());
-            let mut row = vec![String::new(); width];
-            for f in &view.features[at..end] {
-                row.iter_mut().for_each(String::clear);
-                if let Some(id) = &f.id {
-                    row[0] = match id {
-                        geojson::feature::Id::String(s) => s.clone(),
-                        geojson::feature::Id::Number(n) => n.to_string(),
-                    };
-                }
-                match f.geometry.as_ref().map(|g| &g.value) {
-                    Some(geojson::GeometryValue::Point { coordinates: c }) if c.len() >= 2 => {
-                        row[1] = c[0].to_string();
-                        row[2] = c[1].to_string();
-                    }
-                    Some(_) => {
-                        // A geometry that cannot be written stops the export
-                        // with an error: never a row with an empty geometry.
-                        match f.geometry.as_ref().map(serde_json::to_string) {
-                            Some(Ok(g)) => row[3] = g,
-                            Some(Err(e)) => return Some((Err(std::io::Error::other(e)), None)),
-                            None => {}
-                        }
-                    }
-                    None => {}
-                }
-                for (k, v) in f.properties.iter().flatten() {
-                    if let Some(&c) = column.get(k) {
-                        row[4 + c] = match v {
-                            Value::Null => String::new(),
-                            Value::String(s) => s.clone(),
-                            v => v.to_string(),
-                        };
-                    }
-                }
-                if let Err(e) = w.write_record(&row) {
-                    return Some((Err(std::io::Error::other(e)), None));
-                }
+            if let Some(h) = head {
+                let failed = h.is_err();
+                return Some((h, (at, None, failed)));
             }
-            match w.into_inner() {
-                Ok(b) => Some((Ok(Bytes::from(b)), Some((end, None)))),
-                Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+            let batch = match view.batch(at, EXPORT_CHUNK).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return Some((Err(std::io::Error::other(e.to_string())), (at, None, true)));
+                }
+            };
+            let last = batch.last().map(|(o, _)| *o)?;
+            match csv_rows(&batch, &column, width) {
+                Ok(b) => Some((Ok(Bytes::from(b)), (last, None, false))),
+                Err(e) => Some((Err(e), (last, None, true))),
             }
         }
     });
-    Ok(Body::from_stream(chunks))
+    Body::from_stream(chunks)
+}
+
+/// One chunk of CSV rows.
+fn csv_rows(
+    batch: &[(i64, geojson::Feature)],
+    column: &HashMap<String, usize>,
+    width: usize,
+) -> Result<Vec<u8>, std::io::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut row = vec![String::new(); width];
+    for (_, f) in batch {
+        row.iter_mut().for_each(String::clear);
+        if let Some(id) = &f.id {
+            row[0] = match id {
+                geojson::feature::Id::String(s) => s.clone(),
+                geojson::feature::Id::Number(n) => n.to_string(),
+            };
+        }
+        match f.geometry.as_ref().map(|g| &g.value) {
+            Some(geojson::GeometryValue::Point { coordinates: c }) if c.len() >= 2 => {
+                row[1] = c[0].to_string();
+                row[2] = c[1].to_string();
+            }
+            Some(_) => {
+                // A geometry that cannot be written stops the export
+                // with an error: never a row with an empty geometry.
+                if let Some(g) = f.geometry.as_ref() {
+                    row[3] = serde_json::to_string(g).map_err(std::io::Error::other)?;
+                }
+            }
+            None => {}
+        }
+        for (k, v) in f.properties.iter().flatten() {
+            if let Some(&c) = column.get(k) {
+                row[4 + c] = match v {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                };
+            }
+        }
+        w.write_record(&row).map_err(std::io::Error::other)?;
+    }
+    w.into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }

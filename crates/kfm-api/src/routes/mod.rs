@@ -15,26 +15,28 @@ use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
 use serde_json::{Value, json};
 
 use crate::audit::AuditNote;
 use crate::auth::Principal;
 use crate::enforce::{self, Grant, Verdict};
-use crate::releases::{Release, View};
+use crate::releases::{Release, View, ViewError};
+use crate::view::ReadError;
 use crate::{AppState, bytes_response, error, html, not_found};
 
 pub(crate) mod catalog;
 pub(crate) mod export;
+pub(crate) mod items;
 pub(crate) mod probes;
+pub(crate) mod search;
 use catalog::{catalog, evidence, prov, stac};
 use export::export;
+use items::{item, items, queryables};
 use probes::{audit, healthz, metrics, openapi, readyz};
+use search::search;
 
 const GEOJSON: &str = "application/geo+json";
 const JSON: &str = "application/json";
-const MAX_LIMIT: usize = 10_000;
-const DEFAULT_LIMIT: usize = 10;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -44,6 +46,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/collections/{collection_id}", get(collection))
         .route("/collections/{collection_id}/items", get(items))
         .route("/collections/{collection_id}/items/{feature_id}", get(item))
+        .route("/collections/{collection_id}/queryables", get(queryables))
+        .route("/search", get(search))
         .route("/collections/{collection_id}/stac", get(stac))
         .route("/collections/{collection_id}/prov", get(prov))
         .route("/collections/{collection_id}/export", get(export))
@@ -83,42 +87,70 @@ fn with_note(mut r: Response, n: AuditNote) -> Response {
 }
 
 /// Query parameters, checked: unknown names, repeats, and values over
-/// 256 bytes are refused.
+/// 256 bytes (4,096 for a `filter`) are refused.
 struct Query(HashMap<String, String>);
+
+/// Longest query string accepted, and longest `filter`.
+const MAX_QUERY: usize = 8192;
+const MAX_FILTER: usize = 4096;
 
 impl Query {
     fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, Response> {
+        let (q, extra) = Self::parse_open(raw, allowed)?;
+        match extra.first() {
+            Some((k, _)) => Err(bad_request(&format!(
+                "unknown query parameter {:?}: this route accepts {}",
+                k.chars().take(40).collect::<String>(),
+                allowed.join(", ")
+            ))),
+            None => Ok(q),
+        }
+    }
+
+    /// As [`Query::parse`], but names outside `allowed` are returned for
+    /// the caller to judge (property filters name queryables).
+    fn parse_open(
+        raw: Option<&str>,
+        allowed: &[&str],
+    ) -> Result<(Self, Vec<(String, String)>), Response> {
         let raw = raw.unwrap_or("");
-        if raw.len() > 2048 {
-            return Err(bad_request("the query string is over 2048 bytes"));
+        if raw.len() > MAX_QUERY {
+            return Err(bad_request(&format!(
+                "the query string is over {MAX_QUERY} bytes"
+            )));
         }
         let mut out = HashMap::new();
+        let mut extra: Vec<(String, String)> = Vec::new();
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-            if !allowed.contains(&k.as_ref()) {
-                return Err(bad_request(&format!(
-                    "unknown query parameter {:?}: this route accepts {}",
-                    k.chars().take(40).collect::<String>(),
-                    allowed.join(", ")
-                )));
+            let max = if k == "filter" { MAX_FILTER } else { 256 };
+            if v.len() > max {
+                return Err(bad_request(&format!("parameter {k} is over {max} bytes")));
             }
-            if v.len() > 256 {
-                return Err(bad_request(&format!("parameter {k} is over 256 bytes")));
+            if !allowed.contains(&k.as_ref()) {
+                if k.len() > 128 || extra.iter().any(|(e, _)| *e == k) {
+                    return Err(bad_request(&format!(
+                        "parameter {:?} is too long or given twice",
+                        k.chars().take(40).collect::<String>()
+                    )));
+                }
+                extra.push((k.to_string(), v.to_string()));
+                continue;
             }
             if out.insert(k.to_string(), v.to_string()).is_some() {
                 return Err(bad_request(&format!("parameter {k} is given twice")));
             }
         }
-        Ok(Self(out))
+        Ok((Self(out), extra))
     }
 
     fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
     }
 
-    fn usize_in(&self, k: &str, default: usize, min: usize, max: usize) -> Result<usize, Response> {
+    fn u64_in(&self, k: &str, default: u64, min: u64, max: u64) -> Result<u64, Response> {
         match self.get(k) {
             None => Ok(default),
-            Some(v) => match v.parse::<usize>() {
+            Some(v) => match v.parse::<u64>() {
                 Ok(n) if (min..=max).contains(&n) => Ok(n),
                 _ => Err(bad_request(&format!(
                     "{k} must be an integer from {min} to {max}, got {:?}",
@@ -126,41 +158,6 @@ impl Query {
                 ))),
             },
         }
-    }
-
-    /// `bbox=minlon,minlat,maxlon,maxlat` in CRS84. minlon > maxlon crosses
-    /// the antimeridian.
-    fn bbox(&self) -> Result<Option<[f64; 4]>, Response> {
-        let Some(v) = self.get("bbox") else {
-            return Ok(None);
-        };
-        let parts: Vec<&str> = v.split(',').collect();
-        if parts.len() != 4 {
-            return Err(bad_request(
-                "bbox must be four numbers: minlon,minlat,maxlon,maxlat (CRS84)",
-            ));
-        }
-        let mut b = [0.0; 4];
-        for (i, p) in parts.iter().enumerate() {
-            b[i] = match p.trim().parse::<f64>() {
-                Ok(x) if x.is_finite() => x,
-                _ => {
-                    return Err(bad_request(&format!(
-                        "bbox value {} is not a number",
-                        i + 1
-                    )));
-                }
-            };
-        }
-        if !(-180.0..=180.0).contains(&b[0]) || !(-180.0..=180.0).contains(&b[2]) {
-            return Err(bad_request("bbox longitudes must be within [-180, 180]"));
-        }
-        if !(-90.0..=90.0).contains(&b[1]) || !(-90.0..=90.0).contains(&b[3]) || b[1] > b[3] {
-            return Err(bad_request(
-                "bbox latitudes must be within [-90, 90] with minlat <= maxlat",
-            ));
-        }
-        Ok(Some(b))
     }
 
     /// `f=json|html`, else the Accept header.
@@ -195,30 +192,20 @@ fn check_id(what: &str, id: &str) -> Result<(), Response> {
     }
 }
 
-fn intersects(b: &[f64; 4], q: &[f64; 4]) -> bool {
-    let lat = b[1] <= q[3] && b[3] >= q[1];
-    let lon = if q[0] <= q[2] {
-        b[0] <= q[2] && b[2] >= q[0]
-    } else {
-        b[2] >= q[0] || b[0] <= q[2]
-    };
-    lat && lon
+/// The answer for a view that cannot be read now.
+fn read_error(e: &ReadError) -> Response {
+    match e {
+        ReadError::Unavailable(why) => retry_later(why),
+    }
 }
 
-fn extent_of(view: &View) -> Option<[f64; 4]> {
-    let mut out: Option<[f64; 4]> = None;
-    for b in view.bboxes.iter().flatten() {
-        out = Some(match out {
-            None => *b,
-            Some(o) => [
-                o[0].min(b[0]),
-                o[1].min(b[1]),
-                o[2].max(b[2]),
-                o[3].max(b[3]),
-            ],
-        });
-    }
-    out
+fn retry_later(why: &str) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", why);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("2"),
+    );
+    r
 }
 
 /// Looks up a served release and asks the policy; `Err` is the answer.
@@ -247,19 +234,12 @@ fn grant_on(
     match enforce::release(st, who, action, &rel) {
         Verdict::Deny(n) => Err(not_found(n)),
         Verdict::Allow(g) => match rel.view(&g.shape) {
-            Some(v) => Ok((rel, g, v)),
-            // Metadata-only: there are no features to shape.
-            None => Ok((
-                rel.clone(),
-                g,
-                Arc::new(View {
-                    features: Vec::new(),
-                    json: Vec::new(),
-                    bboxes: Vec::new(),
-                    ids: HashMap::new(),
-                    generalized: false,
-                    pages: Default::default(),
-                }),
+            Ok(v) => Ok((rel, g, v)),
+            // Said only now, to a caller the policy allowed.
+            Err(e @ ViewError::Pending) => Err(with_note(retry_later(&e.to_string()), g.note)),
+            Err(ViewError::Unservable(why)) => Err(with_note(
+                error(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", &why),
+                g.note,
             )),
         },
     }
@@ -336,7 +316,20 @@ pub(crate) async fn conformance() -> Response {
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/html",
-        "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30"
+        "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+        "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
+        "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
+        "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+        "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+        "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
+        "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+        "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+        "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
+        "http://www.opengis.net/spec/cql2/1.0/conf/case-insensitive-comparison",
+        "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
+        "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions-plus",
+        "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
+        "http://www.opengis.net/spec/cql2/1.0/conf/property-property"
     ]});
     json_answer(StatusCode::OK, JSON, &doc, note("none"))
 }
@@ -349,6 +342,7 @@ fn collection_doc(st: &AppState, rel: &Release, g: &Grant, view: &View) -> Value
         json!({"rel": "alternate", "type": "text/html", "href": format!("{b}/collections/{id}?f=html")}),
         json!({"rel": "items", "type": GEOJSON, "href": format!("{b}/collections/{id}/items")}),
         json!({"rel": "items", "type": "text/html", "href": format!("{b}/collections/{id}/items?f=html")}),
+        json!({"rel": "http://www.opengis.net/def/rel/ogc/1.0/queryables", "type": "application/schema+json", "title": "Queryables", "href": format!("{b}/collections/{id}/queryables")}),
         json!({"rel": "describedby", "type": JSON, "title": "STAC Collection", "href": format!("{b}/collections/{id}/stac")}),
         json!({"rel": "via", "type": JSON, "title": "PROV-JSON provenance", "href": format!("{b}/collections/{id}/prov")}),
         json!({"rel": "enclosure", "type": GEOJSON, "title": "Export (GeoJSON)", "href": format!("{b}/collections/{id}/export?format=geojson")}),
@@ -367,7 +361,7 @@ fn collection_doc(st: &AppState, rel: &Release, g: &Grant, view: &View) -> Value
     });
     // The extent of what *this caller* sees: for generalised data the
     // precise extent would itself reveal locations.
-    if let Some(e) = extent_of(view) {
+    if let Some(e) = view.extent {
         doc["extent"] = json!({"spatial": {"bbox": [e], "crs": "http://www.opengis.net/def/crs/OGC/1.3/CRS84"}});
     }
     with_governance(doc, rel, g, view)
@@ -443,176 +437,12 @@ pub(crate) async fn collection(
     };
     match q.wants_html(&headers) {
         Ok(true) => with_note(
-            html::collection(base(&st), &rel, &g, &view, extent_of(&view)),
+            html::collection(base(&st), &rel, &g, &view, view.extent),
             g.note,
         ),
         Ok(false) => {
             let doc = collection_doc(&st, &rel, &g, &view);
             json_answer(StatusCode::OK, JSON, &doc, g.note)
-        }
-        Err(r) => r,
-    }
-}
-
-#[utoipa::path(get, path = "/collections/{collection_id}/items", tag = "OGC API - Features",
-    params(("collection_id" = String, Path, description = "Dataset id"),
-        ("bbox" = Option<String>, Query, description = "minlon,minlat,maxlon,maxlat (CRS84); filters on the geometry as served to this caller"),
-        ("limit" = Option<usize>, Query, description = "1-10000, default 10"),
-        ("offset" = Option<usize>, Query, description = "Features to skip"),
-        ("f" = Option<String>, Query, description = "json or html")),
-    responses((status = 200, description = "GeoJSON FeatureCollection with license, attribution and generalisation notices", content_type = "application/geo+json"),
-        (status = 400, description = "Malformed parameter"),
-        (status = 404, description = "No such collection, or not available to this caller (same answer)")))]
-pub(crate) async fn items(
-    State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let q = match Query::parse(q.as_deref(), &["bbox", "limit", "offset", "f"]) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let (limit, offset, bbox, html) = match (
-        q.usize_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        q.usize_in("offset", 0, 0, 1_000_000_000),
-        q.bbox(),
-        q.wants_html(&headers),
-    ) {
-        (Ok(l), Ok(o), Ok(b), Ok(h)) => (l, o, b, h),
-        (Err(r), ..) | (_, Err(r), ..) | (_, _, Err(r), _) | (.., Err(r)) => return r,
-    };
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    // Without a bbox the page is a plain range: no per-request list of
-    // every feature index (this is the hot path of the benchmark).
-    let window = |n: usize| offset.min(n)..offset.saturating_add(limit).min(n);
-    let (matched, page): (usize, Vec<usize>) = match &bbox {
-        None => (view.json.len(), window(view.json.len()).collect()),
-        Some(qb) => {
-            let all: Vec<usize> = view
-                .bboxes
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.as_ref().is_some_and(|b| intersects(b, qb)))
-                .map(|(i, _)| i)
-                .collect();
-            let page = all[window(all.len())].to_vec();
-            (all.len(), page)
-        }
-    };
-    if html {
-        let feats: Vec<&geojson::Feature> = page.iter().map(|&i| &view.features[i]).collect();
-        return with_note(
-            html::items(base(&st), &rel, &g, &view, &feats, matched, offset, limit),
-            g.note,
-        );
-    }
-    // The page's bytes depend on the view (which release, which shape),
-    // the attribution this grant attaches, and the query; nothing else.
-    let page_key = {
-        let (lic, text) = g
-            .attribution
-            .as_ref()
-            .map_or(("", ""), |(l, t)| (l.as_str(), t.as_str()));
-        format!(
-            "{limit}\u{1f}{offset}\u{1f}{}\u{1f}{lic}\u{1f}{text}",
-            q.get("bbox").unwrap_or("")
-        )
-    };
-    if let Some(page) = view.pages.get(&page_key) {
-        return with_note(bytes_response(StatusCode::OK, GEOJSON, page), g.note);
-    }
-    let b = base(&st);
-    let mut qs = format!("limit={limit}");
-    if let Some(bb) = q.get("bbox") {
-        qs.push_str("&bbox=");
-        qs.push_str(&form_urlencoded::byte_serialize(bb.as_bytes()).collect::<String>());
-    }
-    let href = |off: usize| format!("{b}/collections/{id}/items?{qs}&offset={off}");
-    let mut links = vec![
-        json!({"rel": "self", "type": GEOJSON, "href": href(offset)}),
-        json!({"rel": "alternate", "type": "text/html", "href": format!("{}&f=html", href(offset))}),
-        json!({"rel": "collection", "type": JSON, "href": format!("{b}/collections/{id}")}),
-    ];
-    if offset + page.len() < matched {
-        links.push(json!({"rel": "next", "type": GEOJSON, "href": href(offset + page.len())}));
-    }
-    if offset > 0 {
-        links.push(
-            json!({"rel": "prev", "type": GEOJSON, "href": href(offset.saturating_sub(limit))}),
-        );
-    }
-    let mut head = serde_json::Map::new();
-    head.insert("type".into(), json!("FeatureCollection"));
-    head.insert("numberMatched".into(), json!(matched));
-    head.insert("numberReturned".into(), json!(page.len()));
-    head.extend(governance(&rel, &g, &view));
-    head.insert("links".into(), Value::Array(links));
-    let mut out = Value::Object(head).to_string().into_bytes();
-    out.pop(); // the closing brace: features follow
-    out.extend_from_slice(b",\"features\":[");
-    let size: usize = page.iter().map(|&i| view.json[i].len() + 1).sum();
-    out.reserve(size + 2);
-    for (n, &i) in page.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&view.json[i]);
-    }
-    out.extend_from_slice(b"]}");
-    let page = Bytes::from(out);
-    view.pages.put(page_key, page.clone());
-    with_note(bytes_response(StatusCode::OK, GEOJSON, page), g.note)
-}
-
-#[utoipa::path(get, path = "/collections/{collection_id}/items/{feature_id}", tag = "OGC API - Features",
-    params(("collection_id" = String, Path, description = "Dataset id"),
-        ("feature_id" = String, Path, description = "Feature id"),
-        ("f" = Option<String>, Query, description = "json or html")),
-    responses((status = 200, description = "One feature, as this caller may see it", content_type = "application/geo+json"),
-        (status = 404, description = "No such feature, or not available to this caller (same answer)")))]
-pub(crate) async fn item(
-    State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
-    Path((id, fid)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let q = match Query::parse(q.as_deref(), &["f"]) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_id("feature id", &fid) {
-        return r;
-    }
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(&i) = view.ids.get(&fid) else {
-        return not_found(g.note);
-    };
-    match q.wants_html(&headers) {
-        Ok(true) => with_note(
-            html::items(base(&st), &rel, &g, &view, &[&view.features[i]], 1, 0, 1),
-            g.note,
-        ),
-        Ok(false) => {
-            let b = base(&st);
-            let mut f = serde_json::to_value(&view.features[i]).unwrap_or(Value::Null);
-            if let Value::Object(m) = &mut f {
-                m.extend(governance(&rel, &g, &view));
-                m.insert("links".into(), json!([
-                    {"rel": "self", "type": GEOJSON, "href": format!("{b}/collections/{id}/items/{fid}")},
-                    {"rel": "collection", "type": JSON, "href": format!("{b}/collections/{id}")},
-                    {"rel": "describedby", "type": JSON, "title": "Evidence", "href": format!("{b}/evidence/{}/{fid}", rel.version_id)}
-                ]));
-            }
-            json_answer(StatusCode::OK, GEOJSON, &f, g.note)
         }
         Err(r) => r,
     }
