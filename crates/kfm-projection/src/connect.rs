@@ -49,13 +49,10 @@ pub fn describe(target: &PgTarget, dbname: Option<&str>) -> String {
     format!("{host}:{port}/{db}")
 }
 
-/// Connects to the target's server, to `dbname` instead of its database
-/// when given (a drill's scratch database, or the maintenance database
-/// that creates it).
-pub async fn connect_to(
-    target: &PgTarget,
-    dbname: Option<&str>,
-) -> Result<Client, ProjectionError> {
+/// The connection settings of `target` (on `dbname` instead of its
+/// database when given): its URL parsed, a password in it refused, the
+/// password by reference applied, a connect timeout.
+pub(crate) fn config(target: &PgTarget, dbname: Option<&str>) -> Result<Config, ProjectionError> {
     let mut config = Config::from_str(&target.url).map_err(|e| {
         ProjectionError::Connect(format!(
             "postgres.url {:?} does not parse: {e}; use postgres://USER@HOST:PORT/DATABASE",
@@ -76,6 +73,17 @@ pub async fn connect_to(
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
+    Ok(config)
+}
+
+/// Connects to the target's server, to `dbname` instead of its database
+/// when given (a drill's scratch database, or the maintenance database
+/// that creates it).
+pub async fn connect_to(
+    target: &PgTarget,
+    dbname: Option<&str>,
+) -> Result<Client, ProjectionError> {
+    let mut config = config(target, dbname)?;
     config.application_name("kfm");
     let (client, connection) = config.connect(NoTls).await.map_err(|e| {
         ProjectionError::Connect(format!(

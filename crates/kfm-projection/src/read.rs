@@ -10,7 +10,6 @@
 //! (values bound as parameters) around a table name the catalog holds and
 //! [`schema::qualified`] has checked.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -18,8 +17,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use geojson::Feature;
 use kfm_query::{Cursor, Filter, Param, Queryables, SortKeys, Sql};
 use serde_json::{Map, Value};
+use tokio_postgres::NoTls;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use tokio_postgres::{Config, NoTls};
 
 use crate::ProjectionError;
 use crate::connect::{PgTarget, describe};
@@ -144,24 +143,13 @@ fn pool(
     password: Option<&str>,
     c: &ReaderConfig,
 ) -> Result<Pool, ProjectionError> {
-    let mut config = Config::from_str(&target.url).map_err(|e| {
-        ProjectionError::Connect(format!(
-            "postgres.url {:?} does not parse: {e}; use postgres://USER@HOST:PORT/DATABASE",
-            target.url
-        ))
-    })?;
-    if config.get_password().is_some() {
-        return Err(ProjectionError::Connect(
-            "postgres.url carries a password: give it by reference in postgres.password (env:NAME or file:PATH), or in PGPASSWORD".into(),
-        ));
-    }
+    // The administrator's URL, as the API role, with that role's password.
+    let as_role = PgTarget {
+        url: target.url.clone(),
+        password: password.map(str::to_owned),
+    };
+    let mut config = crate::connect::config(&as_role, None)?;
     config.user(user);
-    if let Some(p) = password {
-        config.password(p);
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(10));
-    }
     config.application_name("kfm-api");
     config.options(format!(
         "-c statement_timeout={} -c default_transaction_read_only=on",
@@ -219,6 +207,18 @@ impl Reader {
                 })?;
         }
         Ok(r)
+    }
+
+    /// Whether the database answers the public role within `within`.
+    pub async fn ping(&self, within: Duration) -> Result<(), ProjectionError> {
+        let check = async {
+            let client = self.api.get().await.map_err(|e| pg(e, "the database"))?;
+            client.simple_query("SELECT 1").await?;
+            Ok::<(), ProjectionError>(())
+        };
+        tokio::time::timeout(within, check)
+            .await
+            .map_err(|_| ProjectionError::Connect("no answer in time".into()))?
     }
 
     fn pool_for(&self, l: &LayerRef) -> &Pool {

@@ -43,6 +43,16 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
+/// `kfm serve` on `ws` with the PostGIS backend on `db`.
+fn postgis_server(ws: &Path, db: &Db) -> Server {
+    let url = db.url();
+    Server::start(
+        ws,
+        &[("KFM_SERVE_BACKEND", "postgis"), ("KFM_POSTGRES_URL", &url)],
+    )
+    .unwrap()
+}
+
 /// Every route a caller can ask, for the datasets published.
 fn paths() -> Vec<String> {
     let mut p: Vec<String> = [
@@ -191,13 +201,8 @@ fn the_postgis_backend_answers_every_route_with_the_memory_backends_bytes() {
     let researcher = token(&ws, "researcher", &["ks-sites-synthetic"]);
     let plain = token(&ws, "researcher", &[]);
     let auditor = token(&ws, "auditor", &[]);
-    let url = db.url();
     let memory = Server::start(&ws, &[]).unwrap();
-    let postgis = Server::start(
-        &ws,
-        &[("KFM_SERVE_BACKEND", "postgis"), ("KFM_POSTGRES_URL", &url)],
-    )
-    .unwrap();
+    let postgis = postgis_server(&ws, &db);
     let roles: [(&str, Option<&str>); 4] = [
         ("anonymous", None),
         ("researcher approved", Some(&researcher)),
@@ -293,12 +298,7 @@ fn hostile_queries_never_reach_sql_as_text() {
     let Some(db) = Db::fresh() else { return };
     let (_dir, ws) = samples_promoted();
     projected(&ws, &db);
-    let url = db.url();
-    let postgis = Server::start(
-        &ws,
-        &[("KFM_SERVE_BACKEND", "postgis"), ("KFM_POSTGRES_URL", &url)],
-    )
-    .unwrap();
+    let postgis = postgis_server(&ws, &db);
     let items = "/collections/ks-places/items";
     let refused: &[(&str, &str)] = &[
         (
@@ -416,13 +416,8 @@ fn a_search_never_reveals_what_the_caller_may_not_read() {
     internal_dataset(&ws);
     projected(&ws, &db);
     let staff = token(&ws, "steward", &[]);
-    let url = db.url();
     let memory = Server::start(&ws, &[]).unwrap();
-    let postgis = Server::start(
-        &ws,
-        &[("KFM_SERVE_BACKEND", "postgis"), ("KFM_POSTGRES_URL", &url)],
-    )
-    .unwrap();
+    let postgis = postgis_server(&ws, &db);
     for s in [&memory, &postgis] {
         let anon = get(&s.addr, "/search?q=zebra", None, &[]);
         assert_eq!(anon.status, 200, "{}", anon.text());
@@ -487,12 +482,7 @@ fn a_promoted_version_is_served_from_postgis_only_once_it_is_projected() {
     let Some(db) = Db::fresh() else { return };
     let (_dir, ws) = samples_promoted();
     projected(&ws, &db);
-    let url = db.url();
-    let postgis = Server::start(
-        &ws,
-        &[("KFM_SERVE_BACKEND", "postgis"), ("KFM_POSTGRES_URL", &url)],
-    )
-    .unwrap();
+    let postgis = postgis_server(&ws, &db);
     let items = "/collections/ks-places/items?limit=1";
     let v1 = get(&postgis.addr, items, None, &[]);
     assert_eq!(v1.json()["kfm:version_id"], "ks-places@v1");
@@ -534,4 +524,23 @@ fn a_promoted_version_is_served_from_postgis_only_once_it_is_projected() {
     );
     let r = get(&postgis.addr, items, None, &[]);
     assert_eq!(r.json()["numberMatched"], 217);
+
+    // The database gone: the server says it is not ready, and a feature
+    // read answers 503 rather than anything else.
+    psql("postgres", &format!("DROP DATABASE {} WITH (FORCE)", db.0));
+    assert!(
+        common::eventually(std::time::Duration::from_secs(30), || {
+            get(&postgis.addr, "/readyz", None, &[]).status == 503
+        }),
+        "readiness follows the database"
+    );
+    let ready = get(&postgis.addr, "/readyz", None, &[]);
+    assert!(ready.text().contains("projections"), "{}", ready.text());
+    let r = get(
+        &postgis.addr,
+        "/collections/ks-places/items?limit=3",
+        None,
+        &[],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
 }

@@ -112,13 +112,22 @@ pub(crate) async fn healthz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "Probes",
-    responses((status = 200, description = "Pinned policy loaded, ledger open and healthy; releases that are not served are counted (named, with the reason, to callers the policy lets read the audit trail)"),
+    responses((status = 200, description = "Pinned policy loaded, ledger open and healthy, the projections' database answering (PostGIS backend); releases that are not served are counted (named, with the reason, to callers the policy lets read the audit trail)"),
         (status = 503, description = "Not ready, with the reasons")))]
 pub(crate) async fn readyz(
     State(st): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
 ) -> Response {
-    let why = st.not_ready();
+    let mut why = st.not_ready();
+    // With the PostGIS backend the features live in the database: a server
+    // that cannot reach it is not ready (an orchestrator then routes
+    // elsewhere), whatever else is well.
+    if let crate::Backend::Postgis(reader) = st.releases.backend()
+        && let Err(e) = reader.ping(std::time::Duration::from_secs(2)).await
+    {
+        tracing::warn!(error = %e, "the projections' database does not answer");
+        why.push("projections: the database does not answer".into());
+    }
     // A poisoned lock still holds the list: report it rather than an empty
     // one (a panic elsewhere must not make the probe claim all is served).
     let not_served = match st.not_served.read() {
