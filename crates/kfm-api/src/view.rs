@@ -412,6 +412,7 @@ impl PgView {
             .reader
             .page(
                 &self.layer,
+                &self.shape.redact,
                 &q.filter,
                 &q.sort,
                 q.after.as_ref(),
@@ -467,7 +468,11 @@ impl View {
         match &self.data {
             ViewData::Memory(m) => Ok(m.ids.get(fid).map(|&i| m.features[i].clone())),
             ViewData::Postgis(p) => {
-                let item = p.reader.by_id(&p.layer, fid).await.map_err(unavailable)?;
+                let item = p
+                    .reader
+                    .by_id(&p.layer, &p.shape.redact, fid)
+                    .await
+                    .map_err(unavailable)?;
                 Ok(item.and_then(|i| p.shaped(vec![i]).pop().map(|(_, f)| f)))
             }
             ViewData::Empty => Ok(None),
@@ -488,7 +493,7 @@ impl View {
             ViewData::Postgis(p) => {
                 let items = p
                     .reader
-                    .batch(&p.layer, after, n as u64)
+                    .batch(&p.layer, &p.shape.redact, after, n as u64)
                     .await
                     .map_err(unavailable)?;
                 Ok(p.shaped(items))

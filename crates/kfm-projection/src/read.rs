@@ -311,21 +311,20 @@ impl Reader {
     }
 
     /// A page: the rows `filter` keeps, in `sort` order (then `ord`),
-    /// after `after` (or skipping `offset`), at most `limit`.
+    /// after `after` (or skipping `offset`), at most `limit`; the
+    /// properties in `redact` removed by the statement itself.
+    #[allow(clippy::too_many_arguments)]
     pub async fn page(
         &self,
         l: &LayerRef,
+        redact: &[String],
         filter: &Filter,
         sort: &SortKeys,
         after: Option<&Cursor>,
         offset: u64,
         limit: u64,
     ) -> Result<Vec<Item>, ProjectionError> {
-        let mut sql = Sql::new();
-        sql.push(&format!(
-            "SELECT ord, fid, fid_numeric, geom, props FROM {} WHERE ",
-            l.qualified
-        ));
+        let mut sql = select(l, redact);
         filter.to_sql(&mut sql);
         if let Some(c) = after {
             let a = sort.after_sql(c, &mut sql);
@@ -342,12 +341,14 @@ impl Reader {
     }
 
     /// One feature by its id.
-    pub async fn by_id(&self, l: &LayerRef, fid: &str) -> Result<Option<Item>, ProjectionError> {
-        let mut sql = Sql::new();
-        sql.push(&format!(
-            "SELECT ord, fid, fid_numeric, geom, props FROM {} WHERE fid = ",
-            l.qualified
-        ));
+    pub async fn by_id(
+        &self,
+        l: &LayerRef,
+        redact: &[String],
+        fid: &str,
+    ) -> Result<Option<Item>, ProjectionError> {
+        let mut sql = select(l, redact);
+        sql.push("fid = ");
         sql.push_param(Param::Text(fid.to_owned()));
         Ok(self.run(l, &sql).await?.into_iter().next())
     }
@@ -358,19 +359,35 @@ impl Reader {
     pub async fn batch(
         &self,
         l: &LayerRef,
+        redact: &[String],
         after: i64,
         n: u64,
     ) -> Result<Vec<Item>, ProjectionError> {
-        let mut sql = Sql::new();
-        sql.push(&format!(
-            "SELECT ord, fid, fid_numeric, geom, props FROM {} WHERE ord > ",
-            l.qualified
-        ));
+        let mut sql = select(l, redact);
+        sql.push("ord > ");
         sql.push_param(Param::Int(after));
         sql.push(" ORDER BY ord LIMIT ");
         sql.push_param(Param::Int(i64::try_from(n).unwrap_or(i64::MAX)));
         self.run(l, &sql).await
     }
+}
+
+/// `SELECT … FROM <table> WHERE `: the columns a feature is built from,
+/// the properties a policy obligation redacts already removed.
+///
+/// Invariant: a redacted property never leaves the database; the API
+/// removes it again when it shapes the page (defence in depth).
+fn select(l: &LayerRef, redact: &[String]) -> Sql {
+    let mut sql = Sql::new();
+    sql.push("SELECT ord, fid, fid_numeric, geom, ");
+    if redact.is_empty() {
+        sql.push("props");
+    } else {
+        let r = sql.bind(Param::TextArray(redact.to_vec()));
+        sql.push(&format!("props - {r}"));
+    }
+    sql.push(&format!(" FROM {} WHERE ", l.qualified));
+    sql
 }
 
 /// A row back into the feature the artifact held: the id as it was

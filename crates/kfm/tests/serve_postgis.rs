@@ -544,3 +544,78 @@ fn a_promoted_version_is_served_from_postgis_only_once_it_is_projected() {
     );
     assert_eq!(r.status, 503, "{}", r.text());
 }
+
+/// A policy that redacts a property: neither backend serves it, lets it be
+/// filtered, sorted or searched, or names it in queryables or exports; and
+/// the two still agree byte for byte.
+#[test]
+fn a_redacted_property_is_neither_served_nor_queryable_by_either_backend() {
+    let Some(db) = Db::fresh() else { return };
+    let (_dir, ws) = samples_promoted();
+    projected(&ws, &db);
+    let rego = ws.join("policy/kfm/authz.rego");
+    let mut text = std::fs::read_to_string(&rego).unwrap();
+    text.push_str(
+        "\n# Test: the places' names are withheld from everyone but staff.\n\
+         obligation_set contains {\"type\": \"redact_fields\", \"fields\": [\"name\"]} if {\n\
+         \tdataset == \"ks-places\"\n\
+         \tnot staff\n\
+         }\n",
+    );
+    std::fs::write(&rego, text).unwrap();
+    let o = common::kfm(&ws, &["policy", "pin", "--env", "dev"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let memory = Server::start(&ws, &[]).unwrap();
+    let postgis = postgis_server(&ws, &db);
+    for p in [
+        "/collections/ks-places/items?limit=50",
+        "/collections/ks-places/items/1",
+        "/collections/ks-places/queryables",
+        "/collections/ks-places/export?format=csv",
+        "/collections/ks-places/export?format=geojson",
+        "/collections/ks-places/items?q=abilene",
+        "/search?q=abilene",
+        "/collections/ks-places/items?filter=name%20%3D%20%27Abilene%27",
+        "/collections/ks-places/items?sortby=name",
+        "/collections/ks-places/items?name=Abilene",
+    ] {
+        let a = rebase(answer(&get(&memory.addr, p, None, &[])), &memory.addr);
+        let b = rebase(answer(&get(&postgis.addr, p, None, &[])), &postgis.addr);
+        assert_eq!(a, b, "{p}");
+        let body = String::from_utf8_lossy(&a.2).to_lowercase();
+        assert!(
+            !body.contains("abilene") || p.contains("abilene"),
+            "{p} served the redacted name: {body}"
+        );
+        if p.contains("filter=") || p.contains("sortby=") || p.contains("name=") {
+            assert_eq!(
+                a.0, 400,
+                "{p}: a redacted property cannot be queried: {body}"
+            );
+        }
+    }
+    let q = get(
+        &postgis.addr,
+        "/collections/ks-places/items?q=abilene",
+        None,
+        &[],
+    );
+    assert_eq!(
+        q.json()["numberReturned"],
+        0,
+        "a redacted property is not searched"
+    );
+    let csv = get(
+        &postgis.addr,
+        "/collections/ks-places/export?format=csv",
+        None,
+        &[],
+    );
+    assert!(
+        !csv.text()
+            .lines()
+            .any(|l| l.starts_with("id,") && l.contains(",name")),
+        "{}",
+        csv.text()
+    );
+}
