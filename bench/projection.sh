@@ -87,7 +87,7 @@ for ds in "${datasets[@]}"; do
   rows=$(psql -d "$DB" -Atc "SELECT count(*) FROM $table")
   # The anchor: the same rows, as CSV, into a table of the same shape.
   psql -d "$DB" -qAtc "\\copy (SELECT ord, fid, fid_numeric, encode(ST_AsEWKB(geom, 'NDR'), 'hex'), props, t, terms FROM $table ORDER BY ord) TO '$SCRATCH/rows.csv' (FORMAT csv)"
-  psql -d "$DB" -qc "DROP TABLE IF EXISTS public.anchor; CREATE TABLE public.anchor (ord bigint NOT NULL, fid text NOT NULL, fid_numeric boolean NOT NULL, geom geometry(Geometry, 4326), props jsonb, t timestamptz, terms text[] NOT NULL)"
+  psql -d "$DB" -qc "DROP TABLE IF EXISTS public.anchor; CREATE TABLE public.anchor (ord bigint NOT NULL, fid text NOT NULL, fid_numeric boolean NOT NULL, geom geometry(Geometry, 4326), props jsonb, t timestamptz, terms text[] COLLATE \"C\" NOT NULL)"
   a0=$(now)
   psql -d "$DB" -q -1 -v ON_ERROR_STOP=1 \
     -c "\\copy public.anchor FROM '$SCRATCH/rows.csv' (FORMAT csv)" \

@@ -112,9 +112,9 @@ LUA
 measure() { # url [paths-file] -> "rps p99_ms"
   local out
   if [[ -n "${2:-}" ]]; then
-    out=$(wrk -t2 -c32 -d"${SECS}s" --latency -s "$S/paths.lua" "$1" -- "$2")
+    out=$(wrk -t2 -c32 -d"${SECS}s" --timeout 60s --latency -s "$S/paths.lua" "$1" -- "$2")
   else
-    out=$(wrk -t2 -c32 -d"${SECS}s" --latency "$1")
+    out=$(wrk -t2 -c32 -d"${SECS}s" --timeout 60s --latency "$1")
   fi
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   local p99; p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
@@ -123,7 +123,7 @@ measure() { # url [paths-file] -> "rps p99_ms"
   echo "$rps $p99"
 }
 echo
-echo "items?limit=100 on $GEN features (wrk -t2 -c32, ${SECS}s each; all on this machine's 2 cores)"
+echo "items?limit=100 on $GEN features (wrk -t2 -c32 --timeout 60s, ${SECS}s each; all on this machine's 2 cores)"
 printf '%-48s %10s %9s\n' server/page req_per_s p99_ms
 declare -A R P
 row() {
@@ -142,7 +142,12 @@ row p1000 "http://127.0.0.1:$PP/collections/generated/items?limit=100&offset=999
 echo "  k1/k1000: kfm page 1 / page 1,000, one URL each (the page cache answers)"
 echo "  kshallow/kdeep: kfm, 1,000 distinct pages from page 2 on / at half the dataset (the database answers)"
 echo "  t: tipg, p: pygeoapi (PostgreSQL provider); page 1,000 by offset=99900"
-r() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
+r() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print('%.2f' % (a / b) if b > 0 else 'inf (the other answered nothing)')" "$1" "$2"; }
+# One request at a time, for the latency a user of each server sees.
+once() { curl -s -o /dev/null -w '%{time_total}' "$1"; }
+echo "one request at a time (seconds): kfm page 1 $(once "$K?limit=100&cursor=$(cursor 12345)"), page 1,000 $(once "$K?limit=100&cursor=$(cursor 99799)");" \
+  "tipg page 1 $(once "http://127.0.0.1:$TP/collections/kfm_data.$TABLE/items?limit=100"), page 1,000 $(once "http://127.0.0.1:$TP/collections/kfm_data.$TABLE/items?limit=100&offset=99800");" \
+  "pygeoapi page 1 $(once "http://127.0.0.1:$PP/collections/generated/items?limit=100&f=json"), page 1,000 $(once "http://127.0.0.1:$PP/collections/generated/items?limit=100&offset=99800&f=json")"
 best1=$(python3 -c "print(max(${R[t1]}, ${R[p1]}))")
 best1000=$(python3 -c "print(max(${R[t1000]}, ${R[p1000]}))")
 echo "kfm / the faster of tipg and pygeoapi, page 1: $(r "${R[k1]}" "$best1")x cached, $(r "${R[kshallow]}" "$best1")x from the database (goal >= 10x)"
