@@ -129,7 +129,7 @@ impl Release {
             (_, _, Some(p)) => (&p.features, false),
             _ => return Ok(View::empty()),
         };
-        let features = shape_features(base, shape, derived);
+        let features = shape_features(base.clone(), shape, derived);
         View::memory(
             features,
             shape.generalize.is_some(),
@@ -255,12 +255,10 @@ async fn read_verified(zones: &Zones, path: &str, digest: &str) -> Result<Bytes,
         _ => return Err(LoadError(format!("{path}: not a zone the API may read"))),
     }
     .map_err(|e| LoadError(format!("{path}: {e}")))?;
-    let got = Digest::of(&bytes).to_string();
-    if got != digest {
-        return Err(LoadError(format!(
-            "{path} has digest {got}, the signed manifest records {digest}"
-        )));
-    }
+    let want: Digest = digest
+        .parse()
+        .map_err(|e| LoadError(format!("{path}: the manifest's digest {digest:?}: {e}")))?;
+    kfm_pipeline::release::check_artifact(path, &bytes, &want).map_err(LoadError)?;
     Ok(bytes)
 }
 

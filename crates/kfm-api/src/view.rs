@@ -39,10 +39,10 @@ impl Shape {
 /// Why again on a derivative: defence in depth. A derivative built under
 /// an older plan is still served as the policy says now, and on the
 /// derivative's own plan this changes nothing.
-pub fn shape_features(base: &[Feature], shape: &Shape, derived: bool) -> Vec<Feature> {
+pub fn shape_features(base: Vec<Feature>, shape: &Shape, derived: bool) -> Vec<Feature> {
     let mut features = match &shape.generalize {
         Some(plan) => {
-            let mut out = generalize(base, plan);
+            let mut out = generalize(&base, plan);
             if derived {
                 for (o, b) in out.iter_mut().zip(base.iter()) {
                     let before = b
@@ -63,7 +63,7 @@ pub fn shape_features(base: &[Feature], shape: &Shape, derived: bool) -> Vec<Fea
             }
             out
         }
-        None => base.to_vec(),
+        None => base,
     };
     for f in &mut features {
         if let Some(p) = f.properties.as_mut() {
@@ -403,7 +403,7 @@ impl PgView {
         let ords: Vec<i64> = items.iter().map(|i| i.ord).collect();
         let base: Vec<Feature> = items.into_iter().map(|i| i.feature).collect();
         ords.into_iter()
-            .zip(shape_features(&base, &self.shape, self.derived))
+            .zip(shape_features(base, &self.shape, self.derived))
             .collect()
     }
 

@@ -136,6 +136,20 @@ pub async fn verify_pointer_in_store(
     Ok((p, m))
 }
 
+/// Checks an artifact or catalog document read back against the digest
+/// its signed manifest records: the one rule every reader of a release
+/// (the API, the projector, the drill) applies before using its bytes.
+pub fn check_artifact(path: &str, bytes: &[u8], want: &Digest) -> Result<(), String> {
+    let got = Digest::of(bytes);
+    if &got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path} has digest {got}, the signed manifest records {want}"
+        ))
+    }
+}
+
 /// A pointer verified against the store and the ledger.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifiedRelease {

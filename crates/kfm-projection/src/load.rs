@@ -214,7 +214,7 @@ async fn copy_layer(
              geom geometry(Geometry, 4326),
              props jsonb,
              t timestamptz,
-             terms text[] COLLATE "C" NOT NULL
+             terms text[] COLLATE \"C\" NOT NULL
          )"
     ))
     .await?;

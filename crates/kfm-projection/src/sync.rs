@@ -157,12 +157,8 @@ impl Projector {
             .get(rel)
             .await
             .map_err(|e| ProjectionError::Store(format!("{path}: {e}")))?;
-        let got = Digest::of(&bytes);
-        if &got != digest {
-            return Err(ProjectionError::Artifact(format!(
-                "{path} has digest {got}, the signed manifest records {digest}"
-            )));
-        }
+        kfm_pipeline::release::check_artifact(path, &bytes, digest)
+            .map_err(ProjectionError::Artifact)?;
         Ok(bytes)
     }
 

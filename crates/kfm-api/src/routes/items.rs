@@ -180,10 +180,10 @@ pub(crate) async fn items(
     State(st): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let (q, extras) = match Query::parse_open(q.as_deref(), ITEMS_PARAMS) {
+    let (q, extras) = match Query::parse_open(raw.as_deref(), ITEMS_PARAMS) {
         Ok(q) => q,
         Err(r) => return r,
     };
@@ -203,6 +203,19 @@ pub(crate) async fn items(
         Ok(x) => x,
         Err(r) => return r,
     };
+    // The page's bytes depend on the view (which release, which shape),
+    // the attribution this grant attaches, and the query as sent; nothing
+    // else. Only answered pages are kept, so a hit was a valid query.
+    let page_key = {
+        let (lic, text) = g
+            .attribution
+            .as_ref()
+            .map_or(("", ""), |(l, t)| (l.as_str(), t.as_str()));
+        format!("{}\u{1f}{lic}\u{1f}{text}", raw.as_deref().unwrap_or(""))
+    };
+    if !html && let Some(page) = view.pages.get(&page_key) {
+        return with_note(bytes_response(StatusCode::OK, GEOJSON, page), g.note);
+    }
     let asked = match ask(&q, &extras, &view, html) {
         Ok(a) => a,
         Err(r) => return with_note(r, g.note),
@@ -217,18 +230,6 @@ pub(crate) async fn items(
         }
         query_string(&p)
     };
-    // The page's bytes depend on the view (which release, which shape),
-    // the attribution this grant attaches, and the query; nothing else.
-    let page_key = {
-        let (lic, text) = g
-            .attribution
-            .as_ref()
-            .map_or(("", ""), |(l, t)| (l.as_str(), t.as_str()));
-        format!("{page_query}\u{1f}{lic}\u{1f}{text}")
-    };
-    if !html && let Some(page) = view.pages.get(&page_key) {
-        return with_note(bytes_response(StatusCode::OK, GEOJSON, page), g.note);
-    }
     let page = match view.page(&asked.query).await {
         Ok(p) => p,
         Err(e) => return with_note(read_error(&e), g.note),
