@@ -16,30 +16,72 @@ use crate::releases::{Release, View};
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem;color:#222}\
 table{border-collapse:collapse;font-size:.9rem}td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}\
 .badge{display:inline-block;border-radius:.3rem;padding:.1rem .45rem;margin-right:.3rem;font-size:.8rem;background:#eee}\
-.label{background:#dbeafe}.gen{background:#fde68a}.lic{background:#dcfce7}nav a{margin-right:1rem}";
+.label{background:#dbeafe}.gen{background:#fde68a}.lic{background:#dcfce7}nav a{margin-right:1rem}\
+#kfm-map{height:28rem;margin:1rem 0;border:1px solid #ccc}tr.sel{background:#fef9c3}\
+.kfm-badges{background:#fffe;padding:.3rem .4rem;border-radius:.3rem;max-width:22rem;font-size:.8rem}";
+
+/// What pages may load and talk to: this server only. A map's tiles,
+/// styles and worker come from here (MapLibre is bundled into the binary);
+/// no request leaves for a CDN or an outside basemap.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; connect-src 'self'; worker-src 'self' blob:; child-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// Where a page's map gets what it draws: every URL a governed answer of
+/// this API (TileJSON, items), so the map shows only what the caller may
+/// see and decides nothing itself.
+pub struct MapSpec {
+    /// TileJSON of the collection drawn beneath (the configured basemap).
+    pub base_tiles: Option<String>,
+    /// TileJSON of the collection itself (its collection page).
+    pub tiles: Option<String>,
+    /// The items answer whose features the page's table lists.
+    pub items: Option<String>,
+}
 
 fn page(title: &str, base: &str, body: Markup) -> Response {
+    page_with_map(title, base, body, None)
+}
+
+fn page_with_map(title: &str, base: &str, body: Markup, map: Option<MapSpec>) -> Response {
     let m = html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                // No favicon request (it would be a 404 in every log).
+                link rel="icon" href="data:,";
                 title { (title) " — KFM" }
                 style { (STYLE) }
+                @if map.is_some() {
+                    link rel="stylesheet" href={(base) "/assets/maplibre-gl.css"};
+                }
             }
             body {
                 nav { a href={(base) "/?f=html"} { "Home" } a href={(base) "/collections?f=html"} { "Collections" } a href={(base) "/openapi.json"} { "OpenAPI" } }
                 h1 { (title) }
+                @if let Some(m) = &map {
+                    div id="kfm-map" data-worker={(base) "/assets/maplibre-gl-csp-worker.js"}
+                        data-base-tiles=[m.base_tiles.as_deref()] data-tiles=[m.tiles.as_deref()]
+                        data-items=[m.items.as_deref()] data-state="loading" {}
+                }
                 (body)
+                @if map.is_some() {
+                    script src={(base) "/assets/maplibre-gl-csp.js"} {}
+                    script src={(base) "/assets/kfm-map.js"} {}
+                }
             }
         }
     };
-    bytes_response(
+    let mut r = bytes_response(
         StatusCode::OK,
         "text/html; charset=utf-8",
         m.into_string().into_bytes(),
-    )
+    );
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(CSP),
+    );
+    r
 }
 
 fn badges(
@@ -107,9 +149,10 @@ pub fn collection(
     g: &Grant,
     view: &View,
     extent: Option<[f64; 4]>,
+    map: MapSpec,
 ) -> Response {
     let id = &rel.dataset;
-    page(
+    page_with_map(
         &rel.title,
         base,
         html! {
@@ -124,8 +167,10 @@ pub fn collection(
                 li { a href={(base) "/collections/" (id) "/stac"} { "STAC Collection" } }
                 li { a href={(base) "/collections/" (id) "/prov"} { "Provenance (PROV-JSON)" } }
                 li { a href={(base) "/collections/" (id) "/export?format=geojson"} { "Export GeoJSON" } " · " a href={(base) "/collections/" (id) "/export?format=csv"} { "Export CSV" } }
+                li { a href={(base) "/collections/" (id) "/tiles/WebMercatorQuad/tilejson.json"} { "Vector tiles (TileJSON)" } }
             }
         },
+        Some(map),
     )
 }
 
@@ -141,6 +186,7 @@ fn coords(f: &Feature) -> String {
 
 /// A page of items; `matched` when known (nothing filters the
 /// collection), `next` the link to the following page.
+#[allow(clippy::too_many_arguments)]
 pub fn items(
     base: &str,
     rel: &Release,
@@ -149,6 +195,7 @@ pub fn items(
     feats: &[&Feature],
     matched: Option<u64>,
     next: Option<String>,
+    map: MapSpec,
 ) -> Response {
     let id = &rel.dataset;
     let mut keys: Vec<&String> = Vec::new();
@@ -159,7 +206,7 @@ pub fn items(
             }
         }
     }
-    page(
+    page_with_map(
         &format!("{} — items", rel.title),
         base,
         html! {
@@ -175,7 +222,7 @@ pub fn items(
                 tr { th { "id" } th { "coordinates" } @for k in &keys { th { (k) } } }
                 @for f in feats {
                     @let fid = match &f.id { Some(geojson::feature::Id::String(s)) => s.clone(), Some(geojson::feature::Id::Number(n)) => n.to_string(), None => String::new() };
-                    tr {
+                    tr data-fid=(fid) {
                         td { a href={(base) "/collections/" (id) "/items/" (fid) "?f=html"} { (fid) } }
                         td { (coords(f)) }
                         @for k in &keys {
@@ -185,5 +232,6 @@ pub fn items(
                 }
             }
         },
+        Some(map),
     )
 }

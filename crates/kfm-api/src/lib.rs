@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod releases;
 mod routes;
+mod tiles;
 pub mod view;
 
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct ApiConfig {
     pub batch_interval: Duration,
     pub ledger_origin: String,
     pub verifier_key: String,
+    /// The collection the HTML views' maps draw beneath the data.
+    pub basemap: Option<String>,
 }
 
 /// Everything a handler may use.

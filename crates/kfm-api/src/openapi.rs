@@ -20,6 +20,12 @@ use utoipa::OpenApi;
         crate::routes::items::item,
         crate::routes::items::queryables,
         crate::routes::search::search,
+        crate::routes::tiles::tile_matrix_sets,
+        crate::routes::tiles::web_mercator_quad,
+        crate::routes::tiles::tilesets,
+        crate::routes::tiles::tileset_metadata,
+        crate::routes::tiles::tilejson,
+        crate::routes::tiles::tile,
         crate::routes::catalog::stac,
         crate::routes::catalog::prov,
         crate::routes::export::export,
@@ -30,6 +36,7 @@ use utoipa::OpenApi;
         crate::routes::probes::readyz,
         crate::routes::probes::metrics,
         crate::routes::probes::openapi,
+        crate::routes::assets::asset,
     ),
     modifiers(&Security)
 )]

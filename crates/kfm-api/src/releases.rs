@@ -185,6 +185,7 @@ impl Release {
             rows: layer.rows,
             extent: layer.extent,
             pages: PageCache::default(),
+            tiles: Default::default(),
             data: ViewData::Postgis(PgView {
                 reader: reader.clone(),
                 layer: layer.clone(),

@@ -150,6 +150,8 @@ pub struct View {
     /// their bytes depend on (see `routes::items`). A release never
     /// changes, so a page never goes stale; it leaves with its view.
     pub pages: PageCache,
+    /// Vector tiles already drawn from this view (see `tiles`).
+    pub tiles: crate::tiles::TileCache,
 }
 
 /// Encoded GeoJSON pages of one view. Why: every caller of a class gets
@@ -237,6 +239,7 @@ impl View {
             rows: features.len() as u64,
             extent,
             pages: PageCache::default(),
+            tiles: Default::default(),
             data: ViewData::Memory(MemView {
                 features,
                 json,
@@ -258,6 +261,7 @@ impl View {
             rows: 0,
             extent: None,
             pages: PageCache::default(),
+            tiles: Default::default(),
             data: ViewData::Empty,
         }
     }
@@ -295,14 +299,14 @@ pub enum ReadError {
     Unavailable(String),
 }
 
-fn unavailable(e: kfm_projection::ProjectionError) -> ReadError {
+pub(crate) fn unavailable(e: kfm_projection::ProjectionError) -> ReadError {
     // The database's own words go to the log, not to the client.
     tracing::warn!(error = %e, "a projection read failed");
     ReadError::Unavailable("the projection could not be read just now; retry shortly".into())
 }
 
 impl MemView {
-    fn geoms(&self) -> &[Option<geo::Geometry<f64>>] {
+    pub(crate) fn geoms(&self) -> &[Option<geo::Geometry<f64>>] {
         self.geoms.get_or_init(|| {
             self.features
                 .iter()

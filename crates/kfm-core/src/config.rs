@@ -165,6 +165,7 @@ struct RawPostgres {
 #[serde(deny_unknown_fields)]
 struct RawServe {
     backend: Option<String>,
+    basemap: Option<String>,
 }
 
 /// Where `kfm serve` reads features from.
@@ -285,6 +286,10 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     /// Where `kfm serve` reads features from.
     pub serve_backend: ServeBackend,
+    /// The collection the HTML views' maps draw beneath the data (a KFM
+    /// layer, governed like any other; no outside basemap is ever
+    /// fetched). `None`: maps without a base layer.
+    pub serve_basemap: Option<String>,
 }
 
 /// The PostgreSQL that holds KFM's projections.
@@ -335,7 +340,7 @@ pub struct ConfigError {
 
 /// The keys of kfm.toml with their environment variable names, used by the
 /// CLI to document overrides.
-pub const ENV_KEYS: [(&str, &str); 28] = [
+pub const ENV_KEYS: [(&str, &str); 29] = [
     ("workspace.environment", "KFM_WORKSPACE_ENVIRONMENT"),
     ("store.url", "KFM_STORE_URL"),
     ("ledger.origin", "KFM_LEDGER_ORIGIN"),
@@ -367,6 +372,7 @@ pub const ENV_KEYS: [(&str, &str); 28] = [
         "KFM_POSTGRES_API_PRECISE_PASSWORD",
     ),
     ("serve.backend", "KFM_SERVE_BACKEND"),
+    ("serve.basemap", "KFM_SERVE_BASEMAP"),
 ];
 
 impl Config {
@@ -726,6 +732,29 @@ impl Config {
             }
         };
 
+        let (v, src) = pick("serve.basemap", raw.serve.basemap);
+        let serve_basemap = match v.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(id)
+                if id.len() <= 128
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
+            {
+                Some(id.to_owned())
+            }
+            Some(o) => {
+                return Err(err_at(
+                    "serve.basemap",
+                    src,
+                    format!(
+                        "{:?} is not a collection id: give a dataset id (letters, digits, '-', '_', '.'), or \"\" for no base layer",
+                        o.chars().take(40).collect::<String>()
+                    ),
+                ));
+            }
+        };
+
         Ok(Config {
             environment,
             store_url,
@@ -748,6 +777,7 @@ impl Config {
             events,
             postgres,
             serve_backend,
+            serve_basemap,
         })
     }
 

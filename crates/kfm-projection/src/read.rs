@@ -372,6 +372,77 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// One Mapbox Vector Tile of a layer, drawn by PostGIS (`ST_AsMVT`):
+    /// the rows whose geometry meets tile `z/x/y` of WebMercatorQuad with
+    /// a `buffer` of tile units around it, moved into tile space, clipped
+    /// and snapped (`ST_AsMVTGeom`, extent `extent`), each with its
+    /// position as the MVT id, its KFM id as the `id_key` property and its
+    /// properties (the redacted ones removed by the statement itself).
+    /// Zero rows make a zero-byte tile.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn tile(
+        &self,
+        l: &LayerRef,
+        redact: &[String],
+        name: &str,
+        id_key: &str,
+        (z, x, y): (u8, u32, u32),
+        extent: u32,
+        buffer: u32,
+    ) -> Result<Vec<u8>, ProjectionError> {
+        let client = self
+            .pool_for(l)
+            .get()
+            .await
+            .map_err(|e| pg(e, &l.qualified))?;
+        let mut sql = Sql::new();
+        let props = if redact.is_empty() {
+            "props".to_owned()
+        } else {
+            let r = sql.bind(Param::TextArray(redact.to_vec()));
+            format!("props - {r}")
+        };
+        let (zp, xp, yp) = (
+            sql.bind(Param::Int(i64::from(z))),
+            sql.bind(Param::Int(i64::from(x))),
+            sql.bind(Param::Int(i64::from(y))),
+        );
+        let e = sql.bind(Param::Int(i64::from(extent)));
+        let b = sql.bind(Param::Int(i64::from(buffer)));
+        let n = sql.bind(Param::Text(name.to_owned()));
+        let k = sql.bind(Param::Text(id_key.to_owned()));
+        let env = format!("ST_TileEnvelope({zp}::int, {xp}::int, {yp}::int)");
+        // Web Mercator ends at ±85.0511°: a geometry reaching beyond is
+        // cut there first, so that ST_Transform never meets a pole.
+        sql.push(&format!(
+            "SELECT ST_AsMVT(t.*, {n}::text, {e}::int, 'geom', 'ord') FROM (
+               SELECT ord, jsonb_build_object({k}::text, fid) || COALESCE({props}, '{{}}'::jsonb) AS props,
+                 ST_AsMVTGeom(ST_Transform(
+                     CASE WHEN ST_YMax(geom) > 85.0511 OR ST_YMin(geom) < -85.0511
+                          THEN ST_ClipByBox2D(geom, ST_MakeEnvelope(-180, -85.0511, 180, 85.0511, 4326))
+                          ELSE geom END, 3857),
+                   {env}, {e}::int, {b}::int, true) AS geom
+               FROM {} WHERE geom && ST_Transform(ST_TileEnvelope({zp}::int, {xp}::int, {yp}::int, margin => ({b}::float8 / {e}::float8)), 4326)
+             ) t WHERE t.geom IS NOT NULL",
+            l.qualified
+        ));
+        let stmt = client.prepare_cached(&sql.text).await?;
+        let bound: Vec<Bound<'_>> = sql.params.iter().map(Bound).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            bound.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        let row = client.query_one(&stmt, &refs).await?;
+        // ST_AsMVT over no rows: no tile at all, drawn as zero bytes. Said
+        // as a match, not a default: NULL means exactly "nothing here".
+        let tile: Option<Vec<u8>> = row.try_get(0)?;
+        #[allow(clippy::manual_unwrap_or_default)]
+        Ok(match tile {
+            Some(t) => t,
+            None => Vec::new(),
+        })
+    }
+}
+
 /// `SELECT … FROM <table> WHERE `: the columns a feature is built from,
 /// the properties a policy obligation redacts already removed.
 ///

@@ -28,6 +28,9 @@ pub(crate) struct Prepared {
     pub state: Arc<AppState>,
     pub ledger: Arc<Ledger>,
     pub listen: SocketAddr,
+    /// Bound already when the port was left to the system (`:0`), so that
+    /// the links the API writes name the port it really serves on.
+    pub bound: Option<std::net::TcpListener>,
     pub limits: kfm_api::ServeLimits,
     /// The descriptor limit the connection cap was derived from.
     pub descriptors: u64,
@@ -93,7 +96,19 @@ pub(crate) async fn prepare(
         processed: store.reader(),
         catalog: store.reader(),
     };
-    let listen = listen.unwrap_or(ws.config.listen);
+    let mut listen = listen.unwrap_or(ws.config.listen);
+    // Port 0: bind now, so that links (and the maps' tile URLs) carry the
+    // port the system chose rather than ":0".
+    let bound = if listen.port() == 0 {
+        let l = std::net::TcpListener::bind(listen).map_err(|e| {
+            Failure::input(format!("cannot listen on {listen}: {e}"))
+                .hint("pass --listen 127.0.0.1:PORT (or set server.listen in kfm.toml)")
+        })?;
+        listen = l.local_addr().map_err(|e| Failure::input(e.to_string()))?;
+        Some(l)
+    } else {
+        None
+    };
     let base_url = base_url
         .map(str::to_owned)
         .unwrap_or_else(|| format!("http://{listen}"));
@@ -107,6 +122,7 @@ pub(crate) async fn prepare(
         batch_interval: ws.config.ledger_max_wait,
         ledger_origin: ws.config.ledger_origin.clone(),
         verifier_key: verifier,
+        basemap: ws.config.serve_basemap.clone(),
     };
     let backend = backend(ws).await?;
     let state = AppState::new(
@@ -127,6 +143,7 @@ pub(crate) async fn prepare(
         state,
         ledger,
         listen,
+        bound,
         limits: kfm_api::ServeLimits {
             max_connections,
             header_timeout: ws.config.server_header_timeout,
@@ -189,7 +206,13 @@ pub(crate) async fn shutdown_signal() {
 
 /// Binds, serves until SIGINT/SIGTERM, drains, and closes the ledger.
 pub(crate) async fn run_prepared(p: Prepared, announce: bool) -> Result<u8, Failure> {
-    let listener = tokio::net::TcpListener::bind(p.listen).await.map_err(|e| {
+    let listener = match p.bound {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l)),
+        None => tokio::net::TcpListener::bind(p.listen).await,
+    }
+    .map_err(|e| {
         Failure::input(format!("cannot listen on {}: {e}", p.listen))
             .hint("pass --listen 127.0.0.1:PORT (or set server.listen in kfm.toml)")
     })?;

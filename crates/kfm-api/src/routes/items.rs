@@ -251,6 +251,12 @@ pub(crate) async fn items(
                 &feats,
                 matched,
                 next_href.map(|h| h.replacen("/items?", "/items?f=html&", 1)),
+                super::map_spec(
+                    &st,
+                    &id,
+                    Some(format!("{b}/collections/{id}/items?{page_query}")),
+                    false,
+                ),
             ),
             g.note,
         );
@@ -339,7 +345,21 @@ pub(crate) async fn item(
     let b = base(&st);
     if html {
         return with_note(
-            html::items(b, &rel, &g, &view, &[&f], Some(1), None),
+            html::items(
+                b,
+                &rel,
+                &g,
+                &view,
+                &[&f],
+                Some(1),
+                None,
+                super::map_spec(
+                    &st,
+                    &id,
+                    Some(format!("{b}/collections/{id}/items/{fid}")),
+                    false,
+                ),
+            ),
             g.note,
         );
     }

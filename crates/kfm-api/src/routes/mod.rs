@@ -24,16 +24,19 @@ use crate::releases::{Release, View, ViewError};
 use crate::view::ReadError;
 use crate::{AppState, bytes_response, error, html, not_found};
 
+pub(crate) mod assets;
 pub(crate) mod catalog;
 pub(crate) mod export;
 pub(crate) mod items;
 pub(crate) mod probes;
 pub(crate) mod search;
+pub(crate) mod tiles;
 use catalog::{catalog, evidence, prov, stac};
 use export::export;
 use items::{item, items, queryables};
 use probes::{audit, healthz, metrics, openapi, readyz};
 use search::search;
+use tiles::{tile, tile_matrix_sets, tilejson, tileset_metadata, tilesets, web_mercator_quad};
 
 const GEOJSON: &str = "application/geo+json";
 const JSON: &str = "application/json";
@@ -48,6 +51,21 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/collections/{collection_id}/items/{feature_id}", get(item))
         .route("/collections/{collection_id}/queryables", get(queryables))
         .route("/search", get(search))
+        .route("/tileMatrixSets", get(tile_matrix_sets))
+        .route("/tileMatrixSets/WebMercatorQuad", get(web_mercator_quad))
+        .route("/collections/{collection_id}/tiles", get(tilesets))
+        .route(
+            "/collections/{collection_id}/tiles/WebMercatorQuad",
+            get(tileset_metadata),
+        )
+        .route(
+            "/collections/{collection_id}/tiles/WebMercatorQuad/tilejson.json",
+            get(tilejson),
+        )
+        .route(
+            "/collections/{collection_id}/tiles/WebMercatorQuad/{z}/{y}/{x}",
+            get(tile),
+        )
         .route("/collections/{collection_id}/stac", get(stac))
         .route("/collections/{collection_id}/prov", get(prov))
         .route("/collections/{collection_id}/export", get(export))
@@ -59,6 +77,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/assets/{file}", get(assets::asset))
         .fallback(fallback)
 }
 
@@ -270,6 +289,23 @@ fn with_governance(mut doc: Value, rel: &Release, g: &Grant, view: &View) -> Val
     doc
 }
 
+/// The URLs a page's map draws from: the configured basemap's TileJSON
+/// (unless the page is the basemap's own), and the page's own answer.
+fn map_spec(st: &AppState, id: &str, items: Option<String>, tiles: bool) -> html::MapSpec {
+    let b = base(st);
+    let tilejson = |c: &str| format!("{b}/collections/{c}/tiles/WebMercatorQuad/tilejson.json");
+    html::MapSpec {
+        base_tiles: st
+            .config
+            .basemap
+            .as_deref()
+            .filter(|m| *m != id)
+            .map(tilejson),
+        tiles: tiles.then(|| tilejson(id)),
+        items,
+    }
+}
+
 fn base(st: &AppState) -> &str {
     st.config.base_url.trim_end_matches('/')
 }
@@ -299,6 +335,7 @@ pub(crate) async fn landing(
             {"rel": "service-desc", "type": "application/vnd.oai.openapi+json;version=3.1", "href": format!("{b}/openapi.json")},
             {"rel": "conformance", "type": JSON, "href": format!("{b}/conformance")},
             {"rel": "data", "type": JSON, "href": format!("{b}/collections")},
+            {"rel": "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes", "type": JSON, "href": format!("{b}/tileMatrixSets")},
             {"rel": "http://www.w3.org/ns/dcat#Catalog", "type": "application/ld+json", "href": format!("{b}/catalog")}
         ]
     });
@@ -329,7 +366,12 @@ pub(crate) async fn conformance() -> Response {
         "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions",
         "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-functions-plus",
         "http://www.opengis.net/spec/cql2/1.0/conf/spatial-functions",
-        "http://www.opengis.net/spec/cql2/1.0/conf/property-property"
+        "http://www.opengis.net/spec/cql2/1.0/conf/property-property",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tileset",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/tilesets-list",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/geodata-tilesets",
+        "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/mvt"
     ]});
     json_answer(StatusCode::OK, JSON, &doc, note("none"))
 }
@@ -343,6 +385,7 @@ fn collection_doc(st: &AppState, rel: &Release, g: &Grant, view: &View) -> Value
         json!({"rel": "items", "type": GEOJSON, "href": format!("{b}/collections/{id}/items")}),
         json!({"rel": "items", "type": "text/html", "href": format!("{b}/collections/{id}/items?f=html")}),
         json!({"rel": "http://www.opengis.net/def/rel/ogc/1.0/queryables", "type": "application/schema+json", "title": "Queryables", "href": format!("{b}/collections/{id}/queryables")}),
+        json!({"rel": "http://www.opengis.net/def/rel/ogc/1.0/tilesets-vector", "type": JSON, "title": "Vector tiles", "href": format!("{b}/collections/{id}/tiles")}),
         json!({"rel": "describedby", "type": JSON, "title": "STAC Collection", "href": format!("{b}/collections/{id}/stac")}),
         json!({"rel": "via", "type": JSON, "title": "PROV-JSON provenance", "href": format!("{b}/collections/{id}/prov")}),
         json!({"rel": "enclosure", "type": GEOJSON, "title": "Export (GeoJSON)", "href": format!("{b}/collections/{id}/export?format=geojson")}),
@@ -437,7 +480,14 @@ pub(crate) async fn collection(
     };
     match q.wants_html(&headers) {
         Ok(true) => with_note(
-            html::collection(base(&st), &rel, &g, &view, view.extent),
+            html::collection(
+                base(&st),
+                &rel,
+                &g,
+                &view,
+                view.extent,
+                map_spec(&st, &id, None, true),
+            ),
             g.note,
         ),
         Ok(false) => {
