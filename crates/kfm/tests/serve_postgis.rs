@@ -619,3 +619,43 @@ fn a_redacted_property_is_neither_served_nor_queryable_by_either_backend() {
         csv.text()
     );
 }
+
+/// Tiles drawn by PostGIS (`ST_AsMVT`) keep the membrane: an anonymous
+/// caller's tiles of the restricted dataset come from its generalised
+/// table only, an approved researcher's hold the precise positions; and a
+/// tile of a polygon layer carries each feature's KFM id and properties.
+#[test]
+fn postgis_tiles_never_carry_precise_coordinates_to_the_public() {
+    let Some(db) = Db::fresh() else { return };
+    if !common::tiles::decoder_available() {
+        return;
+    }
+    let (_dir, ws) = samples_promoted();
+    projected(&ws, &db);
+    let researcher = token(&ws, "researcher", &["ks-sites-synthetic"]);
+    let server = postgis_server(&ws, &db);
+    common::tiles::check_no_precise_coordinates(&server.addr, "ks-sites-synthetic", &researcher);
+    let t = get(
+        &server.addr,
+        "/collections/ks-counties/tiles/WebMercatorQuad/6/24/14",
+        None,
+        &[],
+    );
+    assert_eq!(t.status, 200, "{}", t.text());
+    let decoded = common::tiles::decode(&[t.body]);
+    let fs = decoded[0]["ks-counties"]["features"].as_array().unwrap();
+    assert!(!fs.is_empty());
+    for f in fs {
+        assert!(f["properties"]["kfm:id"].is_string(), "{f}");
+        assert!(f["id"].is_u64(), "{f}");
+        assert!(
+            matches!(
+                f["geometry"]["type"].as_str(),
+                Some("Polygon" | "MultiPolygon")
+            ),
+            "{f}"
+        );
+    }
+    let (code, out) = server.stop();
+    assert_eq!(code, 0, "{out}");
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod pg;
+pub mod tiles;
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kfm"))
