@@ -255,6 +255,8 @@ fn print_tour(addr: &str, tokens: &std::path::Path) {
 \x20 # 5. Every answer has an audit reference; an auditor gets its entry and inclusion proof\n\
 \x20 REF=$(curl -sI 'http://{addr}/collections' | tr -d '\\r' | awk 'tolower($1)==\"kfm-audit-ref:\" {{print $2}}')\n\
 \x20 curl -s -H \"Authorization: Bearer $AUDITOR\" \"http://{addr}/audit/$REF\"\n\
-\x20 # Browsers: http://{addr}/collections?f=html   OpenAPI: http://{addr}/openapi.json\n"
+\x20 # 6. Vector tiles for web maps and QGIS (TileJSON), governed like items\n\
+\x20 curl -s 'http://{addr}/collections/ks-counties/tiles/WebMercatorQuad/tilejson.json'\n\
+\x20 # Browsers (maps included): http://{addr}/collections/ks-places?f=html   OpenAPI: http://{addr}/openapi.json\n"
     );
 }
