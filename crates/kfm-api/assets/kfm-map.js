@@ -33,6 +33,8 @@
     center: [-98.4, 38.5],
     zoom: 5,
     attributionControl: { compact: false },
+    // Nothing fades in: the first frame is the drawn map.
+    fadeDuration: 0,
   });
   window.kfmMap = map;
 
@@ -149,38 +151,36 @@
     });
   }
 
-  map.on("load", function () {
-    var work = [];
-    if (el.dataset.baseTiles) {
-      // The base layer is a governed collection too: a caller who may not
-      // read it gets a map without it, not an error.
-      work.push(tilejson(el.dataset.baseTiles).then(function (tj) { vectorLayers("base", tj); }, function () {}));
+  // Every answer is asked for at once, while MapLibre starts (its worker,
+  // WebGL); the layers are added when both are there. The base layer is a
+  // governed collection too: a caller who may not read it gets a map
+  // without it, not an error.
+  var base = el.dataset.baseTiles ? tilejson(el.dataset.baseTiles).catch(function () { return null; }) : Promise.resolve(null);
+  var data = el.dataset.tiles
+    ? tilejson(el.dataset.tiles).then(function (tj) { return { tiles: tj }; })
+    : el.dataset.items
+      ? getJson(el.dataset.items).then(function (doc) { return { items: doc }; })
+      : Promise.resolve({});
+  var loaded = new Promise(function (resolve) { map.on("load", resolve); });
+  Promise.all([base, data, loaded]).then(function (r) {
+    if (r[0]) vectorLayers("base", r[0]);
+    if (r[1].tiles) {
+      vectorLayers("data", r[1].tiles);
+      badges(r[1].tiles);
+      fit(r[1].tiles.bounds);
+    } else if (r[1].items) {
+      items(r[1].items);
+      badges(r[1].items);
     }
-    Promise.all(work).then(function () {
-      if (el.dataset.tiles) {
-        return tilejson(el.dataset.tiles).then(function (tj) {
-          vectorLayers("data", tj);
-          badges(tj);
-          fit(tj.bounds);
-        });
-      }
-      if (el.dataset.items) {
-        return getJson(el.dataset.items).then(function (doc) {
-          items(doc);
-          badges(doc);
-        });
-      }
-    }).then(function () {
-      map.once("idle", function () {
-        var layers = ["items-point", "items-fill", "data-point", "data-fill", "data-line"].filter(function (l) { return map.getLayer(l); });
-        el.dataset.rendered = String(map.queryRenderedFeatures({ layers: layers }).length);
-        // From the start of navigation: the time to a drawn map.
-        el.dataset.ms = String(Math.round(performance.now()));
-        state("ready");
-      });
-    }).catch(function (e) {
-      state("error", e.message);
+    map.once("idle", function () {
+      var layers = ["items-point", "items-fill", "data-point", "data-fill", "data-line"].filter(function (l) { return map.getLayer(l); });
+      el.dataset.rendered = String(map.queryRenderedFeatures({ layers: layers }).length);
+      // From the start of navigation: the time to a drawn map.
+      el.dataset.ms = String(Math.round(performance.now()));
+      state("ready");
     });
+  }).catch(function (e) {
+    state("error", e.message);
   });
   map.on("error", function (e) {
     // Failed tiles are reported by MapLibre here; keep the first.
