@@ -210,11 +210,26 @@ pub struct Bbox(pub [f64; 4]);
 
 impl Bbox {
     pub fn parse(v: &str) -> Result<Bbox, QueryError> {
+        Self::parse_in(v, crate::Crs::Crs84)
+    }
+
+    /// A `bbox` given in `crs` (the `bbox-crs` parameter), as CRS84.
+    pub fn parse_in(v: &str, crs: crate::Crs) -> Result<Bbox, QueryError> {
         let parts: Vec<&str> = v.split(',').collect();
         if parts.len() != 4 {
             return Err(QueryError::new(
                 "bbox",
-                "bbox must be four numbers: minlon,minlat,maxlon,maxlat (CRS84)",
+                match crs {
+                    crate::Crs::Crs84 => {
+                        "bbox must be four numbers: minlon,minlat,maxlon,maxlat (CRS84)"
+                    }
+                    crate::Crs::Epsg4326 => {
+                        "bbox must be four numbers: minlat,minlon,maxlat,maxlon (EPSG:4326)"
+                    }
+                    crate::Crs::Epsg3857 => {
+                        "bbox must be four numbers: minx,miny,maxx,maxy (EPSG:3857 metres)"
+                    }
+                },
             ));
         }
         let mut b = [0.0; 4];
@@ -229,6 +244,9 @@ impl Bbox {
                 }
             };
         }
+        let (w, s) = crs.to_crs84(b[0], b[1]);
+        let (e, n) = crs.to_crs84(b[2], b[3]);
+        let b = [w, s, e, n];
         if !(-180.0..=180.0).contains(&b[0]) || !(-180.0..=180.0).contains(&b[2]) {
             return Err(QueryError::new(
                 "bbox",

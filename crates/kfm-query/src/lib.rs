@@ -20,6 +20,7 @@
 //! number, a function this crate does not know) is an error naming it,
 //! never a silently empty answer.
 
+pub mod crs;
 pub mod filter;
 pub mod queryables;
 pub mod sort;
@@ -32,6 +33,7 @@ mod eval;
 pub mod like;
 pub mod normal;
 
+pub use crs::Crs;
 pub use filter::{Bbox, Filter, FilterLang, Subject};
 pub use queryables::{Kind, Observer, Queryables};
 pub use sort::{Cursor, SortKey, SortKeys};

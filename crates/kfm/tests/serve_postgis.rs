@@ -109,6 +109,11 @@ fn paths() -> Vec<String> {
             "/items/SYN-0007",
             "/items/SYN-0007?f=html",
             "/items/nope",
+            "/items?limit=20&crs=http%3A%2F%2Fwww.opengis.net%2Fdef%2Fcrs%2FEPSG%2F0%2F4326",
+            "/items?limit=20&crs=http%3A%2F%2Fwww.opengis.net%2Fdef%2Fcrs%2FEPSG%2F0%2F3857",
+            "/items?bbox=38,-98,39,-97&bbox-crs=http%3A%2F%2Fwww.opengis.net%2Fdef%2Fcrs%2FEPSG%2F0%2F4326",
+            "/items?bbox=-10909310,4579425,-10797990,4721671&bbox-crs=http%3A%2F%2Fwww.opengis.net%2Fdef%2Fcrs%2FEPSG%2F0%2F3857&limit=50",
+            "/items/SYN-0007?crs=http%3A%2F%2Fwww.opengis.net%2Fdef%2Fcrs%2FEPSG%2F0%2F3857",
         ] {
             p.push(format!("{c}{suffix}"));
         }

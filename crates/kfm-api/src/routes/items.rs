@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use kfm_query::filter::{Context, FilterCrs};
-use kfm_query::{Bbox, Cursor, Filter, FilterLang, QueryError, Search, SortKeys};
+use kfm_query::{Bbox, Crs, Cursor, Filter, FilterLang, QueryError, Search, SortKeys};
 use serde_json::{Value, json};
 
 use super::{
@@ -47,6 +47,8 @@ const ITEMS_PARAMS: &[&str] = &[
     "filter-crs",
     "sortby",
     "q",
+    "crs",
+    "bbox-crs",
 ];
 
 fn query_error(e: &QueryError) -> Response {
@@ -68,9 +70,18 @@ fn ask(q: &Query, extras: &[(String, String)], view: &View, html: bool) -> Resul
     let mut parts = Vec::new();
     let mut canonical = vec![("limit".to_owned(), limit.to_string())];
     let mut keep = |k: &str, v: &str| canonical.push((k.to_owned(), v.to_owned()));
+    let bbox_crs = Crs::parse("bbox-crs", q.get("bbox-crs")).map_err(|e| query_error(&e))?;
     if let Some(b) = q.get("bbox") {
-        parts.push(Filter::Bbox(Bbox::parse(b).map_err(|e| query_error(&e))?));
+        parts.push(Filter::Bbox(
+            Bbox::parse_in(b, bbox_crs).map_err(|e| query_error(&e))?,
+        ));
         keep("bbox", b);
+        if let Some(c) = q.get("bbox-crs") {
+            keep("bbox-crs", c);
+        }
+    }
+    if let Some(c) = q.get("crs") {
+        keep("crs", c);
     }
     if let Some(d) = q.get("datetime") {
         let i = kfm_query::time::datetime_param(d).map_err(|e| query_error(&e))?;
@@ -161,7 +172,9 @@ fn query_string(pairs: &[(String, String)]) -> String {
 
 #[utoipa::path(get, path = "/collections/{collection_id}/items", tag = "OGC API - Features",
     params(("collection_id" = String, Path, description = "Dataset id"),
-        ("bbox" = Option<String>, Query, description = "minlon,minlat,maxlon,maxlat (CRS84); features whose bounding box, as served to this caller, meets it"),
+        ("bbox" = Option<String>, Query, description = "minlon,minlat,maxlon,maxlat (CRS84, or as bbox-crs says); features whose bounding box, as served to this caller, meets it"),
+        ("bbox-crs" = Option<String>, Query, description = "CRS of bbox: http://www.opengis.net/def/crs/OGC/1.3/CRS84 (default), http://www.opengis.net/def/crs/EPSG/0/4326 (latitude first) or http://www.opengis.net/def/crs/EPSG/0/3857"),
+        ("crs" = Option<String>, Query, description = "CRS of the answer's positions (see Content-Crs): CRS84 (default), EPSG:4326 (latitude first) or EPSG:3857, by their OGC URIs"),
         ("datetime" = Option<String>, Query, description = "An RFC 3339 instant or date, or an interval start/end with open ends as '..'; filters on the collection's time property (a collection without one matches nothing)"),
         ("filter" = Option<String>, Query, description = "A CQL2 filter over this collection's queryables (see /queryables)"),
         ("filter-lang" = Option<String>, Query, description = "cql2-text (default) or cql2-json"),
@@ -199,6 +212,10 @@ pub(crate) async fn items(
     {
         return r;
     }
+    let crs = match Crs::parse("crs", q.get("crs")) {
+        Ok(c) => c,
+        Err(e) => return query_error(&e),
+    };
     let (rel, g, view) = match granted(&st, &who, &id, "read") {
         Ok(x) => x,
         Err(r) => return r,
@@ -214,7 +231,10 @@ pub(crate) async fn items(
         format!("{}\u{1f}{lic}\u{1f}{text}", raw.as_deref().unwrap_or(""))
     };
     if !html && let Some(page) = view.pages.get(&page_key) {
-        return with_note(bytes_response(StatusCode::OK, GEOJSON, page), g.note);
+        return with_note(
+            content_crs(bytes_response(StatusCode::OK, GEOJSON, page), crs),
+            g.note,
+        );
     }
     let asked = match ask(&q, &extras, &view, html) {
         Ok(a) => a,
@@ -270,9 +290,44 @@ pub(crate) async fn items(
     if let Some(n) = next_href {
         links.push(json!({"rel": "next", "type": GEOJSON, "href": n}));
     }
-    let out = feature_collection(&rel, &g, &view, matched, links, &page.json);
+    let features = match in_crs(page.json, crs) {
+        Ok(f) => f,
+        Err(r) => return with_note(r, g.note),
+    };
+    let out = feature_collection(&rel, &g, &view, matched, links, &features);
     view.pages.put(page_key, out.clone());
-    with_note(bytes_response(StatusCode::OK, GEOJSON, out), g.note)
+    with_note(
+        content_crs(bytes_response(StatusCode::OK, GEOJSON, out), crs),
+        g.note,
+    )
+}
+
+/// Features' bytes with their positions in `crs` (as stored for CRS84).
+fn in_crs(features: Vec<Bytes>, crs: Crs) -> Result<Vec<Bytes>, Response> {
+    if crs == Crs::Crs84 {
+        return Ok(features);
+    }
+    features
+        .into_iter()
+        .map(|b| {
+            let mut f: Value = serde_json::from_slice(&b).map_err(|_| {
+                super::retry_later("a feature could not be transformed; retry shortly")
+            })?;
+            if let Some(g) = f.get_mut("geometry") {
+                crs.transform_geometry(g);
+            }
+            Ok(Bytes::from(f.to_string()))
+        })
+        .collect()
+}
+
+/// `Content-Crs`, as OGC API – Features Part 2 asks of every answer with
+/// positions.
+fn content_crs(mut r: Response, crs: Crs) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("<{}>", crs.uri())) {
+        r.headers_mut().insert("content-crs", v);
+    }
+    r
 }
 
 /// A FeatureCollection: the governance members, then the features' bytes.
@@ -310,6 +365,7 @@ fn feature_collection(
 #[utoipa::path(get, path = "/collections/{collection_id}/items/{feature_id}", tag = "OGC API - Features",
     params(("collection_id" = String, Path, description = "Dataset id"),
         ("feature_id" = String, Path, description = "Feature id"),
+        ("crs" = Option<String>, Query, description = "CRS of the answer's positions (see Content-Crs): CRS84 (default), EPSG:4326 or EPSG:3857, by their OGC URIs"),
         ("f" = Option<String>, Query, description = "json or html")),
     responses((status = 200, description = "One feature, as this caller may see it", content_type = "application/geo+json"),
         (status = 400, description = "Malformed id or parameter"),
@@ -322,9 +378,13 @@ pub(crate) async fn item(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let q = match Query::parse(q.as_deref(), &["f"]) {
+    let q = match Query::parse(q.as_deref(), &["f", "crs"]) {
         Ok(q) => q,
         Err(r) => return r,
+    };
+    let crs = match Crs::parse("crs", q.get("crs")) {
+        Ok(c) => c,
+        Err(e) => return query_error(&e),
     };
     if let Err(r) = check_id("feature id", &fid) {
         return r;
@@ -364,6 +424,9 @@ pub(crate) async fn item(
         );
     }
     let mut doc = serde_json::to_value(&f).unwrap_or(Value::Null);
+    if let Some(g) = doc.get_mut("geometry") {
+        crs.transform_geometry(g);
+    }
     if let Value::Object(m) = &mut doc {
         m.extend(governance(&rel, &g, &view));
         m.insert("links".into(), json!([
@@ -372,7 +435,7 @@ pub(crate) async fn item(
             {"rel": "describedby", "type": JSON, "title": "Evidence", "href": format!("{b}/evidence/{}/{fid}", rel.version_id)}
         ]));
     }
-    json_answer(StatusCode::OK, GEOJSON, &doc, g.note)
+    content_crs(json_answer(StatusCode::OK, GEOJSON, &doc, g.note), crs)
 }
 
 #[utoipa::path(get, path = "/collections/{collection_id}/queryables", tag = "OGC API - Features",

@@ -218,7 +218,7 @@ fn read_error(e: &ReadError) -> Response {
     }
 }
 
-fn retry_later(why: &str) -> Response {
+pub(super) fn retry_later(why: &str) -> Response {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "Unavailable", why);
     r.headers_mut().insert(
         header::RETRY_AFTER,
@@ -354,6 +354,7 @@ pub(crate) async fn conformance() -> Response {
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/html",
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+        "http://www.opengis.net/spec/ogcapi-features-2/1.0/conf/crs",
         "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables",
         "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/queryables-query-parameters",
         "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
@@ -399,7 +400,8 @@ fn collection_doc(st: &AppState, rel: &Release, g: &Grant, view: &View) -> Value
         "title": rel.title,
         "description": rel.description,
         "itemType": "feature",
-        "crs": ["http://www.opengis.net/def/crs/OGC/1.3/CRS84"],
+        "crs": kfm_query::crs::OFFERED,
+        "storageCrs": kfm_query::crs::CRS84,
         "links": links,
     });
     // The extent of what *this caller* sees: for generalised data the
