@@ -153,3 +153,56 @@ fn answers_and_bboxes_in_every_offered_crs() {
     let (code, out) = server.stop();
     assert_eq!(code, 0, "{out}");
 }
+
+/// The oas30 class is backed by an OpenAPI 3.0 document (the 3.1 one stays
+/// under its own link): the same paths, nothing 3.0 does not know.
+#[test]
+fn an_openapi_30_document_backs_the_oas30_class() {
+    let (_d, ws) = samples_promoted();
+    let server = Server::start(&ws, &[]).unwrap();
+    let a = server.addr.clone();
+    let landing = get(&a, "/", None, &[]).json();
+    let descs: Vec<&Value> = landing["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["rel"] == "service-desc")
+        .collect();
+    assert_eq!(
+        descs[0]["type"],
+        "application/vnd.oai.openapi+json;version=3.0"
+    );
+    let v30 = get(&a, "/openapi-3.0.json", None, &[]).json();
+    let v31 = get(&a, "/openapi.json", None, &[]).json();
+    assert_eq!(v30["openapi"], "3.0.3");
+    assert_eq!(v31["openapi"], "3.1.0");
+    assert_eq!(
+        v30["paths"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        v31["paths"].as_object().unwrap().keys().collect::<Vec<_>>()
+    );
+    assert!(v30["info"]["license"].get("identifier").is_none());
+    assert!(v30["info"]["license"]["url"].is_string());
+    // 3.1-only schema forms: type arrays, null types, const, examples arrays.
+    fn walk(v: &Value, at: &str) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    assert!(
+                        !(k == "type" && (x.is_array() || x == "null")) && k != "const",
+                        "{at}/{k}: {x}"
+                    );
+                    assert!(!(k == "examples" && x.is_array()), "{at}/{k}");
+                    walk(x, &format!("{at}/{k}"));
+                }
+            }
+            Value::Array(xs) => xs.iter().for_each(|x| walk(x, at)),
+            _ => {}
+        }
+    }
+    walk(&v30, "");
+    let conf = get(&a, "/conformance", None, &[]).json().to_string();
+    assert!(conf.contains("ogcapi-features-1/1.0/conf/oas30"));
+    assert!(conf.contains("ogcapi-features-2/1.0/conf/crs"));
+    let (code, out) = server.stop();
+    assert_eq!(code, 0, "{out}");
+}

@@ -34,7 +34,7 @@ pub(crate) mod tiles;
 use catalog::{catalog, evidence, prov, stac};
 use export::export;
 use items::{item, items, queryables};
-use probes::{audit, healthz, metrics, openapi, readyz};
+use probes::{audit, healthz, metrics, openapi, openapi30, readyz};
 use search::search;
 use tiles::{tile, tile_matrix_sets, tilejson, tileset_metadata, tilesets, web_mercator_quad};
 
@@ -77,6 +77,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .route("/openapi-3.0.json", get(openapi30))
         .route("/assets/{file}", get(assets::asset))
         .fallback(fallback)
 }
@@ -332,7 +333,8 @@ pub(crate) async fn landing(
         "links": [
             {"rel": "self", "type": JSON, "href": format!("{b}/")},
             {"rel": "alternate", "type": "text/html", "href": format!("{b}/?f=html")},
-            {"rel": "service-desc", "type": "application/vnd.oai.openapi+json;version=3.1", "href": format!("{b}/openapi.json")},
+            {"rel": "service-desc", "type": "application/vnd.oai.openapi+json;version=3.0", "title": "OpenAPI 3.0", "href": format!("{b}/openapi-3.0.json")},
+            {"rel": "service-desc", "type": "application/vnd.oai.openapi+json;version=3.1", "title": "OpenAPI 3.1", "href": format!("{b}/openapi.json")},
             {"rel": "conformance", "type": JSON, "href": format!("{b}/conformance")},
             {"rel": "data", "type": JSON, "href": format!("{b}/collections")},
             {"rel": "http://www.opengis.net/def/rel/ogc/1.0/tiling-schemes", "type": JSON, "href": format!("{b}/tileMatrixSets")},

@@ -179,13 +179,26 @@ pub(crate) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "Probes",
-    responses((status = 200, description = "This document")))]
+    responses((status = 200, description = "This document (OpenAPI 3.1)")))]
 pub(crate) async fn openapi() -> Response {
     with_note(
         bytes_response(
             StatusCode::OK,
             JSON,
             crate::openapi::document().into_bytes(),
+        ),
+        note("none"),
+    )
+}
+
+#[utoipa::path(get, path = "/openapi-3.0.json", tag = "Probes",
+    responses((status = 200, description = "This document as OpenAPI 3.0.3")))]
+pub(crate) async fn openapi30() -> Response {
+    with_note(
+        bytes_response(
+            StatusCode::OK,
+            JSON,
+            crate::openapi::document_30().into_bytes(),
         ),
         note("none"),
     )
