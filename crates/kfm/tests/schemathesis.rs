@@ -23,7 +23,11 @@ fn schemathesis_finds_no_undocumented_answer_and_no_server_error() {
     }
     let (_d, ws) = samples_promoted();
     let server = Server::start(&ws, &[]).unwrap();
+    // schemathesis keeps a cache of what it found in its working
+    // directory: a scratch one, not the source tree.
+    let scratch = tempfile::tempdir().unwrap();
     let o = Command::new("st")
+        .current_dir(scratch.path())
         .arg("run")
         .arg(format!("http://{}/openapi-3.0.json", server.addr))
         .args([
