@@ -13,6 +13,7 @@ pub mod canonical;
 pub mod config;
 pub mod digest;
 pub mod dsse;
+pub mod environment;
 pub mod ids;
 pub mod label;
 pub mod license;
