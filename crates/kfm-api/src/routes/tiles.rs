@@ -139,6 +139,19 @@ fn tileset(st: &AppState, rel: &Release, g: &Grant, view: &View) -> Value {
     super::with_governance(doc, rel, g, view)
 }
 
+/// The query string checked (400 for anyone), then the decision on the
+/// collection: what every tileset route does before it answers.
+fn decided(
+    st: &AppState,
+    who: &Principal,
+    id: &str,
+    q: Option<&str>,
+    allowed: &[&str],
+) -> Result<(Arc<Release>, Grant, Arc<View>), Response> {
+    Query::parse(q, allowed)?;
+    granted(st, who, id, "read")
+}
+
 #[utoipa::path(get, path = "/collections/{collection_id}/tiles", tag = "OGC API - Tiles",
     params(("collection_id" = String, Path, description = "Dataset id")),
     responses((status = 200, description = "The collection's tilesets (vector, WebMercatorQuad)", content_type = "application/json"),
@@ -151,10 +164,7 @@ pub(crate) async fn tilesets(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = Query::parse(q.as_deref(), &["f"]) {
-        return r;
-    }
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
+    let (rel, g, view) = match decided(&st, &who, &id, q.as_deref(), &["f"]) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -182,10 +192,7 @@ pub(crate) async fn tileset_metadata(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = Query::parse(q.as_deref(), &["f"]) {
-        return r;
-    }
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
+    let (rel, g, view) = match decided(&st, &who, &id, q.as_deref(), &["f"]) {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -205,10 +212,7 @@ pub(crate) async fn tilejson(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    if let Err(r) = Query::parse(q.as_deref(), &[]) {
-        return r;
-    }
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
+    let (rel, g, view) = match decided(&st, &who, &id, q.as_deref(), &[]) {
         Ok(x) => x,
         Err(r) => return r,
     };
