@@ -114,9 +114,17 @@ blocker := "input.malformed_subject" if {
 } else := "audit.auditors_only" if {
 	input.action == "audit"
 	not "auditor" in input.subject.roles
+} else := "steward.stewards_only" if {
+	# The truth-path view names every dataset, quarantined ones included,
+	# and what their gates found: for data stewards only.
+	input.action == "steward"
+	not "steward" in input.subject.roles
 } else := data_blocker if {
-	input.action != "audit"
+	not input.action in role_actions
 }
+
+# Actions on something other than a dataset: decided on roles alone.
+role_actions := {"audit", "steward"}
 
 data_blocker := "input.malformed_resource" if {
 	not dataset
@@ -147,6 +155,8 @@ data_blocker := "input.malformed_resource" if {
 
 grant := "audit.auditor" if {
 	input.action == "audit"
+} else := "steward.steward" if {
+	input.action == "steward"
 } else := concat(".", [input.action, label_rule.precise_grant]) if {
 	precise
 } else := concat(".", [input.action, label_rule.waived_grant]) if {
@@ -173,13 +183,13 @@ generalize := o if {
 } else := data.kfm.generalization_default
 
 obligation_set contains generalize if {
-	input.action != "audit"
+	not input.action in role_actions
 	label_rule.generalize == true
 	not precise
 }
 
 obligation_set contains {"type": "attribution", "license": input.resource.license.id, "text": attribution_text} if {
-	input.action != "audit"
+	not input.action in role_actions
 	attribution_required
 }
 
@@ -189,10 +199,10 @@ obligation_set contains {"type": "attribution", "license": "NOASSERTION", "text"
 	not license_known
 }
 
-# Restricted reads, every export and every audit read wait for a durable
-# ledger append before the answer leaves.
+# Restricted reads, every export, every audit read and every steward's
+# view wait for a durable ledger append before the answer leaves.
 obligation_set contains {"type": "audit_durable"} if {
-	input.action in {"export", "audit"}
+	input.action in {"export", "audit", "steward"}
 }
 
 obligation_set contains {"type": "audit_durable"} if {

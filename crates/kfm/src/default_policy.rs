@@ -3,7 +3,7 @@
 //! checks that this list and the directory have the same digest.
 
 /// (path inside the bundle, contents)
-pub const FILES: [(&str, &[u8]); 10] = [
+pub const FILES: [(&str, &[u8]); 11] = [
     (".manifest", include_bytes!("../../../policy/.manifest")),
     (
         "kfm/authz.rego",
@@ -36,6 +36,10 @@ pub const FILES: [(&str, &[u8]); 10] = [
     (
         "tests/reads.yaml",
         include_bytes!("../../../policy/tests/reads.yaml"),
+    ),
+    (
+        "tests/steward.yaml",
+        include_bytes!("../../../policy/tests/steward.yaml"),
     ),
     (
         "tests/waivers.yaml",
