@@ -2,18 +2,20 @@
 // playwright-core): the map loads and draws the features; an anonymous
 // caller sees the generalized badge and generalized points, an approved
 // researcher precise ones; the table and the map select together; no
-// request leaves the server under test; no console error. Screenshots go
-// to OUT_DIR for review. Prints one JSON line of what it measured.
+// request leaves the server under test; no console error. The stewards'
+// truth-path page: the same 404 as a missing page for anyone else, the
+// stage of every dataset for a steward. Screenshots go to OUT_DIR for
+// review. Prints one JSON line of what it measured.
 //
-//   node web/tests/map.mjs http://127.0.0.1:PORT RESEARCHER_TOKEN OUT_DIR
+//   node web/tests/map.mjs http://127.0.0.1:PORT RESEARCHER_TOKEN OUT_DIR STEWARD_TOKEN
 //
 // Exit 0 when every check passed, 1 with the failed check on stderr.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
-const [base, researcherToken, outDir] = process.argv.slice(2);
-if (!base || !researcherToken || !outDir) {
-  console.error("usage: map.mjs BASE_URL RESEARCHER_TOKEN OUT_DIR");
+const [base, researcherToken, outDir, stewardToken] = process.argv.slice(2);
+if (!base || !researcherToken || !outDir || !stewardToken) {
+  console.error("usage: map.mjs BASE_URL RESEARCHER_TOKEN OUT_DIR STEWARD_TOKEN");
   process.exit(2);
 }
 mkdirSync(outDir, { recursive: true });
@@ -101,6 +103,42 @@ const result = {};
   check(await v.page.isVisible('[data-testid="badge-license"]'), "places: no license badge");
   result.tiles = { ms: Number(v.d.ms), rendered: Number(v.d.rendered), requests: v.requests };
   await v.context.close();
+}
+// The truth path: nothing for a researcher, every dataset's stage for a
+// steward, and the page itself talks to nothing but the server.
+{
+  const denied = await browser.newContext({ extraHTTPHeaders: { Authorization: `Bearer ${researcherToken}` } });
+  const dp = await denied.newPage();
+  const r = await dp.goto(base + "/steward?f=html");
+  check(r.status() === 404, `steward page: a researcher got ${r.status()}, not 404`);
+  check(!(await dp.isVisible("#truth-path")), "steward page: a researcher sees the truth-path table");
+  await denied.close();
+  const context = await browser.newContext({
+    viewport: { width: 1100, height: 900 },
+    extraHTTPHeaders: { Authorization: `Bearer ${stewardToken}` },
+  });
+  const page = await context.newPage();
+  const requests = [];
+  const errors = [];
+  context.on("request", (q) => requests.push(q.url()));
+  page.on("console", (m) => {
+    if (m.type() === "error") errors.push(m.text());
+  });
+  const ok = await page.goto(base + "/steward?f=html");
+  check(ok.status() === 200, `steward page: a steward got ${ok.status()}`);
+  const rows = await page.$$eval("#truth-path tr[data-dataset]", (rs) =>
+    rs.map((r) => [r.dataset.dataset, r.querySelector(".badge").textContent]),
+  );
+  const stages = Object.fromEntries(rows);
+  check(stages["ks-places"] === "published", `steward page: ks-places is ${stages["ks-places"]}, not published`);
+  check(stages["ks-sites-synthetic"] === "published", "steward page: ks-sites-synthetic is not listed as published");
+  check(await page.isVisible("table.gates"), "steward page: no gate table");
+  const offsite = requests.filter((u) => !u.startsWith(origin) && !u.startsWith("data:"));
+  check(offsite.length === 0, `steward page: requests off ${origin}: ${offsite.join(", ")}`);
+  check(errors.length === 0, `steward page: console errors: ${errors.join(" | ")}`);
+  await page.screenshot({ path: `${outDir}/steward.png`, fullPage: true });
+  result.steward = { datasets: rows.length };
+  await context.close();
 }
 await browser.close();
 console.log(JSON.stringify(result));

@@ -12,6 +12,7 @@ use crate::auth::Principal;
 use crate::releases::{Release, Shape};
 
 /// What a granted request must honour.
+#[derive(Clone)]
 pub struct Grant {
     pub shape: Shape,
     /// (license, attribution text) to attach.
@@ -250,20 +251,33 @@ pub fn release(st: &AppState, who: &Principal, action: &'static str, rel: &Relea
 
 /// Asks the policy whether `who` may read the audit trail.
 pub fn audit_read(st: &AppState, who: &Principal) -> (bool, AuditNote) {
+    staff_read(st, who, "audit")
+}
+
+/// Asks the policy whether `who` may read the stewards' truth-path view
+/// (every dataset's stage, gate tables and quarantine reports).
+pub fn steward_read(st: &AppState, who: &Principal) -> (bool, AuditNote) {
+    staff_read(st, who, "steward")
+}
+
+/// A read of something that is not a dataset (`audit`, `steward`): the
+/// policy decides on the caller's roles alone. A denial is recorded
+/// durably, like every denial.
+fn staff_read(st: &AppState, who: &Principal, action: &'static str) -> (bool, AuditNote) {
     let second = now_second();
     let key = format!(
-        "audit\0{}\0{:?}\0{:?}",
+        "{action}\0{}\0{:?}\0{:?}",
         who.id, who.roles, who.approved_access
     );
     let input = || {
         json!({
             "subject": subject(who),
-            "action": "audit",
-            "resource": {"kind": "audit", "zone": "published"},
+            "action": action,
+            "resource": {"kind": action, "zone": "published"},
             "context": context(st, &second),
         })
     };
-    let (decision, record) = decide(st, key, second.clone(), input, "audit");
+    let (decision, record) = decide(st, key, second.clone(), input, action);
     let durable = decision
         .obligations
         .iter()
@@ -271,7 +285,7 @@ pub fn audit_read(st: &AppState, who: &Principal) -> (bool, AuditNote) {
     (
         decision.allow,
         AuditNote {
-            action: "audit",
+            action,
             dataset: None,
             version_id: None,
             decision: record,

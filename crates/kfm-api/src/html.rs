@@ -118,6 +118,7 @@ pub fn landing(base: &str, collections: &usize) -> Response {
                 li { a href={(base) "/catalog"} { "DCAT catalog (JSON-LD)" } }
                 li { a href={(base) "/conformance"} { "Conformance" } }
                 li { a href={(base) "/openapi.json"} { "OpenAPI document" } }
+                li { a href={(base) "/steward?f=html"} { "Truth path" } " (data stewards: each dataset's stage, gates and quarantine reports)" }
             }
         },
     )
@@ -233,5 +234,87 @@ pub fn items(
             }
         },
         Some(map),
+    )
+}
+
+fn gate_table(gates: &[kfm_pipeline::GateResult]) -> Markup {
+    html! {
+        table class="gates" {
+            tr { th { "gate" } th { "check" } th { "result" } th { "reasons" } }
+            @for g in gates {
+                tr class={"gate-" (g.status.as_str().replace(' ', "-"))} {
+                    td { (format!("{:?}", g.gate)) }
+                    td { (g.name) }
+                    td { (g.status.as_str()) }
+                    td { @for r in &g.reasons { (r) br; } }
+                }
+            }
+        }
+    }
+}
+
+fn run(r: &crate::routes::steward::Run) -> Markup {
+    html! {
+        p {
+            code { (r.run_id) } " · " (r.operation) " of v" (r.version) " · "
+            strong { (r.outcome) } " · finished " (r.finished_at)
+            @if let Some(k) = &r.report { " · report " code { (k) } }
+        }
+        @if let Some(why) = &r.gates_unavailable {
+            p class="gen" { "The gate table cannot be shown: " (why) }
+        } @else {
+            (gate_table(&r.gates))
+        }
+    }
+}
+
+/// The stewards' truth-path page (see `routes::steward`).
+pub fn steward(
+    base: &str,
+    datasets: &[crate::routes::steward::DatasetPath],
+    problems: &[String],
+) -> Response {
+    page(
+        "Truth path",
+        base,
+        html! {
+            p { "Every dataset the store knows of: its stage on the truth path (raw → work/quarantine → processed → catalog → published), the gate table of its last run, and its quarantine reports. Shown to stewards only; this view is recorded in the audit ledger." }
+            @if !problems.is_empty() {
+                h2 { "Problems" }
+                ul { @for p in problems { li { (p) } } }
+            }
+            table id="truth-path" {
+                tr { th { "dataset" } th { "stage" } th { "published version" } th { "last run" } th { "quarantined runs" } }
+                @for d in datasets {
+                    tr data-dataset=(d.dataset) {
+                        td { a href={"#ds-" (d.dataset)} { (d.dataset) } }
+                        td { span class={"badge stage-" (d.stage)} { (d.stage) } }
+                        td { @if let Some(p) = &d.published { code { (p.version_id) } } @else { "none" } }
+                        td { @if let Some(r) = &d.last_run { (r.outcome) } }
+                        td { (d.quarantined.len()) }
+                    }
+                }
+            }
+            @for d in datasets {
+                section id={"ds-" (d.dataset)} {
+                    h2 { (d.dataset) " " span class={"badge stage-" (d.stage)} { (d.stage) } }
+                    @if let Some(p) = &d.published {
+                        p {
+                            span class="badge label" { "label: " (p.policy_label) }
+                            span class="badge lic" { "license: " (p.license) }
+                            "Published " code { (p.version_id) } " at " (p.published_at) ", manifest " code { (p.manifest_digest) }
+                        }
+                    }
+                    @if let Some(r) = &d.last_run {
+                        h3 { "Last run" }
+                        (run(r))
+                    }
+                    @if !d.quarantined.is_empty() {
+                        h3 { "Quarantine reports" }
+                        @for r in &d.quarantined { (run(r)) }
+                    }
+                }
+            }
+        },
     )
 }

@@ -1,10 +1,10 @@
 //! The governed API: KFM's trust membrane: the only way to the published data.
 //!
-//! Every request passes one tower layer ([`govern`]) that authenticates the
-//! caller, lets the handler ask the policy decision point and apply its
-//! obligations, then appends an audit record to the ledger (waiting for it
-//! when the decision says `audit_durable`) and stamps `Kfm-Audit-Ref` on the
-//! answer. Handlers hold read handles on `published`, `processed` and
+//! Every request passes the tower layers of [`layers`]: metrics, audit,
+//! authentication, and on the routes of one collection the policy decision;
+//! the handlers apply the decision's obligations. The audit layer appends a
+//! record to the ledger for every answer (waiting for it when the decision
+//! says `audit_durable`) and stamps `Kfm-Audit-Ref` on it. Handlers hold read handles on `published`, `processed` and
 //! `catalog` only ([`releases::Zones`]); they cannot name `raw` or `work`.
 //!
 //! A denied resource and a nonexistent one answer with the same status and
@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 mod enforce;
 mod html;
+pub mod layers;
 pub mod metrics;
 pub mod openapi;
 pub mod releases;
@@ -26,9 +27,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kfm_core::Environment;
@@ -158,130 +157,21 @@ pub(crate) fn not_found(note: AuditNote) -> Response {
     r
 }
 
-/// The audit and authentication layer around every route.
-pub async fn govern(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "(unmatched)".to_owned(), |m| m.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
-    let path: String = req.uri().path().chars().take(512).collect();
-    let query: Option<String> = req.uri().query().map(|q| q.chars().take(1024).collect());
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
-    let who = match auth.as_deref() {
-        None => Ok(Principal::anonymous()),
-        Some(v) => match v.strip_prefix("Bearer ") {
-            Some(t) => st.tokens.authenticate(t.trim()),
-            None => Err(auth::AuthError("use `Authorization: Bearer <token>`")),
-        },
-    };
-    let (who, mut resp) = match who {
-        Ok(p) => {
-            req.extensions_mut().insert(p.clone());
-            (p, next.run(req).await)
-        }
-        Err(e) => {
-            let mut r = error(StatusCode::UNAUTHORIZED, "Unauthorized", e.0);
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"kfm\""),
-            );
-            let mut anon = Principal::anonymous();
-            anon.id = "unauthenticated".into();
-            (anon, r)
-        }
-    };
-    let note = resp
-        .extensions_mut()
-        .remove::<AuditNote>()
-        .unwrap_or(AuditNote {
-            action: "none",
-            ..AuditNote::default()
-        });
-    let status = resp.status().as_u16();
-    let record = audit::AccessRecord {
-        kind: audit::ACCESS_KIND,
-        request_id: uuid::Uuid::new_v4().to_string(),
-        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        subject: &who.id,
-        roles: &who.roles,
-        auth: who.method,
-        method: &method,
-        route: &route,
-        path: &path,
-        query: query.as_deref(),
-        status,
-        action: note.action,
-        dataset: note.dataset.as_deref(),
-        version_id: note.version_id.as_deref(),
-        decision: note.decision.as_ref(),
-    };
-    // Invariant: every answer is audited, and no record is signed with a
-    // part missing. A decision that cannot be encoded withholds the answer
-    // and is recorded without it (that record has no obligations to fail).
-    let entry = match record.to_entry() {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(%route, error = %e, "the decision could not be encoded for the audit record; the answer is withheld");
-            resp = error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "AuditUnavailable",
-                "the access record could not be written, so the answer is withheld",
-            );
-            let withheld = audit::AccessRecord {
-                status: resp.status().as_u16(),
-                decision: None,
-                ..record
-            };
-            match withheld.to_entry() {
-                Ok(e) => e,
-                Err(_) => return resp,
-            }
-        }
-    };
-    let (leaf, reference) = audit::reference(&entry);
-    if note.durable {
-        if st.audit.append_durable(entry).await.is_err() {
-            resp = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "AuditUnavailable",
-                "the audit ledger could not record this request, so the answer is withheld",
-            );
-        }
-    } else {
-        st.audit.append_batched(entry, leaf).await;
-    }
-    if let Ok(v) = HeaderValue::from_str(&reference) {
-        resp.headers_mut().insert(AUDIT_HEADER, v);
-    }
-    let status = resp.status().as_u16();
-    st.metrics
-        .requests
-        .get_or_create(&metrics::RouteLabels {
-            route: route.clone(),
-            status,
-        })
-        .inc();
-    st.metrics
-        .latency
-        .get_or_create(&metrics::DurationLabels {
-            route: route.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    tracing::debug!(%route, status, us = start.elapsed().as_micros() as u64, audit_ref = %reference, "answered");
-    resp
-}
-
-/// The full router with its layers.
+/// The full router with its layers (see [`layers`] for what each does and
+/// why in this order; the decision layer sits on the collection routes
+/// themselves, in [`routes::api`]).
 pub fn router(st: Arc<AppState>) -> Router {
+    use axum::middleware::from_fn_with_state;
     use tower_http::timeout::TimeoutLayer;
     let timeout = st.config.request_timeout;
-    routes::routes()
-        .layer(axum::middleware::from_fn_with_state(st.clone(), govern))
+    let (routes, _) = routes::api().split_for_parts();
+    routes
+        .fallback(routes::fallback)
+        .layer(from_fn_with_state(st.clone(), layers::authenticate))
+        // For the decision layer, whose own state is its action.
+        .layer(axum::Extension(st.clone()))
+        .layer(from_fn_with_state(st.clone(), layers::audit))
+        .layer(from_fn_with_state(st.clone(), layers::measure))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,

@@ -27,13 +27,16 @@ pub use crate::view::{PageCache, Shape, View};
 use crate::view::{PgView, ViewData, shape_features};
 
 /// Read handles on exactly the zones the API may read (published, catalog,
-/// processed): it has no way to name `raw` or `work`, and none of these can
-/// write.
+/// processed, and quarantine for the stewards' view): it has no way to
+/// name `raw` or `work`, and none of these can write. Features are only
+/// ever loaded from processed and catalog artifacts a signed manifest
+/// lists, never from the quarantine zone.
 #[derive(Clone)]
 pub struct Zones {
     pub published: ReadOnly<zones::Published>,
     pub processed: ReadOnly<zones::Processed>,
     pub catalog: ReadOnly<zones::Catalog>,
+    pub quarantine: ReadOnly<zones::Quarantine>,
 }
 
 /// One features artifact, parsed.
@@ -437,6 +440,11 @@ impl Releases {
 
     pub fn zones(&self) -> &Zones {
         &self.zones
+    }
+
+    /// The key release manifests and run receipts are verified with.
+    pub fn key(&self) -> &VerifyingKey {
+        &self.key
     }
 
     pub fn backend(&self) -> &Backend {

@@ -160,17 +160,25 @@ pub struct View {
 /// fifth of the items route's work. Bounded: cleared when full, so odd
 /// queries cannot grow it.
 #[derive(Default)]
-pub struct PageCache(Mutex<HashMap<String, Bytes>>);
+pub struct PageCache(Mutex<HashMap<String, CachedPage>>);
+
+/// One answered page: the body and its `Link` header, kept together so a
+/// cached answer is the same answer.
+#[derive(Clone)]
+pub struct CachedPage {
+    pub body: Bytes,
+    pub link: Option<axum::http::HeaderValue>,
+}
 
 /// Pages kept per view.
 const PAGES_PER_VIEW: usize = 256;
 
 impl PageCache {
-    pub fn get(&self, key: &str) -> Option<Bytes> {
+    pub fn get(&self, key: &str) -> Option<CachedPage> {
         self.0.lock().ok()?.get(key).cloned()
     }
 
-    pub fn put(&self, key: String, page: Bytes) {
+    pub fn put(&self, key: String, page: CachedPage) {
         if let Ok(mut m) = self.0.lock() {
             if m.len() >= PAGES_PER_VIEW {
                 m.clear();

@@ -95,6 +95,7 @@ pub(crate) async fn prepare(
         published: store.reader(),
         processed: store.reader(),
         catalog: store.reader(),
+        quarantine: store.reader(),
     };
     let mut listen = listen.unwrap_or(ws.config.listen);
     // Port 0: bind now, so that links (and the maps' tile URLs) carry the

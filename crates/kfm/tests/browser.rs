@@ -44,6 +44,7 @@ fn the_map_draws_what_each_caller_may_see_and_talks_to_nothing_else() {
     }
     let (_d, ws) = samples_promoted();
     let researcher = token(&ws, "researcher", &["ks-sites-synthetic"]);
+    let steward = token(&ws, "steward", &[]);
     let server = Server::start(&ws, &[]).unwrap();
     let shots = std::env::var("KFM_SCREENSHOTS").map_or_else(
         |_| std::env::temp_dir().join("kfm-screenshots"),
@@ -55,6 +56,7 @@ fn the_map_draws_what_each_caller_may_see_and_talks_to_nothing_else() {
         .arg(format!("http://{}", server.addr))
         .arg(&researcher)
         .arg(&shots)
+        .arg(&steward)
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);

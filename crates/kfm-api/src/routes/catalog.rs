@@ -11,11 +11,12 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{
-    GEOJSON, JSON, bad_request, base, check_id, grant_on, granted, json_answer, not_ready, note,
+    GEOJSON, JSON, bad_request, base, check_id, grant_on, json_answer, not_ready, note,
     with_governance, with_note,
 };
 use crate::audit::AuditNote;
 use crate::auth::Principal;
+use crate::layers::Decided;
 use crate::{AppState, error, not_found};
 
 #[utoipa::path(get, path = "/collections/{collection_id}/stac", tag = "Catalog",
@@ -24,13 +25,13 @@ use crate::{AppState, error, not_found};
         (status = 404, description = "Not found or not available")))]
 pub(crate) async fn stac(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     Path(id): Path<String>,
 ) -> Response {
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
     let b = base(&st);
     let mut doc = rel.stac.clone();
     // Only the layer this caller is served, through the API (no store URL).
@@ -74,15 +75,7 @@ pub(crate) async fn stac(
     params(("collection_id" = String, Path, description = "Dataset id")),
     responses((status = 200, description = "PROV-JSON of the published version"),
         (status = 404, description = "Not found or not available")))]
-pub(crate) async fn prov(
-    State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
-) -> Response {
-    let (rel, g, _) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+pub(crate) async fn prov(Decided { rel, grant: g, .. }: Decided) -> Response {
     json_answer(StatusCode::OK, JSON, &rel.prov, g.note)
 }
 

@@ -7,16 +7,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::RawQuery;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{GEOJSON, Query, bad_request, governance, granted, with_note};
-use crate::AppState;
-use crate::auth::Principal;
+use super::{GEOJSON, Query, bad_request, governance, with_note};
 use crate::enforce::Grant;
+use crate::layers::Decided;
 use crate::releases::{Release, View};
 
 #[utoipa::path(get, path = "/collections/{collection_id}/export", tag = "Exports",
@@ -25,9 +24,11 @@ use crate::releases::{Release, View};
     responses((status = 200, description = "The whole dataset as this caller may see it, license and attribution embedded; answered only once the audit record is durable"),
         (status = 404, description = "Not found, not available, or not exportable (same answer)")))]
 pub(crate) async fn export(
-    State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     RawQuery(q): RawQuery,
 ) -> Response {
     let q = match Query::parse(q.as_deref(), &["format"]) {
@@ -38,10 +39,6 @@ pub(crate) async fn export(
         None | Some("geojson") => false,
         Some("csv") => true,
         Some(_) => return bad_request("format must be geojson or csv"),
-    };
-    let (rel, g, view) = match granted(&st, &who, &id, "export") {
-        Ok(x) => x,
-        Err(r) => return r,
     };
     // Streamed: memory does not grow with the export, and when the
     // client goes away its body is dropped and the writing stops.

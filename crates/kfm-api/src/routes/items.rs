@@ -12,8 +12,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use kfm_query::filter::{Context, FilterCrs};
@@ -21,13 +21,13 @@ use kfm_query::{Bbox, Crs, Cursor, Filter, FilterLang, QueryError, Search, SortK
 use serde_json::{Value, json};
 
 use super::{
-    GEOJSON, JSON, Query, bad_request, base, check_id, governance, granted, json_answer, not_ready,
-    read_error, with_note,
+    GEOJSON, JSON, Query, bad_request, base, check_id, governance, json_answer, read_error,
+    with_note,
 };
-use crate::auth::Principal;
 use crate::enforce::Grant;
+use crate::layers::Decided;
 use crate::releases::{Release, View};
-use crate::view::ItemQuery;
+use crate::view::{CachedPage, ItemQuery};
 use crate::{AppState, bytes_response, html, not_found};
 
 const MAX_LIMIT: u64 = 10_000;
@@ -35,6 +35,9 @@ const DEFAULT_LIMIT: u64 = 10;
 
 /// The parameters `items` knows; any other name must be a queryable (a
 /// property filter).
+/// The OGC link relation of a collection's queryables (Features Part 3).
+const QUERYABLES_REL: &str = "http://www.opengis.net/def/rel/ogc/1.0/queryables";
+
 const ITEMS_PARAMS: &[&str] = &[
     "bbox",
     "limit",
@@ -191,7 +194,11 @@ fn query_string(pairs: &[(String, String)]) -> String {
         (status = 503, description = "Not ready, or the projection of this version is not loaded yet")))]
 pub(crate) async fn items(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -204,8 +211,6 @@ pub(crate) async fn items(
         Ok(h) => h,
         Err(r) => return r,
     };
-    // Parameters whose meaning does not depend on the collection are
-    // checked before the decision (a malformed one is 400 for anyone).
     if let Err(r) =
         q.u64_in("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
             .and(q.u64_in("offset", 0, 0, 1_000_000_000))
@@ -215,10 +220,6 @@ pub(crate) async fn items(
     let crs = match Crs::parse("crs", q.get("crs")) {
         Ok(c) => c,
         Err(e) => return query_error(&e),
-    };
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
-        Err(r) => return r,
     };
     // The page's bytes depend on the view (which release, which shape),
     // the attribution this grant attaches, and the query as sent; nothing
@@ -232,7 +233,10 @@ pub(crate) async fn items(
     };
     if !html && let Some(page) = view.pages.get(&page_key) {
         return with_note(
-            content_crs(bytes_response(StatusCode::OK, GEOJSON, page), crs),
+            with_link(
+                content_crs(bytes_response(StatusCode::OK, GEOJSON, page.body), crs),
+                page.link,
+            ),
             g.note,
         );
     }
@@ -286,6 +290,7 @@ pub(crate) async fn items(
         json!({"rel": "self", "type": GEOJSON, "href": self_href}),
         json!({"rel": "alternate", "type": "text/html", "href": format!("{self_href}&f=html")}),
         json!({"rel": "collection", "type": JSON, "href": format!("{b}/collections/{id}")}),
+        json!({"rel": QUERYABLES_REL, "type": "application/schema+json", "href": format!("{b}/collections/{id}/queryables")}),
     ];
     if let Some(n) = next_href {
         links.push(json!({"rel": "next", "type": GEOJSON, "href": n}));
@@ -294,12 +299,30 @@ pub(crate) async fn items(
         Ok(f) => f,
         Err(r) => return with_note(r, g.note),
     };
+    let link = super::link_header(&links);
     let out = feature_collection(&rel, &g, &view, matched, links, &features);
-    view.pages.put(page_key, out.clone());
+    view.pages.put(
+        page_key,
+        CachedPage {
+            body: out.clone(),
+            link: link.clone(),
+        },
+    );
     with_note(
-        content_crs(bytes_response(StatusCode::OK, GEOJSON, out), crs),
+        with_link(
+            content_crs(bytes_response(StatusCode::OK, GEOJSON, out), crs),
+            link,
+        ),
         g.note,
     )
+}
+
+/// The body's links also as a `Link` header.
+fn with_link(mut r: Response, link: Option<HeaderValue>) -> Response {
+    if let Some(l) = link {
+        r.headers_mut().insert(header::LINK, l);
+    }
+    r
 }
 
 /// Features' bytes with their positions in `crs` (as stored for CRS84).
@@ -373,7 +396,11 @@ fn feature_collection(
         (status = 503, description = "Not ready, or the projection of this version is not loaded yet")))]
 pub(crate) async fn item(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     Path((id, fid)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
@@ -391,10 +418,6 @@ pub(crate) async fn item(
     }
     let html = match q.wants_html(&headers) {
         Ok(h) => h,
-        Err(r) => return r,
-    };
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
         Err(r) => return r,
     };
     let f = match view.feature(&fid).await {
@@ -427,15 +450,21 @@ pub(crate) async fn item(
     if let Some(g) = doc.get_mut("geometry") {
         crs.transform_geometry(g);
     }
+    let links = vec![
+        json!({"rel": "self", "type": GEOJSON, "href": format!("{b}/collections/{id}/items/{fid}")}),
+        json!({"rel": "alternate", "type": "text/html", "href": format!("{b}/collections/{id}/items/{fid}?f=html")}),
+        json!({"rel": "collection", "type": JSON, "href": format!("{b}/collections/{id}")}),
+        json!({"rel": "describedby", "type": JSON, "title": "Evidence", "href": format!("{b}/evidence/{}/{fid}", rel.version_id)}),
+    ];
+    let link = super::link_header(&links);
     if let Value::Object(m) = &mut doc {
         m.extend(governance(&rel, &g, &view));
-        m.insert("links".into(), json!([
-            {"rel": "self", "type": GEOJSON, "href": format!("{b}/collections/{id}/items/{fid}")},
-            {"rel": "collection", "type": JSON, "href": format!("{b}/collections/{id}")},
-            {"rel": "describedby", "type": JSON, "title": "Evidence", "href": format!("{b}/evidence/{}/{fid}", rel.version_id)}
-        ]));
+        m.insert("links".into(), Value::Array(links));
     }
-    content_crs(json_answer(StatusCode::OK, GEOJSON, &doc, g.note), crs)
+    with_link(
+        content_crs(json_answer(StatusCode::OK, GEOJSON, &doc, g.note), crs),
+        link,
+    )
 }
 
 #[utoipa::path(get, path = "/collections/{collection_id}/queryables", tag = "OGC API - Features",
@@ -445,20 +474,17 @@ pub(crate) async fn item(
         (status = 503, description = "Not ready, or the projection of this version is not loaded yet")))]
 pub(crate) async fn queryables(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
     if let Err(r) = Query::parse(q.as_deref(), &["f"]) {
         return r;
     }
-    if !st.ready() {
-        return not_ready();
-    }
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
     let b = base(&st);
     let doc = view.queryables.json_schema(
         &format!("{b}/collections/{id}/queryables"),

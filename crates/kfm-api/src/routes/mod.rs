@@ -10,16 +10,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Extension, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::audit::AuditNote;
 use crate::auth::Principal;
 use crate::enforce::{self, Grant, Verdict};
+use crate::layers::{self, Action, Decided};
 use crate::releases::{Release, View, ViewError};
 use crate::view::ReadError;
 use crate::{AppState, bytes_response, error, html, not_found};
@@ -30,56 +32,56 @@ pub(crate) mod export;
 pub(crate) mod items;
 pub(crate) mod probes;
 pub(crate) mod search;
+pub(crate) mod steward;
 pub(crate) mod tiles;
-use catalog::{catalog, evidence, prov, stac};
-use export::export;
-use items::{item, items, queryables};
-use probes::{audit, healthz, metrics, openapi, openapi30, readyz};
-use search::search;
-use tiles::{tile, tile_matrix_sets, tilejson, tileset_metadata, tilesets, web_mercator_quad};
 
 const GEOJSON: &str = "application/geo+json";
 const JSON: &str = "application/json";
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/", get(landing))
-        .route("/conformance", get(conformance))
-        .route("/collections", get(collections))
-        .route("/collections/{collection_id}", get(collection))
-        .route("/collections/{collection_id}/items", get(items))
-        .route("/collections/{collection_id}/items/{feature_id}", get(item))
-        .route("/collections/{collection_id}/queryables", get(queryables))
-        .route("/search", get(search))
-        .route("/tileMatrixSets", get(tile_matrix_sets))
-        .route("/tileMatrixSets/WebMercatorQuad", get(web_mercator_quad))
-        .route("/collections/{collection_id}/tiles", get(tilesets))
-        .route(
-            "/collections/{collection_id}/tiles/WebMercatorQuad",
-            get(tileset_metadata),
-        )
-        .route(
-            "/collections/{collection_id}/tiles/WebMercatorQuad/tilejson.json",
-            get(tilejson),
-        )
-        .route(
-            "/collections/{collection_id}/tiles/WebMercatorQuad/{z}/{y}/{x}",
-            get(tile),
-        )
-        .route("/collections/{collection_id}/stac", get(stac))
-        .route("/collections/{collection_id}/prov", get(prov))
-        .route("/collections/{collection_id}/export", get(export))
-        .route("/catalog", get(catalog))
-        .route("/evidence/{version_id}/{feature_id}", get(evidence))
-        .route("/audit/{audit_ref}", get(audit))
-        .route("/healthz", get(healthz))
-        .route("/livez", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .route("/openapi-3.0.json", get(openapi30))
-        .route("/assets/{file}", get(assets::asset))
-        .fallback(fallback)
+/// Every route, registered once: the router and the OpenAPI document are
+/// both made from this (each handler's `#[utoipa::path]` gives its path and
+/// method). The routes of one collection sit under the decision layer for
+/// their action, so their handlers receive a [`Decided`] and never see a
+/// denied request.
+pub(crate) fn api() -> OpenApiRouter<Arc<AppState>> {
+    let decide = |a: &'static str| from_fn_with_state(Action(a), layers::decide);
+    let read = OpenApiRouter::new()
+        .routes(routes!(collection))
+        .routes(routes!(items::items))
+        .routes(routes!(items::item))
+        .routes(routes!(items::queryables))
+        .routes(routes!(tiles::tilesets))
+        .routes(routes!(tiles::tileset_metadata))
+        .routes(routes!(tiles::tilejson))
+        .routes(routes!(tiles::tile))
+        .routes(routes!(catalog::stac))
+        .routes(routes!(catalog::prov))
+        .route_layer(decide("read"));
+    let export = OpenApiRouter::new()
+        .routes(routes!(export::export))
+        .route_layer(decide("export"));
+    // Routes that decide per release themselves (lists, search, evidence)
+    // or hold no governed data.
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(landing))
+        .routes(routes!(conformance))
+        .routes(routes!(collections))
+        .routes(routes!(search::search))
+        .routes(routes!(tiles::tile_matrix_sets))
+        .routes(routes!(tiles::web_mercator_quad))
+        .routes(routes!(catalog::catalog))
+        .routes(routes!(catalog::evidence))
+        .routes(routes!(probes::audit))
+        .routes(routes!(probes::healthz))
+        .routes(routes!(probes::livez))
+        .routes(routes!(probes::readyz))
+        .routes(routes!(probes::metrics))
+        .routes(routes!(probes::openapi))
+        .routes(routes!(probes::openapi30))
+        .routes(routes!(assets::asset))
+        .routes(routes!(steward::steward))
+        .merge(read)
+        .merge(export)
 }
 
 fn note(action: &'static str) -> AuditNote {
@@ -229,7 +231,8 @@ pub(super) fn retry_later(why: &str) -> Response {
 }
 
 /// Looks up a served release and asks the policy; `Err` is the answer.
-fn granted(
+/// The decision layer's work ([`crate::layers::decide`]).
+pub(crate) fn granted(
     st: &AppState,
     who: &Principal,
     id: &str,
@@ -469,17 +472,17 @@ pub(crate) async fn collections(
         (status = 404, description = "No such collection, or not available to this caller (same answer)")))]
 pub(crate) async fn collection(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let q = match Query::parse(q.as_deref(), &["f"]) {
         Ok(q) => q,
-        Err(r) => return r,
-    };
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
         Err(r) => return r,
     };
     match q.wants_html(&headers) {
@@ -502,12 +505,63 @@ pub(crate) async fn collection(
     }
 }
 
-async fn fallback() -> Response {
+pub(crate) async fn fallback() -> Response {
     not_found(note("none"))
 }
 
 impl IntoResponse for crate::auth::AuthError {
     fn into_response(self) -> Response {
         error(StatusCode::UNAUTHORIZED, "Unauthorized", self.0)
+    }
+}
+
+/// The links of a body as an RFC 8288 `Link` header, for clients that read
+/// links from headers rather than bodies (the OGC conformance suites find
+/// an answer's media types this way). A comma or semicolon in a target is
+/// percent-encoded: the same URI to a server, and a header that simple
+/// parsers, which split on both, still read right. `None` if a target
+/// cannot be a header value.
+pub(super) fn link_header(links: &[Value]) -> Option<HeaderValue> {
+    let mut out = String::new();
+    for l in links {
+        let (Some(href), Some(rel)) = (l["href"].as_str(), l["rel"].as_str()) else {
+            continue;
+        };
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push('<');
+        out.push_str(&href.replace(',', "%2C").replace(';', "%3B"));
+        out.push_str(">; rel=\"");
+        out.push_str(rel);
+        out.push('"');
+        if let Some(t) = l["type"].as_str() {
+            out.push_str("; type=\"");
+            out.push_str(t);
+            out.push('"');
+        }
+    }
+    HeaderValue::from_str(&out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_header_survives_commas_and_refuses_a_broken_target() {
+        let links = [
+            json!({"rel": "self", "type": GEOJSON, "href": "http://h/c/x/items?bbox=-98,38,-97,39;x"}),
+            json!({"rel": "next", "href": "http://h/c/x/items?cursor=a"}),
+        ];
+        let h = link_header(&links).unwrap();
+        assert_eq!(
+            h.to_str().unwrap(),
+            "<http://h/c/x/items?bbox=-98%2C38%2C-97%2C39%3Bx>; rel=\"self\"; type=\"application/geo+json\", \
+             <http://h/c/x/items?cursor=a>; rel=\"next\""
+        );
+        // A target a client controls cannot split the header into another.
+        let hostile = [json!({"rel": "self", "href": "http://h/\r\nSet-Cookie: a=b"})];
+        assert!(link_header(&hostile).is_none());
     }
 }

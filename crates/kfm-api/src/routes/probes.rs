@@ -85,6 +85,13 @@ pub(crate) async fn audit(
     json_answer(StatusCode::OK, JSON, &doc, n)
 }
 
+#[utoipa::path(get, path = "/livez", tag = "Probes",
+    responses((status = 200, description = "The same as /healthz, under the name Kubernetes probes use"),
+        (status = 503, description = "The ledger writer gave up: restart the process")))]
+pub(crate) async fn livez(st: State<Arc<AppState>>) -> Response {
+    healthz(st).await
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "Probes",
     responses((status = 200, description = "The process is up and its ledger writer works (or is retrying)"),
         (status = 503, description = "The ledger writer gave up: restart the process (reopening recovers every durable entry)")))]

@@ -10,15 +10,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use kfm_tiles::{ID_KEY, MAX_ZOOM, TMS, TMS_URI, TileId};
 use serde_json::{Value, json};
 
-use super::{JSON, Query, bad_request, base, granted, json_answer, read_error, with_note};
-use crate::auth::Principal;
+use super::{JSON, Query, bad_request, base, json_answer, read_error, with_note};
 use crate::enforce::Grant;
+use crate::layers::Decided;
 use crate::releases::{Release, View};
 use crate::{AppState, bytes_response};
 
@@ -139,19 +139,6 @@ fn tileset(st: &AppState, rel: &Release, g: &Grant, view: &View) -> Value {
     super::with_governance(doc, rel, g, view)
 }
 
-/// The query string checked (400 for anyone), then the decision on the
-/// collection: what every tileset route does before it answers.
-fn decided(
-    st: &AppState,
-    who: &Principal,
-    id: &str,
-    q: Option<&str>,
-    allowed: &[&str],
-) -> Result<(Arc<Release>, Grant, Arc<View>), Response> {
-    Query::parse(q, allowed)?;
-    granted(st, who, id, "read")
-}
-
 #[utoipa::path(get, path = "/collections/{collection_id}/tiles", tag = "OGC API - Tiles",
     params(("collection_id" = String, Path, description = "Dataset id")),
     responses((status = 200, description = "The collection's tilesets (vector, WebMercatorQuad)", content_type = "application/json"),
@@ -160,14 +147,17 @@ fn decided(
         (status = 503, description = "Not ready, or the projection of this version is not loaded yet")))]
 pub(crate) async fn tilesets(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (rel, g, view) = match decided(&st, &who, &id, q.as_deref(), &["f"]) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    if let Err(r) = Query::parse(q.as_deref(), &["f"]) {
+        return r;
+    }
     let mut ts = tileset(&st, &rel, &g, &view);
     if let Some(m) = ts.as_object_mut() {
         m.remove("layers");
@@ -188,14 +178,16 @@ pub(crate) async fn tilesets(
         (status = 503, description = "Not ready, or the projection of this version is not loaded yet")))]
 pub(crate) async fn tileset_metadata(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (rel, g, view) = match decided(&st, &who, &id, q.as_deref(), &["f"]) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    if let Err(r) = Query::parse(q.as_deref(), &["f"]) {
+        return r;
+    }
     let doc = tileset(&st, &rel, &g, &view);
     json_answer(StatusCode::OK, JSON, &doc, g.note)
 }
@@ -208,14 +200,17 @@ pub(crate) async fn tileset_metadata(
         (status = 503, description = "Not ready, or the projection of this version is not loaded yet")))]
 pub(crate) async fn tilejson(
     State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (rel, g, view) = match decided(&st, &who, &id, q.as_deref(), &[]) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+    if let Err(r) = Query::parse(q.as_deref(), &[]) {
+        return r;
+    }
     let b = base(&st);
     let mut fields = serde_json::Map::new();
     fields.insert(ID_KEY.into(), json!("KFM feature id"));
@@ -258,9 +253,12 @@ pub(crate) async fn tilejson(
         (status = 404, description = "No such collection or tile, or not available to this caller (same answer)"),
         (status = 503, description = "Not ready, or the projection of this version is not loaded yet")))]
 pub(crate) async fn tile(
-    State(st): State<Arc<AppState>>,
-    Extension(who): Extension<Principal>,
-    Path((id, z, y, x)): Path<(String, String, String, String)>,
+    Decided {
+        rel,
+        grant: g,
+        view,
+    }: Decided,
+    Path((_, z, y, x)): Path<(String, String, String, String)>,
     RawQuery(q): RawQuery,
 ) -> Response {
     if let Err(r) = Query::parse(q.as_deref(), &["f"]) {
@@ -284,10 +282,6 @@ pub(crate) async fn tile(
             Err(e) => return bad_request(&e.to_string()),
         },
         (Err(r), _, _) | (_, Err(r), _) | (_, _, Err(r)) => return r,
-    };
-    let (rel, g, view) = match granted(&st, &who, &id, "read") {
-        Ok(x) => x,
-        Err(r) => return r,
     };
     let bytes = match view.tile(&rel.dataset, t).await {
         Ok(b) => b,
