@@ -109,21 +109,19 @@ pub async fn list(
     dataset: Option<&str>,
 ) -> Result<Vec<QuarantinedRun>, ReportError> {
     let q = store.quarantine();
-    let last = |d: &str| {
-        d.trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    };
     let datasets: Vec<String> = match dataset {
         Some(d) => vec![d.to_owned()],
-        None => q.list_dirs("").await?.iter().map(|d| last(d)).collect(),
+        None => q
+            .list_dirs("")
+            .await?
+            .iter()
+            .map(|d| kfm_store::dir_name(d).to_owned())
+            .collect(),
     };
     let mut out = Vec::new();
     for ds in datasets {
         for run in q.list_dirs(&ds).await? {
-            let run_id = last(&run);
+            let run_id = kfm_store::dir_name(&run).to_owned();
             let key = report_key(&ds, &run_id);
             if q.head(&key).await?.is_none() {
                 continue;

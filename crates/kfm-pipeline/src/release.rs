@@ -19,12 +19,7 @@ use crate::error::PromoteError;
 use crate::records::{self, Manifest, POINTER_KIND, ReleasePointer, manifest_of, statement_of};
 
 fn parse_version(dir: &str) -> Option<u64> {
-    dir.trim_end_matches('/')
-        .rsplit('/')
-        .next()?
-        .strip_prefix('v')?
-        .parse()
-        .ok()
+    kfm_store::dir_name(dir).strip_prefix('v')?.parse().ok()
 }
 
 /// Versions that exist (even partly) under processed/ or catalog/.

@@ -245,11 +245,8 @@ pub async fn runs(store: &Store, ds: &str, locked: bool) -> Result<Vec<RunInfo>,
     };
     let mut out = Vec::new();
     for dir in catalog.list_dirs(ds).await? {
-        let Some(v) = dir
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .and_then(|d| d.strip_prefix('v'))
+        let Some(v) = kfm_store::dir_name(&dir)
+            .strip_prefix('v')
             .and_then(|n| n.parse::<u64>().ok())
         else {
             continue;
@@ -438,12 +435,7 @@ pub async fn sweep_work(
     let work = store.work();
     let mut swept = 0;
     for dir in work.list_dirs(ds).await? {
-        let run = dir
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let run = kfm_store::dir_name(&dir).to_owned();
         if run == current {
             continue;
         }

@@ -50,6 +50,16 @@ pub use error::{Result, StoreError};
 pub use ingest::{IngestProgress, StagedIngest};
 pub use key::check_key;
 
+/// The last segment of a prefix `list_dirs` returned (`ds/v3/` → `v3`):
+/// the name callers compare, whatever the backend's prefix looks like.
+pub fn dir_name(prefix: &str) -> &str {
+    prefix
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+}
+
 /// Marker types naming a zone at the type level, so that a handle's zone
 /// (and therefore what it may do) is fixed when it is created.
 pub mod zones {

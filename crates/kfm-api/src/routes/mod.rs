@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -196,6 +196,23 @@ impl Query {
     }
 }
 
+/// The answer's format on a route whose only parameter is `f`: the query
+/// checked first (an unknown parameter is a 400 naming it), then
+/// `f=json|html`, else the Accept header. `Html(true)`: the HTML view.
+pub(super) struct Html(pub bool);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Html {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Response> {
+        let q = Query::parse(parts.uri.query(), &["f"])?;
+        q.wants_html(&parts.headers).map(Html)
+    }
+}
+
 /// Collection and feature ids: what the pipeline can produce, nothing that
 /// could walk a path.
 fn check_id(what: &str, id: &str) -> Result<(), Response> {
@@ -320,15 +337,7 @@ fn json_answer(status: StatusCode, ctype: &'static str, v: &Value, n: AuditNote)
 
 #[utoipa::path(get, path = "/", tag = "OGC API - Features",
     responses((status = 200, description = "Landing page (JSON or HTML)")))]
-pub(crate) async fn landing(
-    State(st): State<Arc<AppState>>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let q = match Query::parse(q.as_deref(), &["f"]) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
+pub(crate) async fn landing(State(st): State<Arc<AppState>>, Html(as_html): Html) -> Response {
     let b = base(&st);
     let doc = json!({
         "title": "KFM governed API",
@@ -344,10 +353,10 @@ pub(crate) async fn landing(
             {"rel": "http://www.w3.org/ns/dcat#Catalog", "type": "application/ld+json", "href": format!("{b}/catalog")}
         ]
     });
-    match q.wants_html(&headers) {
-        Ok(true) => with_note(html::landing(b, &st.releases.all().len()), note("none")),
-        Ok(false) => json_answer(StatusCode::OK, JSON, &doc, note("none")),
-        Err(r) => r,
+    if as_html {
+        with_note(html::landing(b, &st.releases.all().len()), note("none"))
+    } else {
+        json_answer(StatusCode::OK, JSON, &doc, note("none"))
     }
 }
 
@@ -422,16 +431,11 @@ fn collection_doc(st: &AppState, rel: &Release, g: &Grant, view: &View) -> Value
 pub(crate) async fn collections(
     State(st): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Html(as_html): Html,
 ) -> Response {
     if !st.ready() {
         return with_note(not_ready(), note("read"));
     }
-    let q = match Query::parse(q.as_deref(), &["f"]) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
     let mut docs = Vec::new();
     let mut shown = Vec::new();
     let mut durable = false;
@@ -448,22 +452,21 @@ pub(crate) async fn collections(
         ..AuditNote::default()
     };
     let b = base(&st);
-    match q.wants_html(&headers) {
-        Ok(true) => with_note(html::collections(b, &shown), n),
-        Ok(false) => json_answer(
-            StatusCode::OK,
-            JSON,
-            &json!({
-                "links": [
-                    {"rel": "self", "type": JSON, "href": format!("{b}/collections")},
-                    {"rel": "alternate", "type": "text/html", "href": format!("{b}/collections?f=html")}
-                ],
-                "collections": docs
-            }),
-            n,
-        ),
-        Err(r) => r,
+    if as_html {
+        return with_note(html::collections(b, &shown), n);
     }
+    json_answer(
+        StatusCode::OK,
+        JSON,
+        &json!({
+            "links": [
+                {"rel": "self", "type": JSON, "href": format!("{b}/collections")},
+                {"rel": "alternate", "type": "text/html", "href": format!("{b}/collections?f=html")}
+            ],
+            "collections": docs
+        }),
+        n,
+    )
 }
 
 #[utoipa::path(get, path = "/collections/{collection_id}", tag = "OGC API - Features",
@@ -478,15 +481,10 @@ pub(crate) async fn collection(
         view,
     }: Decided,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Html(as_html): Html,
 ) -> Response {
-    let q = match Query::parse(q.as_deref(), &["f"]) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    match q.wants_html(&headers) {
-        Ok(true) => with_note(
+    if as_html {
+        return with_note(
             html::collection(
                 base(&st),
                 &rel,
@@ -496,13 +494,10 @@ pub(crate) async fn collection(
                 map_spec(&st, &id, None, true),
             ),
             g.note,
-        ),
-        Ok(false) => {
-            let doc = collection_doc(&st, &rel, &g, &view);
-            json_answer(StatusCode::OK, JSON, &doc, g.note)
-        }
-        Err(r) => r,
+        );
     }
+    let doc = collection_doc(&st, &rel, &g, &view);
+    json_answer(StatusCode::OK, JSON, &doc, g.note)
 }
 
 pub(crate) async fn fallback() -> Response {

@@ -13,14 +13,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Extension, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use kfm_pipeline::gates::GateResult;
 use kfm_pipeline::quarantine::{QUARANTINE_KIND, QuarantineReport, report_key};
 use serde::Serialize;
 
-use super::{JSON, Query, json_answer, not_ready, note, with_note};
+use super::{Html, JSON, json_answer, not_ready, note, with_note};
 use crate::auth::Principal;
 use crate::{AppState, enforce, error, html, not_found};
 
@@ -76,17 +76,8 @@ pub struct Run {
 pub(crate) async fn steward(
     State(st): State<Arc<AppState>>,
     Extension(who): Extension<Principal>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Html(wants_html): Html,
 ) -> Response {
-    let q = match Query::parse(q.as_deref(), &["f"]) {
-        Ok(q) => q,
-        Err(r) => return r,
-    };
-    let wants_html = match q.wants_html(&headers) {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
     if !st.ready() {
         return with_note(not_ready(), note("steward"));
     }
@@ -189,19 +180,12 @@ async fn quarantined_runs(
     st: &AppState,
 ) -> Result<(BTreeMap<String, Vec<Run>>, Vec<String>), kfm_store::StoreError> {
     let zone = &st.releases.zones().quarantine;
-    let last = |d: &str| {
-        d.trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    };
     let mut out: BTreeMap<String, Vec<Run>> = BTreeMap::new();
     let mut problems = Vec::new();
     for d in zone.list_dirs("").await? {
-        let ds = last(&d);
+        let ds = kfm_store::dir_name(&d).to_owned();
         for r in zone.list_dirs(&ds).await? {
-            let key = report_key(&ds, &last(&r));
+            let key = report_key(&ds, kfm_store::dir_name(&r));
             let Some(bytes) = zone.get_opt(&key).await? else {
                 continue;
             };
