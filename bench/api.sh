@@ -12,6 +12,9 @@
 # then a longer run against kfm alone, sampling its RSS (memory must stay
 # flat), and `kfm ledger verify` afterwards (every audited request is there).
 #
+# Each row: requests/s, p99 latency, and the server's CPU microseconds per
+# request (user + system, from /proc, over the run).
+#
 # Usage: bench/api.sh [SECONDS_PER_RUN] [SOAK_SECONDS]   (defaults 10, 60)
 #        KFM_BIN=/path/to/kfm bench/api.sh …   times that binary instead
 # Goals (issue #6): kfm >= 0.5x nginx throughput with p99 < 10 ms;
@@ -79,7 +82,7 @@ http {
 EOF
 mkdir -p "$S/tmp"
 nginx -c "$S/nginx.conf" -g 'daemon off;' 2>>"$S/nginx-error.log" &
-PIDS+=("$!")
+NGPID=$!; PIDS+=("$NGPID")
 wait_http "http://127.0.0.1:$NP/collections/ks-places/items"
 
 cat > "$S/pygeoapi.yml" <<EOF
@@ -115,29 +118,37 @@ done
 export PYGEOAPI_CONFIG=$S/pygeoapi.yml PYGEOAPI_OPENAPI=$S/pygeoapi-openapi.yml
 pygeoapi openapi generate "$PYGEOAPI_CONFIG" --output-file "$PYGEOAPI_OPENAPI" >/dev/null 2>&1
 python3 -m gunicorn --workers 2 --bind "127.0.0.1:$PP" --log-level error pygeoapi.flask_app:APP > "$S/pygeoapi.log" 2>&1 &
-PIDS+=("$!")
+PYPID=$!; PIDS+=("$PYPID")
 wait_http "http://127.0.0.1:$PP/collections/ks-places/items?limit=100&f=json"
 
 # --- load --------------------------------------------------------------------
+# CPU seconds (user + system) used so far by a process and its children's
+# threads (nginx: master and workers; gunicorn: its workers). Throughput on
+# two cores shared with wrk moves with the machine; CPU per request is what
+# one answer costs the server, and moves much less.
+cpu() { local t=0 p; for p in "$1" $(pgrep -P "$1"); do t=$(awk -v t="$t" '{printf "%.2f", t + ($14 + $15) / 100}' "/proc/$p/stat" 2>/dev/null || echo "$t"); done; echo "$t"; }
 # wrk prints "Requests/sec: N" and, with --latency, "99% Xms|us|s".
-measure() { # url -> "rps p99_ms"
+measure() { # url pid -> "rps p99_ms cpu_us_per_request"
+  local c0; c0=$(cpu "$2")
   local out; out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "$1")
+  local c1; c1=$(cpu "$2")
   local rps; rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   local p99; p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
   local errs; errs=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
   [ -n "$errs" ] && echo "  warning: $errs non-2xx answers from $1" >&2
-  echo "$rps $p99"
+  local reqs; reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  echo "$rps $p99 $(bc -l <<<"($c1 - $c0) * 1000000 / $reqs")"
 }
-printf '\n%-12s %-9s %12s %9s\n' dataset server req_per_s p99_ms
+printf '\n%-12s %-9s %12s %9s %8s\n' dataset server req_per_s p99_ms cpu_us
 declare -A R
 for ds in ks-places us-counties; do
-  for srv in kfm:$KP nginx:$NP pygeoapi:$PP; do
-    name=${srv%%:*}; port=${srv##*:}
+  for srv in kfm:$KP:$KPID nginx:$NP:$NGPID pygeoapi:$PP:$PYPID; do
+    IFS=: read -r name port pid <<<"$srv"
     url="http://127.0.0.1:$port/collections/$ds/items?limit=100"
     [ "$name" = pygeoapi ] && url="$url&f=json"
-    read -r rps p99 < <(measure "$url")
+    read -r rps p99 cus < <(measure "$url" "$pid")
     R[$ds-$name]=$rps
-    printf '%-12s %-9s %12.0f %9.2f\n' "$ds" "$name" "$rps" "$p99"
+    printf '%-12s %-9s %12.0f %9.2f %8.1f\n' "$ds" "$name" "$rps" "$p99" "$cus"
   done
   printf '%-12s kfm/nginx = %.2fx   kfm/pygeoapi = %.1fx\n' "$ds" \
     "$(bc -l <<<"${R[$ds-kfm]} / ${R[$ds-nginx]}")" "$(bc -l <<<"${R[$ds-kfm]} / ${R[$ds-pygeoapi]}")"

@@ -33,11 +33,24 @@ use crate::releases::{Release, View};
 use crate::{AUDIT_HEADER, AppState, error, metrics};
 
 /// The route template, never the ids in the path: what metrics and the
-/// audit record name.
-fn route_of(req: &Request) -> String {
-    req.extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "(unmatched)".to_owned(), |m| m.as_str().to_owned())
+/// audit record name. (`MatchedPath` is a shared string: no copy per
+/// request.)
+fn route_of(req: &Request) -> Option<MatchedPath> {
+    req.extensions().get::<MatchedPath>().cloned()
+}
+
+/// The name of a route in metrics and records.
+fn route_name(m: Option<&MatchedPath>) -> &str {
+    m.map_or("(unmatched)", MatchedPath::as_str)
+}
+
+/// At most `max` characters of `s`, copied once (not character by
+/// character): what the record keeps of a path or query.
+fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((cut, _)) => s[..cut].to_owned(),
+        None => s.to_owned(),
+    }
 }
 
 /// Counts and times every answer.
@@ -46,6 +59,7 @@ pub async fn measure(State(st): State<Arc<AppState>>, req: Request, next: Next) 
     let route = route_of(&req);
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
+    let route = route_name(route.as_ref()).to_owned();
     let m = &st.metrics;
     m.latency
         .get_or_create(&metrics::DurationLabels {
@@ -96,10 +110,11 @@ pub async fn authenticate(
 
 /// Appends the access record for every answer and stamps its reference.
 pub async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = route_of(&req);
-    let method = req.method().as_str().to_owned();
-    let path: String = req.uri().path().chars().take(512).collect();
-    let query: Option<String> = req.uri().query().map(|q| q.chars().take(1024).collect());
+    let matched = route_of(&req);
+    let route = route_name(matched.as_ref());
+    let method = req.method().clone();
+    let path = truncated(req.uri().path(), 512);
+    let query = req.uri().query().map(|q| truncated(q, 1024));
     let mut resp = next.run(req).await;
     // Set by `authenticate` on every answer it lets through or gives; an
     // answer without it (a layer below failed in an unforeseen way) is
@@ -126,8 +141,8 @@ pub async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         subject: &who.id,
         roles: &who.roles,
         auth: who.method,
-        method: &method,
-        route: &route,
+        method: method.as_str(),
+        route,
         path: &path,
         query: query.as_deref(),
         status: resp.status().as_u16(),
@@ -251,4 +266,18 @@ pub async fn decide(
         resp.extensions_mut().insert(note);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncated;
+
+    #[test]
+    fn truncation_counts_characters_and_never_splits_one() {
+        assert_eq!(truncated("abc", 5), "abc");
+        assert_eq!(truncated("abcdef", 3), "abc");
+        // Multi-byte characters: cut after the third character, not byte.
+        assert_eq!(truncated("ééééé", 3), "ééé");
+        assert_eq!(truncated("", 0), "");
+    }
 }
