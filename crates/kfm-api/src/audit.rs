@@ -34,7 +34,10 @@ pub struct AuditNote {
     pub action: &'static str,
     pub dataset: Option<String>,
     pub version_id: Option<String>,
-    pub decision: Option<DecisionRecord>,
+    /// Shared: the decision layer keeps a copy of the note for an answer
+    /// whose handler leaves none, and that copy must not cost a deep clone
+    /// on every request.
+    pub decision: Option<std::sync::Arc<DecisionRecord>>,
     /// The decision obliged a durable record before answering.
     pub durable: bool,
 }

@@ -202,7 +202,7 @@ pub fn release(st: &AppState, who: &Principal, action: &'static str, rel: &Relea
         action,
         dataset: Some(rel.dataset.clone()),
         version_id: Some(rel.version_id.clone()),
-        decision: record,
+        decision: record.map(std::sync::Arc::new),
         durable: false,
     };
     if !decision.allow {
@@ -288,7 +288,7 @@ fn staff_read(st: &AppState, who: &Principal, action: &'static str) -> (bool, Au
             action,
             dataset: None,
             version_id: None,
-            decision: record,
+            decision: record.map(std::sync::Arc::new),
             durable: durable || !decision.allow,
         },
     )

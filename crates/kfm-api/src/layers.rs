@@ -149,7 +149,7 @@ pub async fn audit(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         action: note.action,
         dataset: note.dataset.as_deref(),
         version_id: note.version_id.as_deref(),
-        decision: note.decision.as_ref(),
+        decision: note.decision.as_deref(),
     };
     // Invariant: every answer is audited, and no record is signed with a
     // part missing. A decision that cannot be encoded withholds the answer
