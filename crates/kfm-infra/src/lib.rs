@@ -27,6 +27,7 @@ pub mod finding;
 pub mod k8s;
 pub mod netpol;
 pub mod output;
+pub mod platform;
 pub mod receipt;
 pub mod render;
 pub mod scan;

@@ -12,8 +12,10 @@
 //! namespace carries. Ports do not matter: any open port is reachable.
 //!
 //! The pods considered are every pod template committed in a UI or data
-//! namespace, plus one pod without labels in each (a pod someone runs by
-//! hand). An `ipBlock` that may cover pod addresses (private ranges, or
+//! namespace, one pod without labels in each (a pod someone runs by hand),
+//! and, for every pod selector a policy names, a pod with just the labels
+//! it requires (a pod an operator or another chart deploys, which the
+//! repository never shows). An `ipBlock` that may cover pod addresses (private ranges, or
 //! `0.0.0.0/0`, without `except` entries for them) cannot be modelled: the
 //! proof then fails closed (KFM-NET-004).
 
@@ -223,6 +225,54 @@ pub fn analyse(
             });
         }
     }
+    // Invariant: pods the repository does not hold (deployed by an
+    // operator, another chart or by hand) are pods too. For every pod
+    // selector a policy names (the pods it applies to, and its peers), a
+    // pod carrying just the labels that selector requires is assumed in
+    // every UI and data namespace, so a policy admitting traffic to pods
+    // nobody committed is still judged.
+    let mut selectors: Vec<(String, &LabelSelector)> = Vec::new();
+    for p in &pols {
+        let Some(spec) = p.np.spec.as_ref() else {
+            continue;
+        };
+        let by = format!("NetworkPolicy {}/{}", p.ns, p.obj.name);
+        let mut named: Vec<&LabelSelector> = spec.pod_selector.iter().collect();
+        for r in spec.ingress.iter().flatten() {
+            named.extend(
+                r.from
+                    .iter()
+                    .flatten()
+                    .filter_map(|x| x.pod_selector.as_ref()),
+            );
+        }
+        for r in spec.egress.iter().flatten() {
+            named.extend(
+                r.to.iter()
+                    .flatten()
+                    .filter_map(|x| x.pod_selector.as_ref()),
+            );
+        }
+        for sel in named {
+            if !selector_empty(sel) {
+                selectors.push((by.clone(), sel));
+            }
+        }
+    }
+    for ns in tier("ui").into_iter().chain(tier("data")) {
+        for (by, sel) in &selectors {
+            if let Some(labels) = labels_for(sel) {
+                let list = pods.entry(ns.clone()).or_default();
+                if !list.iter().any(|p| p.labels == labels) {
+                    list.push(PodRef {
+                        ns: ns.clone(),
+                        name: format!("(a pod not in this repository, as selected by {by})"),
+                        labels,
+                    });
+                }
+            }
+        }
+    }
     let no_pods = Vec::new();
     let pods_in = |ns: &str| pods.get(ns).unwrap_or(&no_pods);
     // Policies per namespace (the only ones that can select its pods).
@@ -336,6 +386,30 @@ fn default_deny(p: &Pol<'_>, ingress: bool) -> bool {
             .flatten()
             .all(|r| r.to.as_ref().is_some_and(|t| !t.is_empty()))
     }
+}
+
+/// The fewest labels a pod needs to match `sel`, or `None` if no pod can
+/// (`In` takes its first value, `Exists` any value; `NotIn` and
+/// `DoesNotExist` are met by leaving the key out).
+fn labels_for(sel: &LabelSelector) -> Option<BTreeMap<String, String>> {
+    let mut labels: BTreeMap<String, String> = sel.match_labels.clone().unwrap_or_default();
+    for e in sel.match_expressions.iter().flatten() {
+        match e.operator.as_str() {
+            "In" => {
+                let v = e.values.as_ref()?.first()?.clone();
+                if labels.get(&e.key).is_some_and(|x| x != &v) {
+                    return None;
+                }
+                labels.insert(e.key.clone(), v);
+            }
+            "Exists" => {
+                labels.entry(e.key.clone()).or_insert_with(|| "any".into());
+            }
+            _ => {}
+        }
+    }
+    // The result must really match (NotIn / DoesNotExist against matchLabels).
+    matches(sel, &labels).ok().filter(|m| *m).map(|_| labels)
 }
 
 fn selector_empty(s: &LabelSelector) -> bool {

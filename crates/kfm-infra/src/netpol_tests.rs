@@ -202,6 +202,54 @@ fn reachability_table() {
             ),
             vec![],
         ),
+        // Pods nobody committed: an operator's database pods in the data
+        // namespace, admitted from the UI tier by label. No workload in the
+        // tree carries app=pg-operator, and the pod without labels does not
+        // match the selector: the selector's own pod is judged.
+        (
+            "a policy admits ui traffic to pods the repository does not hold",
+            format!(
+                "{}{ui_egress_all}{}",
+                all_denied(),
+                policy(
+                    "db",
+                    "operator-db",
+                    "  podSelector: {matchLabels: {app: pg-operator}}\n  ingress:\n    - from:\n        - namespaceSelector: {matchLabels: {kfm.io/tier: ui}}\n"
+                )
+            ),
+            vec!["KFM-NET-003"],
+        ),
+        (
+            "...and a ui pod named only by a peer selector",
+            format!(
+                "{}{}{}",
+                all_denied(),
+                policy(
+                    "web",
+                    "dashboard-egress",
+                    "  podSelector: {matchExpressions: [{key: role, operator: In, values: [dashboard]}]}\n  policyTypes: [Egress]\n  egress:\n    - {}\n"
+                ),
+                policy(
+                    "db",
+                    "from-dashboards",
+                    "  podSelector: {matchExpressions: [{key: app, operator: Exists}]}\n  ingress:\n    - from:\n        - namespaceSelector: {}\n          podSelector: {matchLabels: {role: dashboard}}\n"
+                )
+            ),
+            vec!["KFM-NET-003"],
+        ),
+        (
+            "a selector no pod can satisfy adds no pod",
+            format!(
+                "{}{ui_egress_all}{}",
+                all_denied(),
+                policy(
+                    "db",
+                    "impossible",
+                    "  podSelector: {matchLabels: {app: x}, matchExpressions: [{key: app, operator: NotIn, values: [x]}]}\n  ingress:\n    - from:\n        - namespaceSelector: {matchLabels: {kfm.io/tier: ui}}\n"
+                )
+            ),
+            vec![],
+        ),
     ];
     for (name, text, mut want) in cases {
         let mut got = run(&text);

@@ -11,7 +11,7 @@ use crate::k8s::{self, Object};
 use crate::secrets::{Scanner, SecretRule, built_in_rules};
 use crate::terraform::{self, TfFile};
 use crate::yaml::Doc;
-use crate::{netpol, render, waivers, workflows, yaml};
+use crate::{netpol, platform, render, waivers, workflows, yaml};
 
 /// Directories never descended into (tool state, not configuration).
 const SKIP_DIRS: &[&str] = &[".git", "target", "node_modules", ".terraform"];
@@ -73,6 +73,10 @@ pub enum ScanError {
         line: usize,
         reason: String,
     },
+    /// A desired-state file under `infra/platform/` (or the drift
+    /// ignore file) that does not parse or does not resolve.
+    #[error("desired platform state: {0}")]
+    Platform(crate::platform::PlatformError),
     #[error("{path}:{line}: waiver file: {reason}")]
     Waivers {
         path: String,
@@ -221,6 +225,25 @@ pub fn check(dirs: &[PathBuf], opts: Options) -> Result<Report, ScanError> {
         }
     };
     findings.extend(netpol::analyse(&objects, &ns_of)?);
+    // Every platform tree (a directory whose base/ holds desired-state
+    // files) must resolve for each environment it has an overlay for.
+    let roots: BTreeSet<PathBuf> = files
+        .iter()
+        .filter(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .is_some_and(|n| n == "base")
+        })
+        .filter(|p| {
+            std::fs::read_to_string(p).is_ok_and(|t| {
+                platform::is_platform_file(&t) && !platform::ignore::is_ignore_file(&t)
+            })
+        })
+        .filter_map(|p| p.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .collect();
+    for root in &roots {
+        platform::check_tree(root).map_err(ScanError::Platform)?;
+    }
     for (_, module) in terraform::modules(tf_files) {
         findings.extend(terraform::module_findings(&module));
     }
@@ -408,7 +431,15 @@ fn check_file(path: &Path, scanner: &Scanner, fragment: bool) -> Result<FileResu
     // stops the run). Workflows get the CI rules; documents with a `kind`
     // are read as Kubernetes objects; other YAML is only validated.
     if yaml {
-        if workflows::is_workflow(&name) {
+        if platform::is_platform_file(&text) {
+            // The platform's desired state: strictly parsed here, and
+            // resolved per environment once the whole tree is read.
+            if platform::ignore::is_ignore_file(&text) {
+                platform::ignore::parse(&name, &text).map_err(ScanError::Platform)?;
+            } else {
+                platform::parse_text(&name, &text).map_err(ScanError::Platform)?;
+            }
+        } else if workflows::is_workflow(&name) {
             let docs = yaml::documents(&name, &text)?;
             if let Some(d) = docs.first() {
                 out.findings.extend(workflows::findings(d));

@@ -5,6 +5,7 @@
 mod cli;
 mod default_policy;
 mod dr;
+mod drift;
 mod events;
 mod failure;
 mod infra;
@@ -33,7 +34,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 
-use crate::cli::{Cli, Command, Format, InfraCommand, PolicyCommand, ReceiptCommand, SpecCommand};
+use crate::cli::{
+    Cli, Command, DriftCommand, Format, InfraCommand, PolicyCommand, ReceiptCommand, SpecCommand,
+};
 use crate::failure::Failure;
 
 /// Why `cmd` would ignore an explicit `--workspace` (it works on the
@@ -56,6 +59,11 @@ fn ignores_workspace(cmd: &Command) -> Option<&'static str> {
                 "kfm infra check, mode, render and receipt plan work on a repository, not a workspace",
             ),
         },
+        Command::Drift {
+            command: DriftCommand::Detect(_) | DriftCommand::Adopt(_),
+        } => Some(
+            "kfm drift detect and adopt read the live platform and the repository, not a workspace",
+        ),
         Command::Policy { command } => match command {
             PolicyCommand::Diff(_) => Some("kfm policy diff compares the two bundles it is given"),
             PolicyCommand::Test(a) if a.dir.is_some() => {
@@ -161,6 +169,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Rollback(a) => promote::rollback(ws, &a, fmt).await,
         Command::Catalog { command } => promote::catalog(ws, &command, fmt).await,
         Command::Infra { command } => infra::run(ws, &command, fmt).await,
+        Command::Drift { command } => drift::run(ws, &command, fmt).await,
         Command::Quarantine { command } => promote::quarantine(ws, &command, fmt).await,
         Command::Ledger { command } => ledger::run(ws, &command, fmt).await,
         Command::Events { command } => events::run(ws, &command, fmt).await,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod drift;
 pub mod pg;
 pub mod tiles;
 
