@@ -222,9 +222,19 @@ pub async fn observe(p: &Platform, c: &Conn) -> Result<Observed, DriftError> {
 async fn observe_with(p: &Platform, js: &jetstream::Context) -> Result<Observed, DriftError> {
     let src = sources(p);
     let mut o = Observed::default();
-    for s in &p.jetstream.streams {
+    // Stream and bucket infos are independent requests: up to 32 in flight.
+    let streams = futures::stream::iter(
+        p.jetstream
+            .streams
+            .iter()
+            .map(|s| stream_config(js, &s.name)),
+    )
+    .buffered(32)
+    .collect::<Vec<_>>()
+    .await;
+    for (s, cfg) in p.jetstream.streams.iter().zip(streams) {
         let resource = format!("stream/{}", s.name);
-        if let Some(cfg) = stream_config(js, &s.name).await? {
+        if let Some(cfg) = cfg? {
             o.live.insert(resource.clone(), stream_live(&cfg));
         }
         o.wants.push(Want {
@@ -236,9 +246,16 @@ async fn observe_with(p: &Platform, js: &jetstream::Context) -> Result<Observed,
             grade: Grade::new(grade_stream),
         });
     }
-    for k in &p.jetstream.kv {
+    let buckets = futures::stream::iter(p.jetstream.kv.iter().map(|k| {
+        let name = kv_stream(&k.bucket);
+        async move { stream_config(js, &name).await }
+    }))
+    .buffered(32)
+    .collect::<Vec<_>>()
+    .await;
+    for (k, cfg) in p.jetstream.kv.iter().zip(buckets) {
         let resource = format!("kv/{}", k.bucket);
-        if let Some(cfg) = stream_config(js, &kv_stream(&k.bucket)).await? {
+        if let Some(cfg) = cfg? {
             o.live.insert(resource.clone(), kv_live(&cfg));
         }
         o.wants.push(Want {
@@ -522,4 +539,32 @@ pub async fn fix(
             w.resource
         ))),
     }
+}
+
+/// The live state of one resource, read again after a fix.
+pub async fn read_one(c: &Conn, resource: &str) -> Result<Option<Map<String, Value>>, DriftError> {
+    let js = connect(c).await?;
+    let (kind, name) = resource.split_once('/').unwrap_or(("", resource));
+    Ok(match kind {
+        "stream" => stream_config(&js, name).await?.map(|c| stream_live(&c)),
+        "kv" => stream_config(&js, &kv_stream(name))
+            .await?
+            .map(|c| kv_live(&c)),
+        "consumer" => {
+            let (st, cn) = name.split_once('/').unwrap_or((name, ""));
+            match js.get_stream_no_info(st).await {
+                Err(_) => None,
+                Ok(stream) => match stream.consumer_info(cn).await {
+                    Ok(info) => Some(consumer_live(&info.config)),
+                    Err(e) if e.to_string().contains("not found") => None,
+                    Err(e) => return Err(err(resource, e)),
+                },
+            }
+        }
+        _ => {
+            return Err(DriftError::Config(format!(
+                "{resource}: not a JetStream resource"
+            )));
+        }
+    })
 }

@@ -558,11 +558,7 @@ pub async fn reconcile<S: FixSink>(
             Engine::Postgres => postgres::fix(p, e.postgres.as_ref(), w, before).await?,
             Engine::S3 => s3::fix(p, e.s3.as_ref(), w, before).await?,
         };
-        let after_obs = observe(p, e).await?;
-        let after = after_obs
-            .get(engine)
-            .and_then(|o| o.live.get(resource))
-            .cloned();
+        let after = read_back(p, e, *engine, resource).await?;
         let remaining = compare(w, after.as_ref());
         if !remaining.is_empty() {
             return Err(DriftError::engine(
@@ -592,6 +588,32 @@ pub async fn reconcile<S: FixSink>(
         fixed.push(f);
     }
     Ok(Reconciled { fixed, left })
+}
+
+/// One resource's live state, read again after its fix (only that
+/// resource where the engine allows; PostgreSQL's catalogs are read in a
+/// fixed handful of queries whatever their size).
+async fn read_back(
+    p: &Platform,
+    e: &Endpoints,
+    engine: Engine,
+    resource: &str,
+) -> Result<Option<Map<String, Value>>, DriftError> {
+    let missing = || DriftError::Config(format!("{engine}: no connection"));
+    match engine {
+        Engine::Jetstream => {
+            jetstream::read_one(e.nats.as_ref().ok_or_else(missing)?, resource).await
+        }
+        Engine::Postgres => {
+            let c = e.postgres.as_ref().ok_or_else(missing)?;
+            Ok(postgres::observe(p, c).await?.live.remove(resource))
+        }
+        Engine::S3 => {
+            let c = e.s3.as_ref().ok_or_else(missing)?;
+            let name = resource.strip_prefix("bucket/").unwrap_or(resource);
+            s3::Client::new(c)?.settings(name).await
+        }
+    }
 }
 
 /// Creation order of resource kinds: what a kind depends on comes first.

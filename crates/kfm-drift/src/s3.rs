@@ -16,6 +16,7 @@ use aws_sigv4::http_request::{
 };
 use aws_sigv4::sign::v4;
 use base64::Engine as _;
+use futures::StreamExt as _;
 use kfm_infra::platform::{Bucket, Platform};
 use md5::{Digest as _, Md5};
 use serde::{Deserialize, Serialize};
@@ -417,8 +418,12 @@ pub async fn observe(p: &Platform, c: &Conn) -> Result<Observed, DriftError> {
     let client = Client::new(c)?;
     let src = sources(p);
     let mut o = Observed::default();
-    let reads =
-        futures::future::join_all(p.s3.buckets.iter().map(|b| client.settings(&b.name))).await;
+    // Buckets are independent: up to 32 read at once.
+    let reads: Vec<_> =
+        futures::stream::iter(p.s3.buckets.iter().map(|b| client.settings(&b.name)))
+            .buffered(32)
+            .collect()
+            .await;
     for (b, live) in p.s3.buckets.iter().zip(reads) {
         let resource = format!("bucket/{}", b.name);
         if let Some(l) = live? {

@@ -199,8 +199,10 @@ fn the_repositorys_streams_are_what_kfm_events_creates() {
 
 #[test]
 fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
-    let Some(db) = Db::fresh() else { return };
+    // The fixture first: the database is dropped before it, and then its
+    // roles (cluster-wide) can be.
     let fx = Fixture::new();
+    let Some(db) = Db::fresh() else { return };
     let id = fx.id.clone();
     let state = postgres_state(&fx).replace("placeholder", &db.0);
     fx.write(
@@ -328,8 +330,10 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
 
 #[test]
 fn a_hostile_live_role_name_is_reported_quoted_and_never_executed() {
-    let Some(db) = Db::fresh() else { return };
+    // The fixture first: the database is dropped before it, and then its
+    // roles (cluster-wide) can be.
     let fx = Fixture::new();
+    let Some(db) = Db::fresh() else { return };
     let id = fx.id.clone();
     let state = postgres_state(&fx).replace("placeholder", &db.0);
     fx.write(

@@ -93,8 +93,10 @@ fn a_broken_desired_state_is_cannot_evaluate_with_the_file_and_line() {
 
 #[test]
 fn ignored_drift_passes_until_it_expires_and_critical_drift_never_does() {
-    let Some(db) = Db::fresh() else { return };
+    // The fixture first: the database is dropped before it, and then its
+    // roles (cluster-wide) can be.
     let fx = Fixture::new();
+    let Some(db) = Db::fresh() else { return };
     let id = fx.id.clone();
     fx.write(
         &postgres_state(&fx).replace("placeholder", &db.0),

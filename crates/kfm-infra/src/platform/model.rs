@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
 /// One environment's desired state, base and overlays merged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -338,4 +337,3 @@ pub struct Incident {
     #[serde(default)]
     pub resources: Vec<String>,
 }
-

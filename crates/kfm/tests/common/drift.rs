@@ -212,7 +212,6 @@ impl Drop for Fixture {
     }
 }
 
-
 pub fn required() -> bool {
     std::env::var("KFM_REQUIRE_SERVICES").as_deref() == Ok("1")
 }
