@@ -236,26 +236,38 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
     assert_eq!(code, 0, "a table as the rule says is no drift: {v}");
 
     // Live changes with psql: the precise table opened to the public
-    // role, RLS off, a role given CREATEDB.
+    // role (a grant, and a policy for PUBLIC), RLS off, a role given
+    // CREATEDB, CREATE on a schema, the extension dropped.
     psql(
         &db.0,
         &format!(
             "GRANT SELECT ON {t} TO {id}_api;
+             CREATE POLICY leak ON {t} FOR SELECT TO PUBLIC USING (true);
              ALTER TABLE {t} DISABLE ROW LEVEL SECURITY;
              ALTER ROLE {id}_precise CREATEDB;
-             GRANT CREATE ON SCHEMA {id}_data TO {id}_api"
+             GRANT CREATE ON SCHEMA {id}_data TO {id}_api;
+             DROP EXTENSION postgis"
         ),
     );
     let (code, v) = fx.detect();
     assert_eq!(code, 1);
     let n = named(&v);
     let table = format!("table/{t}");
-    assert_eq!(n[0].0, "critical", "worst first: {n:?}");
+    // Worst first: the three ways the precise table is open.
+    let first: Vec<(&str, &str, &str)> = n[..3]
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
     assert_eq!(
-        (n[0].1.as_str(), n[0].2.as_str()),
-        (table.as_str(), "privileges"),
+        first,
+        [
+            ("critical", table.as_str(), "policies"),
+            ("critical", table.as_str(), "privileges"),
+            ("critical", table.as_str(), "row_level_security"),
+        ],
         "{n:?}"
     );
+    assert!(has(&v, "extension/postgis", "exists"));
     assert!(n.iter().any(|x| x
         == &(
             "critical".into(),
@@ -321,6 +333,20 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
             &format!("SELECT relrowsecurity FROM pg_class WHERE oid = '{t}'::regclass")
         ),
         "t"
+    );
+    assert_eq!(
+        psql(
+            &db.0,
+            "SELECT count(*) FROM pg_policies WHERE policyname = 'leak'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        psql(
+            &db.0,
+            "SELECT count(*) FROM pg_extension WHERE extname = 'postgis'"
+        ),
+        "1"
     );
     let (code, v) = fx.detect();
     assert_eq!(code, 0, "second detect: {v}");
@@ -401,7 +427,8 @@ fn s3_bucket_drift_is_detected_and_restored_with_a_receipt() {
         &format!(
             "s3.put_bucket_versioning(Bucket='{id}-dev-published', VersioningConfiguration={{'Status': 'Suspended'}})\n\
              s3.delete_public_access_block(Bucket='{id}-dev-published')\n\
-             s3.put_bucket_encryption(Bucket='{id}-dev-audit', ServerSideEncryptionConfiguration={{'Rules': [{{'ApplyServerSideEncryptionByDefault': {{'SSEAlgorithm': 'AES256'}}}}]}})"
+             s3.put_bucket_encryption(Bucket='{id}-dev-audit', ServerSideEncryptionConfiguration={{'Rules': [{{'ApplyServerSideEncryptionByDefault': {{'SSEAlgorithm': 'AES256'}}}}]}})\n\
+             s3.put_object_lock_configuration(Bucket='{id}-dev-audit', ObjectLockConfiguration={{'ObjectLockEnabled': 'Enabled', 'Rule': {{'DefaultRetention': {{'Mode': 'GOVERNANCE', 'Days': 1}}}}}})"
         ),
     );
     let (code, v) = fx.detect();
@@ -419,6 +446,7 @@ fn s3_bucket_drift_is_detected_and_restored_with_a_receipt() {
     );
     assert!(has(&v, &published, "versioning"));
     assert!(has(&v, &format!("bucket/{id}-dev-audit"), "encryption"));
+    assert!(has(&v, &format!("bucket/{id}-dev-audit"), "object_lock"));
 
     let (code, _) = fx.reconcile();
     assert_eq!(code, 1, "analysis mode");
