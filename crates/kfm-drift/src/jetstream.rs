@@ -395,11 +395,10 @@ fn apply_kv(cfg: &mut stream::Config, k: &platform::KeyValue) -> Result<(), Drif
 /// Restores one resource. Returns what was done.
 pub async fn fix(
     p: &Platform,
-    c: Option<&Conn>,
+    c: &Conn,
     w: &Want,
     live: Option<&Map<String, Value>>,
 ) -> Result<Vec<String>, DriftError> {
-    let c = c.ok_or_else(|| DriftError::Config("jetstream: no connection".into()))?;
     let js = connect(c).await?;
     let (kind, name) = w.resource.split_once('/').unwrap_or(("", &w.resource));
     match kind {

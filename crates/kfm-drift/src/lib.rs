@@ -553,10 +553,15 @@ pub async fn reconcile<S: FixSink>(
         if compare(w, before).is_empty() {
             continue;
         }
+        let missing = || DriftError::Config(format!("{engine}: no connection"));
         let actions = match engine {
-            Engine::Jetstream => jetstream::fix(p, e.nats.as_ref(), w, before).await?,
-            Engine::Postgres => postgres::fix(p, e.postgres.as_ref(), w, before).await?,
-            Engine::S3 => s3::fix(p, e.s3.as_ref(), w, before).await?,
+            Engine::Jetstream => {
+                jetstream::fix(p, e.nats.as_ref().ok_or_else(missing)?, w, before).await?
+            }
+            Engine::Postgres => {
+                postgres::fix(p, e.postgres.as_ref().ok_or_else(missing)?, w, before).await?
+            }
+            Engine::S3 => s3::fix(p, e.s3.as_ref().ok_or_else(missing)?, w, before).await?,
         };
         let after = read_back(p, e, *engine, resource).await?;
         let remaining = compare(w, after.as_ref());

@@ -651,11 +651,10 @@ pub fn plan(
 /// Restores one resource in one transaction. Returns the statements run.
 pub async fn fix(
     p: &Platform,
-    c: Option<&Conn>,
+    c: &Conn,
     w: &Want,
     live: Option<&Map<String, Value>>,
 ) -> Result<Vec<String>, DriftError> {
-    let c = c.ok_or_else(|| DriftError::Config("postgres: no connection".into()))?;
     let sql = plan(p, w, live)?;
     let mut client = connect(c).await?;
     let tx = client

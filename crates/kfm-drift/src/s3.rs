@@ -445,11 +445,10 @@ pub async fn observe(p: &Platform, c: &Conn) -> Result<Observed, DriftError> {
 /// with object lock if git asks for it). Returns the calls made.
 pub async fn fix(
     p: &Platform,
-    c: Option<&Conn>,
+    c: &Conn,
     w: &Want,
     live: Option<&Map<String, Value>>,
 ) -> Result<Vec<String>, DriftError> {
-    let c = c.ok_or_else(|| DriftError::Config("s3: no connection".into()))?;
     let name = w.resource.strip_prefix("bucket/").unwrap_or(&w.resource);
     let b =
         p.s3.buckets

@@ -16,19 +16,14 @@ use std::time::Duration;
 
 use common::bin;
 use common::drift::*;
-use common::pg::{Db, psql};
+use common::pg::psql;
 use serde_json::Value;
 
 #[test]
 fn jetstream_drift_is_detected_refused_in_analysis_and_restored_with_a_receipt() {
-    if !reachable(&nats_url()) && skip(&format!("NATS at {} unreachable", nats_url())) {
+    let Some(fx) = Fixture::jetstream() else {
         return;
-    }
-    let fx = Fixture::new();
-    fx.write(
-        &jetstream_state(&fx),
-        &format!("  nats:\n    url: {}\n", nats_url()),
-    );
+    };
     let up = fx.up();
     // Nothing exists yet: every resource is missing.
     let (code, v) = fx.detect();
@@ -199,16 +194,11 @@ fn the_repositorys_streams_are_what_kfm_events_creates() {
 
 #[test]
 fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
-    // The fixture first: the database is dropped before it, and then its
-    // roles (cluster-wide) can be.
-    let fx = Fixture::new();
-    let Some(db) = Db::fresh() else { return };
+    let Some(fx) = Fixture::postgres() else {
+        return;
+    };
     let id = fx.id.clone();
-    let state = postgres_state(&fx).replace("placeholder", &db.0);
-    fx.write(
-        &state,
-        "  postgres:\n    dsn: host=127.0.0.1 port=5432 user=postgres dbname=postgres\n",
-    );
+    let db = fx.db_name();
     let (code, v) = fx.detect();
     assert_eq!(code, 1, "{v}");
     assert!(has(&v, &format!("role/{id}_api"), "exists"));
@@ -221,7 +211,7 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
     // projector, RLS on, a read policy and SELECT for the precise role.
     let t = format!("{id}_restricted.places_v1");
     psql(
-        &db.0,
+        db,
         &format!(
             "SET ROLE {id}_projector;
              CREATE TABLE {t} (id int);
@@ -239,7 +229,7 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
     // role (a grant, and a policy for PUBLIC), RLS off, a role given
     // CREATEDB, CREATE on a schema, the extension dropped.
     psql(
-        &db.0,
+        db,
         &format!(
             "GRANT SELECT ON {t} TO {id}_api;
              CREATE POLICY leak ON {t} FOR SELECT TO PUBLIC USING (true);
@@ -303,7 +293,7 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
     assert_eq!(code, 1);
     assert_eq!(
         psql(
-            &db.0,
+            db,
             &format!("SELECT has_table_privilege('{id}_api', '{t}', 'SELECT')")
         ),
         "t",
@@ -322,28 +312,28 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
     );
     assert_eq!(
         psql(
-            &db.0,
+            db,
             &format!("SELECT has_table_privilege('{id}_api', '{t}', 'SELECT')")
         ),
         "f"
     );
     assert_eq!(
         psql(
-            &db.0,
+            db,
             &format!("SELECT relrowsecurity FROM pg_class WHERE oid = '{t}'::regclass")
         ),
         "t"
     );
     assert_eq!(
         psql(
-            &db.0,
+            db,
             "SELECT count(*) FROM pg_policies WHERE policyname = 'leak'"
         ),
         "0"
     );
     assert_eq!(
         psql(
-            &db.0,
+            db,
             "SELECT count(*) FROM pg_extension WHERE extname = 'postgis'"
         ),
         "1"
@@ -351,28 +341,23 @@ fn postgres_drift_is_detected_worst_first_and_restored_with_a_receipt() {
     let (code, v) = fx.detect();
     assert_eq!(code, 0, "second detect: {v}");
     // The table's rows were never touched: drift changes settings, not data.
-    assert_eq!(psql(&db.0, &format!("SELECT count(*) FROM {t}")), "0");
+    assert_eq!(psql(db, &format!("SELECT count(*) FROM {t}")), "0");
 }
 
 #[test]
 fn a_hostile_live_role_name_is_reported_quoted_and_never_executed() {
-    // The fixture first: the database is dropped before it, and then its
-    // roles (cluster-wide) can be.
-    let fx = Fixture::new();
-    let Some(db) = Db::fresh() else { return };
+    let Some(fx) = Fixture::postgres() else {
+        return;
+    };
     let id = fx.id.clone();
-    let state = postgres_state(&fx).replace("placeholder", &db.0);
-    fx.write(
-        &state,
-        "  postgres:\n    dsn: host=127.0.0.1 port=5432 user=postgres dbname=postgres\n",
-    );
+    let db = fx.db_name();
     fx.restore();
     // Someone grants USAGE on the precise schema to a role whose name is
     // an injection attempt.
     let evil = format!("evil{id}\"; DROP SCHEMA {id}_data CASCADE; --");
     let quoted = format!("\"{}\"", evil.replace('"', "\"\""));
     psql(
-        &db.0,
+        db,
         &format!("CREATE ROLE {quoted}; GRANT USAGE ON SCHEMA {id}_restricted TO {quoted}"),
     );
     let (code, v) = fx.detect();
@@ -384,7 +369,7 @@ fn a_hostile_live_role_name_is_reported_quoted_and_never_executed() {
     fx.restore();
     assert_eq!(
         psql(
-            &db.0,
+            db,
             &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{id}_data'")
         ),
         "1",
@@ -392,7 +377,7 @@ fn a_hostile_live_role_name_is_reported_quoted_and_never_executed() {
     );
     assert_eq!(
         psql(
-            &db.0,
+            db,
             &format!(
                 "SELECT has_schema_privilege({}, '{id}_restricted', 'USAGE')",
                 sql_str(&evil)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::bin;
 use common::drift::*;
-use common::pg::{Db, psql};
+use common::pg::psql;
 use serde_json::Value;
 
 #[test]
@@ -93,18 +93,14 @@ fn a_broken_desired_state_is_cannot_evaluate_with_the_file_and_line() {
 
 #[test]
 fn ignored_drift_passes_until_it_expires_and_critical_drift_never_does() {
-    // The fixture first: the database is dropped before it, and then its
-    // roles (cluster-wide) can be.
-    let fx = Fixture::new();
-    let Some(db) = Db::fresh() else { return };
+    let Some(fx) = Fixture::postgres() else {
+        return;
+    };
     let id = fx.id.clone();
-    fx.write(
-        &postgres_state(&fx).replace("placeholder", &db.0),
-        "  postgres:\n    dsn: host=127.0.0.1 port=5432 user=postgres dbname=postgres\n",
-    );
+    let db = fx.db_name();
     fx.restore();
     psql(
-        &db.0,
+        db,
         &format!(
             "ALTER ROLE {id}_projector CREATEDB; GRANT USAGE ON SCHEMA {id}_restricted TO PUBLIC"
         ),
@@ -131,7 +127,7 @@ fn ignored_drift_passes_until_it_expires_and_critical_drift_never_does() {
     );
     assert_eq!(v["ignored"][0]["resource"], format!("role/{id}_projector"));
     psql(
-        &db.0,
+        db,
         &format!("REVOKE USAGE ON SCHEMA {id}_restricted FROM PUBLIC"),
     );
     let (code, v) = fx.detect();
@@ -144,14 +140,9 @@ fn ignored_drift_passes_until_it_expires_and_critical_drift_never_does() {
 
 #[test]
 fn adopt_writes_the_live_change_as_an_overlay_and_detect_is_then_clean() {
-    if !reachable(&nats_url()) && skip(&format!("NATS at {} unreachable", nats_url())) {
+    let Some(fx) = Fixture::jetstream() else {
         return;
-    }
-    let fx = Fixture::new();
-    fx.write(
-        &jetstream_state(&fx),
-        &format!("  nats:\n    url: {}\n", nats_url()),
-    );
+    };
     fx.restore();
     let stream = format!("{}_AUDIT_DEV", fx.up());
     rt().block_on(async {
@@ -212,14 +203,9 @@ fn adopt_writes_the_live_change_as_an_overlay_and_detect_is_then_clean() {
 
 #[test]
 fn watch_refuses_more_than_five_minutes_and_reports_each_run_with_metrics() {
-    if !reachable(&nats_url()) && skip(&format!("NATS at {} unreachable", nats_url())) {
+    let Some(fx) = Fixture::jetstream() else {
         return;
-    }
-    let fx = Fixture::new();
-    fx.write(
-        &jetstream_state(&fx),
-        &format!("  nats:\n    url: {}\n", nats_url()),
-    );
+    };
     let o = fx.kfm(&["drift", "watch", "--interval", "6m", "--runs", "1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("more than 5m"));

@@ -72,18 +72,11 @@ impl Ignore {
 /// Reads the ignore file's text, strictly.
 pub fn parse(shown: &str, text: &str) -> Result<Vec<Ignore>, PlatformError> {
     let f: File = serde_yaml_ng::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        PlatformError::Parse {
-            path: shown.to_owned(),
-            line,
-            column,
-            reason: format!(
-                "{e}; each entry needs resource, field, env, owner, reason and expires (YYYY-MM-DD)"
-            ),
-        }
+        super::yaml_error(
+            shown,
+            &e,
+            "; each entry needs resource, field, env, owner, reason and expires (YYYY-MM-DD)",
+        )
     })?;
     if f.api_version != API_VERSION || f.kind != "DriftIgnore" {
         return Err(PlatformError::Invalid {

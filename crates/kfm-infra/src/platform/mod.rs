@@ -132,20 +132,24 @@ pub fn read_file(path: &Path) -> Result<(String, Value), PlatformError> {
     parse_text(&shown, &text)
 }
 
+/// A YAML error at its line and column, with `hint` after the parser's
+/// own words.
+pub(crate) fn yaml_error(shown: &str, e: &serde_yaml_ng::Error, hint: &str) -> PlatformError {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((1, 1));
+    PlatformError::Parse {
+        path: shown.to_owned(),
+        line,
+        column,
+        reason: format!("{e}{hint}"),
+    }
+}
+
 /// [`read_file`] on text already read (the gate reads every file once).
 pub fn parse_text(shown: &str, text: &str) -> Result<(String, Value), PlatformError> {
-    let parse_err = |e: serde_yaml_ng::Error| {
-        let (line, column) = e
-            .location()
-            .map(|l| (l.line(), l.column()))
-            .unwrap_or((1, 1));
-        PlatformError::Parse {
-            path: shown.to_owned(),
-            line,
-            column,
-            reason: e.to_string(),
-        }
-    };
+    let parse_err = |e: serde_yaml_ng::Error| yaml_error(shown, &e, "");
     let head: FileHead = serde_yaml_ng::from_str(text).map_err(parse_err)?;
     if head.api_version != API_VERSION {
         return Err(PlatformError::Invalid {

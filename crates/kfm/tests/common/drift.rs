@@ -17,9 +17,43 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     /// Lower-case unique id (`t0a1b2c3d4e`).
     pub id: String,
+    /// The test's own database, dropped before the roles.
+    pub db: Option<super::pg::Db>,
 }
 
 impl Fixture {
+    /// A fixture whose desired state is [`jetstream_state`] on the
+    /// machine's NATS, or `None` (skipped) when NATS is unreachable.
+    pub fn jetstream() -> Option<Self> {
+        if !reachable(&nats_url()) && skip(&format!("NATS at {} unreachable", nats_url())) {
+            return None;
+        }
+        let fx = Fixture::new();
+        fx.write(
+            &jetstream_state(&fx),
+            &format!("  nats:\n    url: {}\n", nats_url()),
+        );
+        Some(fx)
+    }
+
+    /// A fixture whose desired state is [`postgres_state`] in a database
+    /// of its own, or `None` (skipped) without PostgreSQL and PostGIS.
+    pub fn postgres() -> Option<Self> {
+        let mut fx = Fixture::new();
+        fx.db = Some(super::pg::Db::fresh()?);
+        let state = postgres_state(&fx).replace("placeholder", fx.db_name());
+        fx.write(
+            &state,
+            "  postgres:\n    dsn: host=127.0.0.1 port=5432 user=postgres dbname=postgres\n",
+        );
+        Some(fx)
+    }
+
+    /// The test database's name (`postgres` without one).
+    pub fn db_name(&self) -> &str {
+        self.db.as_ref().map_or("postgres", |d| d.0.as_str())
+    }
+
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let id = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
@@ -37,7 +71,7 @@ impl Fixture {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Fixture { dir, id }
+        Fixture { dir, id, db: None }
     }
 
     pub fn repo(&self) -> PathBuf {
@@ -176,7 +210,9 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        // Roles are cluster-wide: drop this test's.
+        // The database first (its objects hold the roles' privileges),
+        // then the roles, which are cluster-wide.
+        self.db.take();
         if reachable("tcp://127.0.0.1:5432") {
             let roles = psql(
                 "postgres",
