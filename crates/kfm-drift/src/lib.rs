@@ -22,6 +22,7 @@
 //! connection limit, the owner's own privileges) stay out of the report.
 
 pub mod jetstream;
+pub mod kube;
 pub mod postgres;
 pub mod s3;
 
@@ -77,6 +78,7 @@ pub enum Engine {
     Jetstream,
     Postgres,
     S3,
+    Kubernetes,
 }
 
 impl std::fmt::Display for Engine {
@@ -85,6 +87,7 @@ impl std::fmt::Display for Engine {
             Engine::Jetstream => "jetstream",
             Engine::Postgres => "postgres",
             Engine::S3 => "s3",
+            Engine::Kubernetes => "kubernetes",
         })
     }
 }
@@ -149,6 +152,9 @@ pub struct Observed {
     pub live: BTreeMap<String, Map<String, Value>>,
     /// Live resources under an owned prefix that git does not name.
     pub unmanaged: Vec<String>,
+    /// Differences an engine's own tool found (Kubernetes: the server-side
+    /// dry run), added as they are.
+    pub drifts: Vec<Drift>,
 }
 
 /// One difference.
@@ -216,6 +222,7 @@ pub struct Endpoints {
     pub nats: Option<jetstream::Conn>,
     pub postgres: Option<postgres::Conn>,
     pub s3: Option<s3::Conn>,
+    pub kubernetes: Option<kube::Conn>,
 }
 
 /// Overrides of the engines' addresses (command-line flags; tests).
@@ -224,6 +231,9 @@ pub struct Overrides {
     pub nats: Option<String>,
     pub postgres: Option<String>,
     pub s3: Option<String>,
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The repository root the Kubernetes overlay path is relative to.
+    pub repo: std::path::PathBuf,
 }
 
 fn secret(var: &str, what: &str) -> Result<String, DriftError> {
@@ -284,6 +294,18 @@ impl Endpoints {
                 secret_key: secret(&declared.secret_key_env, "s3")?,
             });
         }
+        if let Some(k) = &p.engines.kubernetes {
+            let kubeconfig = match &o.kubeconfig {
+                Some(k) => k.clone(),
+                None => secret(&k.kubeconfig_env, "kubernetes")?.into(),
+            };
+            e.kubernetes = Some(kube::Conn {
+                kubeconfig,
+                context: k.context.clone(),
+                overlay: o.repo.join(&k.overlay),
+                kubectl: "kubectl".into(),
+            });
+        }
         Ok(e)
     }
 }
@@ -294,7 +316,7 @@ pub async fn observe(
     p: &Platform,
     e: &Endpoints,
 ) -> Result<BTreeMap<Engine, Observed>, DriftError> {
-    let (a, b, c) = tokio::join!(
+    let (a, b, c, d) = tokio::join!(
         async {
             match &e.nats {
                 Some(c) => jetstream::observe(p, c).await.map(Some),
@@ -313,12 +335,19 @@ pub async fn observe(
                 None => Ok(None),
             }
         },
+        async {
+            match &e.kubernetes {
+                Some(c) => kube::observe(p, c).await.map(Some),
+                None => Ok(None),
+            }
+        },
     );
     let mut out = BTreeMap::new();
     for (engine, r) in [
         (Engine::Jetstream, a),
         (Engine::Postgres, b),
         (Engine::S3, c),
+        (Engine::Kubernetes, d),
     ] {
         if let Some(o) = r? {
             out.insert(engine, o);
@@ -338,7 +367,8 @@ pub fn compare(w: &Want, live: Option<&Map<String, Value>>) -> Vec<Drift> {
         live,
         message,
         source: w.source.clone(),
-        fixable: true,
+        // Kubernetes objects are the GitOps controller's to apply.
+        fixable: w.engine != Engine::Kubernetes,
         since: None,
         ignored: None,
     };
@@ -393,6 +423,7 @@ pub fn diff(
         for w in &o.wants {
             drifts.extend(compare(w, o.live.get(&w.resource)));
         }
+        drifts.extend(o.drifts.iter().cloned());
         for u in &o.unmanaged {
             drifts.push(Drift {
                 severity: Severity::Low,
@@ -562,6 +593,8 @@ pub async fn reconcile<S: FixSink>(
                 postgres::fix(p, e.postgres.as_ref().ok_or_else(missing)?, w, before).await?
             }
             Engine::S3 => s3::fix(p, e.s3.as_ref().ok_or_else(missing)?, w, before).await?,
+            // Never fixable (see `compare`): Flux or Argo CD apply objects.
+            Engine::Kubernetes => continue,
         };
         let after = read_back(p, e, *engine, resource).await?;
         let remaining = compare(w, after.as_ref());
@@ -618,6 +651,9 @@ async fn read_back(
             let name = resource.strip_prefix("bucket/").unwrap_or(resource);
             s3::Client::new(c)?.settings(name).await
         }
+        Engine::Kubernetes => Err(DriftError::Config(format!(
+            "{resource}: Kubernetes objects are applied by the GitOps controller"
+        ))),
     }
 }
 

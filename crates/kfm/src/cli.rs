@@ -817,6 +817,9 @@ pub struct DriftTarget {
     /// Use this S3 endpoint instead of engines.s3.endpoint.
     #[arg(long, value_name = "URL")]
     pub s3: Option<String>,
+    /// Use this kubeconfig instead of the file engines.kubernetes.kubeconfig_env names.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Where first-seen times and the last clean commit are kept
     /// (default: REPO/.kfm-drift/ENV.json).
     #[arg(long, value_name = "FILE")]
@@ -831,8 +834,10 @@ pub enum DriftCommand {
     /// Compare the live platform with git; read-only, always.
     #[command(
         after_help = "Examples:\n  kfm drift detect --env prod\n  kfm drift detect --env dev --format json --output sarif=drift.sarif\n\n\
-Reads JetStream (the JetStream API), PostgreSQL (the system catalogs of the managed database)\n\
-and S3 (bucket versioning, public-access block, encryption, object lock) and lists every\n\
+Reads JetStream (the JetStream API), PostgreSQL (the system catalogs of the managed database),\n\
+S3 (bucket versioning, public-access block, encryption, object lock) and, with\n\
+engines.kubernetes, the rendered overlay against the live objects (kubectl diff --server-side:\n\
+what the API server defaults is not drift), and lists every\n\
 difference from infra/platform/, worst first: a precise table or schema opened to the public\n\
 role is critical. Settings git does not state are not compared. Entries of the ignore file\n\
 (owner, reason, expiry) excuse a drift until they expire; a critical drift is never excused.\n\

@@ -102,6 +102,8 @@ pub(crate) fn load(t: &DriftTarget) -> Result<Loaded, Failure> {
             nats: t.nats.clone(),
             postgres: t.postgres.clone(),
             s3: t.s3.clone(),
+            kubeconfig: t.kubeconfig.clone(),
+            repo: t.repo.clone(),
         },
     )?;
     let state_path = t

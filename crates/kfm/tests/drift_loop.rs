@@ -39,7 +39,16 @@ fn an_unreachable_engine_is_cannot_evaluate_never_no_drift() {
             ),
             "s3",
         ),
+        // kubectl diff --server-side against an API server that is not
+        // there (the kubeconfig names the closed port).
+        (
+            String::new(),
+            "  kubernetes:\n    kubeconfig_env: KFM_TEST_KUBECONFIG\n    overlay: infra/k8s/overlays/dev\n"
+                .to_owned(),
+            "kubernetes",
+        ),
     ];
+    fx.kubeconfig(port);
     for (state, engines, engine) in cases {
         fx.write(&state, &engines);
         for args in [
@@ -65,6 +74,10 @@ fn an_unreachable_engine_is_cannot_evaluate_never_no_drift() {
     let o = fx.kfm(&["drift", "detect"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("KFM_TEST_UNSET_VAR"));
+    fx.write("", "  kubernetes:\n    kubeconfig_env: KFM_TEST_UNSET_KUBECONFIG\n    overlay: infra/k8s/overlays/dev\n");
+    let o = fx.kfm(&["drift", "detect"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("KFM_TEST_UNSET_KUBECONFIG"));
 }
 
 #[test]

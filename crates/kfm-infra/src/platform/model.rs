@@ -32,6 +32,19 @@ pub struct Engines {
     pub nats: Option<NatsEngine>,
     pub postgres: Option<PostgresEngine>,
     pub s3: Option<S3Engine>,
+    pub kubernetes: Option<KubernetesEngine>,
+}
+
+/// The cluster the environment's Kubernetes overlay is applied to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesEngine {
+    /// The environment variable holding the kubeconfig file's path.
+    pub kubeconfig_env: String,
+    pub context: Option<String>,
+    /// The overlay, relative to the repository root
+    /// (`infra/k8s/overlays/prod`).
+    pub overlay: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

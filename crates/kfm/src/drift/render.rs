@@ -200,6 +200,13 @@ fn line(d: &Drift) -> String {
 /// The file and line where git states a drifted resource: the last
 /// source (an overlay wins over the base) with a line naming it.
 fn locate(d: &Drift, root: &Path, env: &str) -> (String, u32, String) {
+    // A Kubernetes object names its manifest as `file:line (…)`.
+    if d.resource.starts_with("k8s/")
+        && let Some((file, rest)) = d.source.split_once(':')
+        && let Some(line) = rest.split(' ').next().and_then(|l| l.parse::<u32>().ok())
+    {
+        return (file.to_owned(), line, String::new());
+    }
     let name = d
         .resource
         .split_once('/')

@@ -117,12 +117,40 @@ impl Fixture {
         }
     }
 
+    /// A kubeconfig for an API server on 127.0.0.1:`port`, and an overlay
+    /// of one Namespace for `engines.kubernetes` to render.
+    pub fn kubeconfig(&self, port: u16) {
+        std::fs::write(
+            self.dir.path().join("kubeconfig.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://127.0.0.1:{port}\", insecure-skip-tls-verify: true}}\nusers:\n- name: u\n  user: {{token: test}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+            ),
+        )
+        .unwrap();
+        let o = self.repo().join("infra/k8s/overlays/dev");
+        std::fs::create_dir_all(&o).unwrap();
+        std::fs::write(
+            o.join("kustomization.yaml"),
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ns.yaml\n",
+        )
+        .unwrap();
+        std::fs::write(
+            o.join("ns.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kfm-drift-test\n  labels: {kfm.io/tier: data}\n",
+        )
+        .unwrap();
+    }
+
     pub fn kfm(&self, args: &[&str]) -> Output {
         Command::new(bin())
             .current_dir(self.repo())
             .env("KFM_WORKSPACE", self.ws())
             .env("KFM_TEST_S3_AK", "testing")
             .env("KFM_TEST_S3_SK", "testing")
+            .env(
+                "KFM_TEST_KUBECONFIG",
+                self.dir.path().join("kubeconfig.yaml"),
+            )
             .env_remove("KFM_LOG")
             .args(args)
             .stdin(Stdio::null())
