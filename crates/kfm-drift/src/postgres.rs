@@ -23,12 +23,22 @@ use tokio_postgres::{Client, NoTls};
 use crate::{DriftError, ENGINE_TIMEOUT, Engine, Grade, Observed, Severity, Want, sorted, sources};
 
 /// How to reach PostgreSQL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Conn {
     pub dsn: String,
     pub password: Option<String>,
     /// The managed database (the connection's `dbname` is replaced by it).
     pub database: String,
+}
+
+impl std::fmt::Debug for Conn {
+    // Never the password, not even in a debug log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("dsn", &self.dsn)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> DriftError {

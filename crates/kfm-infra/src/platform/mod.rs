@@ -419,6 +419,19 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 
 /// Rules the types cannot say.
 fn validate(p: &Platform) -> Result<(), String> {
+    // Invariant: credentials are references, never in the desired state.
+    if let Some(pg) = &p.engines.postgres {
+        let d = pg.dsn.to_ascii_lowercase();
+        let url_password = d
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split('@').next().filter(|_| rest.contains('@')))
+            .is_some_and(|userinfo| userinfo.contains(':'));
+        if d.contains("password") || url_password {
+            return Err(
+                "engines.postgres.dsn holds a password: name the environment variable that holds it in password_env instead".into(),
+            );
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     for s in &p.jetstream.streams {
         if !seen.insert(format!("stream/{}", s.name)) {

@@ -149,3 +149,27 @@ fn the_ignore_file_is_strict_and_expires() {
     let e = ignore::parse("i.yaml", &text.replace("2027-01-31", "soon")).unwrap_err();
     assert!(e.to_string().contains("i.yaml:4"), "{e}");
 }
+
+#[test]
+fn a_password_in_the_connection_string_is_refused() {
+    for dsn in [
+        "host=db user=kfm password=hunter2",
+        "postgres://kfm:hunter2@db/kfm",
+    ] {
+        let d = tree(
+            HEAD,
+            Some(&format!(
+                "{OVER}engines:\n  postgres:\n    dsn: \"{dsn}\"\n"
+            )),
+        );
+        let e = load(d.path(), "dev").unwrap_err().to_string();
+        assert!(e.contains("password_env"), "{dsn}: {e}");
+    }
+    let d = tree(
+        HEAD,
+        Some(&format!(
+            "{OVER}engines:\n  postgres:\n    dsn: postgres://kfm@db/kfm\n    password_env: PW\n"
+        )),
+    );
+    assert!(load(d.path(), "dev").is_ok());
+}
