@@ -376,28 +376,43 @@ async fn reconcile(ws: Option<&Path>, a: &DriftReconcileArgs, fmt: Format) -> Re
         return Ok(EXIT_RULE);
     }
     let report = kfm_drift::detect(&l.platform, &l.endpoints, &l.ignores, today()).await?;
+    if !report.drifts.iter().any(|d| d.fixable) {
+        // Nothing this command would change: no ledger is opened.
+        return finish(&mode, &report, &[], &[], fmt);
+    }
     let actor_name = actor(a.actor.as_deref());
     let mut sink = open_sink(ws, t, &mode, &actor_name).await?;
     let result = kfm_drift::reconcile(&l.platform, &l.endpoints, &report, &mut sink).await;
     sink.ledger.close().await;
     let done = result?;
-    let receipts: Vec<serde_json::Value> = sink
-        .recorded
+    // What is left, read again.
+    let after = kfm_drift::detect(&l.platform, &l.endpoints, &l.ignores, today()).await?;
+    finish(&mode, &after, &done.fixed, &sink.recorded, fmt)
+}
+
+/// Prints what reconcile fixed (with each receipt's ledger index) and
+/// what is left; exit 0 only when nothing is left.
+fn finish(
+    mode: &Mode,
+    after: &Report,
+    fixed: &[Fixed],
+    recorded: &[(u64, String)],
+    fmt: Format,
+) -> Result<u8, Failure> {
+    let receipts: Vec<serde_json::Value> = recorded
         .iter()
         .map(|(i, leaf)| serde_json::json!({"ledger_index": i, "leaf_hash": leaf}))
         .collect();
-    // What is left, read again.
-    let after = kfm_drift::detect(&l.platform, &l.endpoints, &l.ignores, today()).await?;
     match fmt {
         Format::Json => print_json(&ReconcileOut {
-            mode: &mode,
-            changed: !done.fixed.is_empty(),
-            fixed: &done.fixed,
+            mode,
+            changed: !fixed.is_empty(),
+            fixed,
             receipts,
             left: &after.drifts,
         })?,
         Format::Human => {
-            for (f, (i, _)) in done.fixed.iter().zip(&sink.recorded) {
+            for (f, (i, _)) in fixed.iter().zip(recorded) {
                 println!(
                     "fixed {} {} ({}): {}; receipt at ledger index {i}",
                     f.engine,
@@ -406,7 +421,7 @@ async fn reconcile(ws: Option<&Path>, a: &DriftReconcileArgs, fmt: Format) -> Re
                     f.actions.join("; ")
                 );
             }
-            if done.fixed.is_empty() {
+            if fixed.is_empty() {
                 println!("nothing to fix");
             }
             for d in &after.drifts {
