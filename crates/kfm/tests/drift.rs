@@ -34,6 +34,19 @@ fn jetstream_drift_is_detected_refused_in_analysis_and_restored_with_a_receipt()
     fx.restore();
     let (code, v) = fx.detect();
     assert_eq!(code, 0, "created, then still drift: {v}");
+    // A clean run records the commit as the last known-good one.
+    let head = String::from_utf8(
+        Command::new("git")
+            .current_dir(fx.repo())
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert_eq!(v["last_known_good"]["commit"], head.as_str(), "{v}");
 
     // Live changes through the JetStream API.
     let stream = format!("{up}_AUDIT_DEV");
@@ -100,6 +113,18 @@ fn jetstream_drift_is_detected_refused_in_analysis_and_restored_with_a_receipt()
     assert_eq!(code, 1);
     let (_, again) = fx.detect();
     assert_eq!(named(&again), named(&v), "analysis mode changed something");
+    // Since when: the first sighting, kept across runs; and the last
+    // known-good commit is still the clean one.
+    let since = |r: &Value| {
+        r["drifts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["field"] == "max_age")
+            .map(|d| d["since"].clone())
+    };
+    assert_eq!(since(&again), since(&v));
+    assert_eq!(again["last_known_good"]["commit"], head.as_str());
 
     // Delivery mode: restored, receipted; the unmanaged stream is kept
     // (and left reported: exit 1).
@@ -121,6 +146,27 @@ fn jetstream_drift_is_detected_refused_in_analysis_and_restored_with_a_receipt()
             format!("stream/{up}_EXTRA"),
             "unmanaged".into()
         )]
+    );
+    // Nothing left that reconcile would change: it needs no workspace,
+    // opens no ledger, and says what is left.
+    fx.approve(true);
+    let o = Command::new(bin())
+        .current_dir(fx.repo())
+        .env("KFM_WORKSPACE", fx.dir.path().join("no-such-workspace"))
+        .args(["drift", "reconcile"])
+        .output()
+        .unwrap();
+    fx.approve(false);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("nothing to fix") && text.contains("_EXTRA"),
+        "{text}"
     );
     rt().block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
