@@ -51,28 +51,14 @@ fn jetstream_drift_is_detected_refused_in_analysis_and_restored_with_a_receipt()
     // Live changes through the JetStream API.
     let stream = format!("{up}_AUDIT_DEV");
     let bucket = format!("KV_{up}_SEQ_DEV");
+    // (JetStream itself refuses to lift deny_purge or deny_delete.)
+    change_stream(&stream, |c| {
+        c.discard = async_nats::jetstream::stream::DiscardPolicy::Old;
+        c.max_age = Duration::from_secs(3600);
+    });
+    change_stream(&bucket, |c| c.max_messages_per_subject = 5);
     rt().block_on(async {
         let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-        let mut cfg = js
-            .get_stream(&stream)
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-        // (JetStream itself refuses to lift deny_purge or deny_delete.)
-        cfg.discard = async_nats::jetstream::stream::DiscardPolicy::Old;
-        cfg.max_age = Duration::from_secs(3600);
-        js.update_stream(cfg).await.unwrap();
-        let mut kv = js
-            .get_stream(&bucket)
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-        kv.max_messages_per_subject = 5;
-        js.update_stream(kv).await.unwrap();
         let st = js.get_stream(&stream).await.unwrap();
         let mut c = st.consumer_info("auditor").await.unwrap().config.clone();
         c.max_deliver = 50;

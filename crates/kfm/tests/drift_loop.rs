@@ -158,18 +158,7 @@ fn adopt_writes_the_live_change_as_an_overlay_and_detect_is_then_clean() {
     };
     fx.restore();
     let stream = format!("{}_AUDIT_DEV", fx.up());
-    rt().block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
-        let mut cfg = js
-            .get_stream(&stream)
-            .await
-            .unwrap()
-            .cached_info()
-            .config
-            .clone();
-        cfg.duplicate_window = Duration::from_secs(60);
-        js.update_stream(cfg).await.unwrap();
-    });
+    change_stream(&stream, |c| c.duplicate_window = Duration::from_secs(60));
     let (code, _) = fx.detect();
     assert_eq!(code, 1);
     for bad in ["../x", "", "a b"] {

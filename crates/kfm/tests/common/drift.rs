@@ -474,3 +474,19 @@ pub fn try_get(addr: &str, path: &str) -> Option<String> {
     s.read_to_string(&mut out).ok()?;
     Some(out)
 }
+
+/// Changes a live stream's configuration through the JetStream API.
+pub fn change_stream(name: &str, change: impl FnOnce(&mut async_nats::jetstream::stream::Config)) {
+    rt().block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+        let mut cfg = js
+            .get_stream(name)
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        change(&mut cfg);
+        js.update_stream(cfg).await.unwrap();
+    });
+}
