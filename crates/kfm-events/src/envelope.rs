@@ -400,7 +400,7 @@ pub fn check(
         });
     }
     if let Some(h) = msg_id
-        && h != id
+        && !msg_id_names(h, id)
     {
         return Err(Rejected::MsgId {
             header: h.chars().take(80).collect(),
@@ -408,6 +408,42 @@ pub fn check(
         });
     }
     Ok(checked)
+}
+
+/// What separates an event's id from a re-send's number in its
+/// `Nats-Msg-Id` (`<id>-r2`).
+///
+/// Why a re-send may need another message id: a JetStream server stages a
+/// message id in its duplicate window *before* the message is stored, and
+/// a server older than 2.10 answers a later publish with that id "duplicate"
+/// (at sequence 0) even when the staged message was lost with a leader that
+/// died. The same id would then be refused for the whole window although
+/// nothing is stored; the producer sends the same bytes under `<id>-rN`
+/// instead. The stream may then hold an event twice, which the sequencer's
+/// per-leaf check integrates once.
+pub const RESEND_MARK: &str = "-r";
+
+/// The `Nats-Msg-Id` of re-send `n` of the event `id` (`n` = 0: `id`).
+pub fn resend_msg_id(id: &str, n: u32) -> String {
+    if n == 0 {
+        id.to_owned()
+    } else {
+        format!("{id}{RESEND_MARK}{n}")
+    }
+}
+
+/// Whether a `Nats-Msg-Id` header names the event `id`: the id itself, or
+/// a re-send of it ([`RESEND_MARK`] and a number).
+fn msg_id_names(header: &str, id: &str) -> bool {
+    match header.strip_prefix(id) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix(RESEND_MARK).is_some_and(|n| {
+            (1..=4).contains(&n.len())
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && !n.starts_with('0')
+        }),
+        None => false,
+    }
 }
 
 /// An entry's bytes from its `data_base64`, at most [`MAX_ENTRY`].
@@ -473,6 +509,37 @@ mod tests {
             let c = check(&env, Some(&hex::encode(leaf)), Environment::Dev).unwrap();
             assert_eq!(c.len(), 1);
             assert_eq!((c[0].kind, c[0].entry.as_slice()), (kind, *e));
+        }
+    }
+
+    #[test]
+    fn a_resend_may_carry_a_numbered_msg_id_and_nothing_else() {
+        let e = br#"{"payloadType":"application/vnd.in-toto+json","payload":"e30=","signatures":[{"keyid":"k","sig":"c2ln"}]}"#;
+        let leaf = leaf_hash(e);
+        let (body, _) = envelope(e, &leaf, Environment::Dev, "urn:kfm:test").unwrap();
+        let id = hex::encode(leaf);
+        for n in [1, 2, 9999] {
+            let h = resend_msg_id(&id, n);
+            assert!(check(&body, Some(&h), Environment::Dev).is_ok(), "{h}");
+        }
+        assert_eq!(resend_msg_id(&id, 0), id);
+        let other = hex::encode(leaf_hash(b"another entry"));
+        for h in [
+            format!("{id}-r"),
+            format!("{id}-r0"),
+            format!("{id}-r01"),
+            format!("{id}-r12345"),
+            format!("{id}-rx"),
+            format!("{id}-r1 "),
+            format!("{id}x"),
+            format!("{other}-r1"),
+            id[..10].to_owned(),
+        ] {
+            assert_eq!(
+                check(&body, Some(&h), Environment::Dev).unwrap_err().code(),
+                "msg-id",
+                "{h:?}"
+            );
         }
     }
 

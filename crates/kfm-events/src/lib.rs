@@ -20,6 +20,7 @@
 
 pub mod envelope;
 pub mod producer;
+mod reader;
 pub mod replay;
 pub mod sequencer;
 pub mod streams;

@@ -215,7 +215,8 @@ impl Sender {
 }
 
 /// Publishes one envelope until JetStream acknowledges it (or the retry
-/// bound passes). A duplicate acknowledgement counts: the entry is there.
+/// bound passes). A duplicate acknowledgement counts only when it names
+/// the sequence the event is stored at.
 pub async fn publish_once(
     js: &jetstream::Context,
     subject: String,
@@ -223,40 +224,77 @@ pub async fn publish_once(
     body: Bytes,
     retry_for: Duration,
 ) -> Result<(), String> {
-    let mut headers = HeaderMap::new();
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
     let deadline = Instant::now() + retry_for;
     let mut wait = Duration::from_millis(50);
+    // Which re-send id is in use, and whether it already had an answer
+    // that proves nothing (see `envelope::RESEND_MARK`).
+    let mut resend = 0u32;
+    let mut unproven_before = false;
     loop {
         use async_nats::jetstream::context::PublishErrorKind as K;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            envelope::resend_msg_id(id, resend).as_str(),
+        );
         let sent = js
-            .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+            .publish_with_headers(subject.clone(), headers, body.clone())
             .await;
         let outcome = match sent {
-            Ok(ack) => ack.await.map(|_| ()),
+            Ok(ack) => ack.await,
             Err(e) => Err(e),
         };
         let err = match outcome {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
+            // Invariant: an entry counts as acknowledged only when JetStream
+            // names where it is stored. A "duplicate" at sequence 0 (a
+            // server before 2.10) or "duplicate message id is in process"
+            // (later ones) means the id is staged, not that the event is
+            // stored: its leader may have died with it.
+            Ok(ack) if ack.duplicate && ack.sequence == 0 => UNPROVEN.to_owned(),
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let text = e.to_string();
+                let transient = match e.kind() {
+                    K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::StreamNotFound => true,
+                    K::Other => transient_api_error(&text),
+                    _ => false,
+                };
+                if !transient {
+                    return Err(text);
+                }
+                text
+            }
         };
-        let text = err.to_string();
-        let transient = match err.kind() {
-            K::TimedOut | K::BrokenPipe | K::MaxAckPending | K::StreamNotFound => true,
-            K::Other => transient_api_error(&text),
-            _ => false,
-        };
-        if !transient {
-            return Err(text);
+        if unproven(&err) {
+            // Once more under the same id (a proposal still in flight
+            // lands and is then answered with its sequence); after that,
+            // under the next re-send id.
+            if unproven_before {
+                resend += 1;
+                unproven_before = false;
+            } else {
+                unproven_before = true;
+            }
         }
-        let err = text;
         if Instant::now() + wait > deadline {
             return Err(err);
         }
-        tracing::warn!(error = %err, "publish not acknowledged; sending it again (same id)");
+        tracing::warn!(error = %err, resend, "publish not acknowledged; sending it again");
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(2));
     }
+}
+
+/// What a duplicate answer without a sequence is reported as.
+const UNPROVEN: &str =
+    "JetStream answered duplicate without a stream sequence (id staged, not stored)";
+
+/// Whether an answer says the id is staged and the event perhaps not
+/// stored (see [`publish_once`]).
+fn unproven(text: &str) -> bool {
+    text == UNPROVEN
+        || text.contains("duplicate message id is in process")
+        || text.contains("error code 10158")
 }
 
 /// Whether a JetStream answer other than an acknowledgement is worth
@@ -277,6 +315,7 @@ fn transient_api_error(text: &str) -> bool {
     ]
     .iter()
     .any(|t| text.contains(t))
+        || unproven(text)
 }
 
 impl Publisher for JetStreamPublisher {
@@ -372,5 +411,10 @@ mod tests {
         assert!(!transient_api_error(
             "publish failed: wrong last sequence: 4 (code 400, error code 10071)"
         ));
+        // Staged, not stored: sent again (see publish_once).
+        assert!(transient_api_error(
+            "publish failed: duplicate message id is in process (code 503, error code 10158)"
+        ));
+        assert!(super::unproven(super::UNPROVEN));
     }
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use kfm_ledger::LocalLedger;
 
-use crate::sequencer::{Seen, next_batch, read_from, sort};
+use crate::reader::Reader;
+use crate::sequencer::{Seen, sort};
 use crate::streams::Names;
 use crate::{EventsError, js_err};
 
@@ -63,10 +64,10 @@ pub async fn replay(
     if last == 0 {
         return Ok(out);
     }
-    let mut msgs = read_from(js, names, 0).await?;
+    let mut reader = Reader::open(js, names, 0).await?;
     let mut seen = Seen::of(ledger);
     while out.last_seq < last {
-        let mut batch = next_batch(&mut msgs, 1024, Duration::from_secs(10)).await?;
+        let mut batch = reader.next_batch(1024, Duration::from_secs(10)).await?;
         if batch.is_empty() {
             return Err(js_err(
                 "replay",
@@ -77,7 +78,7 @@ pub async fn replay(
             ));
         }
         // Only what the stream held when the replay began.
-        batch.retain(|m| m.info().map(|i| i.stream_sequence <= last).unwrap_or(false));
+        batch.retain(|m| m.seq <= last);
         if batch.is_empty() {
             break;
         }

@@ -31,9 +31,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer, kv};
+use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures::StreamExt as _;
 use kfm_core::config::Environment;
 use kfm_ledger::{Hash, LedgerError, LocalLedger};
 use serde::{Deserialize, Serialize};
@@ -41,6 +40,7 @@ use tokio::sync::watch;
 
 use crate::envelope::{self, Rejected};
 use crate::producer::publish_once;
+use crate::reader::{Incoming, Reader};
 use crate::streams::Names;
 use crate::{EventsError, js_err};
 
@@ -98,6 +98,9 @@ pub struct Stats {
     pub duplicates: AtomicU64,
     /// Events sent to the dead-letter subject.
     pub dead: AtomicU64,
+    /// Events the stream's consumer skipped, fetched by number from the
+    /// stream leader (the reader of the audit stream passes over none).
+    pub refetched: AtomicU64,
     /// Times this process became the active sequencer.
     pub terms: AtomicU64,
     /// Whether this process is the active sequencer now (0 or 1).
@@ -138,10 +141,10 @@ impl Seen {
     }
 }
 
-/// Checks each message of a batch and drops what the log (or the batch)
+/// Checks each event of a batch and drops what the log (or the batch)
 /// already holds.
 pub(crate) async fn sort(
-    batch: Vec<jetstream::Message>,
+    batch: Vec<Incoming>,
     env: Environment,
     ledger: &LocalLedger,
     seen: &mut Seen,
@@ -154,23 +157,14 @@ pub(crate) async fn sort(
     };
     let mut in_batch: HashSet<Hash> = HashSet::with_capacity(batch.len());
     for m in batch {
-        let seq = m
-            .info()
-            .map_err(|e| js_err("message metadata", e))?
-            .stream_sequence;
-        out.last_seq = seq;
-        let msg_id = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned());
-        match envelope::check(&m.payload, msg_id.as_deref(), env) {
+        out.last_seq = m.seq;
+        match envelope::check(&m.payload, m.msg_id.as_deref(), env) {
             Ok(checked) => {
                 for c in checked {
                     // Invariant: an entry is integrated once, whatever the
                     // stream holds twice (redelivery after a takeover, a
-                    // retry past the duplicate window, the same entry in
-                    // two batches).
+                    // retry past the duplicate window or under a re-send
+                    // id, the same entry in two batches).
                     if !in_batch.insert(c.leaf) || seen.holds(ledger, &c.leaf).await {
                         out.duplicates += 1;
                     } else {
@@ -180,69 +174,14 @@ pub(crate) async fn sort(
                 }
             }
             Err(reason) => out.dead.push(Dead {
-                seq,
-                subject: m.subject.to_string(),
-                payload: m.payload.clone(),
+                seq: m.seq,
+                subject: m.subject,
+                payload: m.payload,
                 reason,
             }),
         }
     }
     Ok(out)
-}
-
-/// Reads up to `max` messages: waits up to `first` for one, then takes
-/// what arrives within a couple of milliseconds.
-pub(crate) async fn next_batch(
-    msgs: &mut consumer::pull::Ordered,
-    max: usize,
-    first: Duration,
-) -> Result<Vec<jetstream::Message>, EventsError> {
-    let mut out = Vec::new();
-    match tokio::time::timeout(first, msgs.next()).await {
-        Err(_) => return Ok(out),
-        Ok(None) => return Err(js_err("audit stream", "the consumer ended")),
-        Ok(Some(Err(e))) => return Err(js_err("reading the audit stream", e)),
-        Ok(Some(Ok(m))) => out.push(m),
-    }
-    let until = tokio::time::Instant::now() + Duration::from_millis(2);
-    while out.len() < max {
-        match tokio::time::timeout_at(until, msgs.next()).await {
-            Ok(Some(Ok(m))) => out.push(m),
-            Ok(Some(Err(e))) => return Err(js_err("reading the audit stream", e)),
-            Ok(None) => return Err(js_err("audit stream", "the consumer ended")),
-            Err(_) => break,
-        }
-    }
-    Ok(out)
-}
-
-/// An ordered consumer of the audit stream from `after + 1`.
-pub(crate) async fn read_from(
-    js: &jetstream::Context,
-    names: &Names,
-    after: u64,
-) -> Result<consumer::pull::Ordered, EventsError> {
-    let stream = js
-        .get_stream(&names.audit_stream)
-        .await
-        .map_err(|e| js_err(&format!("stream {}", names.audit_stream), e))?;
-    let deliver_policy = if after == 0 {
-        consumer::DeliverPolicy::All
-    } else {
-        consumer::DeliverPolicy::ByStartSequence {
-            start_sequence: after + 1,
-        }
-    };
-    let c = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| js_err("creating the sequencer's consumer", e))?;
-    c.messages()
-        .await
-        .map_err(|e| js_err("reading the audit stream", e))
 }
 
 /// Sends rejected events to the dead-letter subject, with the reason.
@@ -480,16 +419,21 @@ async fn integrate(
     stats: &Stats,
 ) -> Result<Ended, EventsError> {
     let names = &term.opts.names;
-    let mut msgs = read_from(js, names, term.position).await?;
+    let mut reader = Reader::open(js, names, term.position).await?;
     let mut seen = Seen::of(ledger);
+    let mut refetched = 0;
     loop {
         if *stop.borrow() {
             return Ok(Ended::Stopped);
         }
         let batch = tokio::select! {
-            b = next_batch(&mut msgs, term.opts.batch_max, renew_every) => b?,
+            b = reader.next_batch(term.opts.batch_max, renew_every) => b?,
             _ = stop.changed() => return Ok(Ended::Stopped),
         };
+        stats
+            .refetched
+            .fetch_add(reader.refetched - refetched, Ordering::Relaxed);
+        refetched = reader.refetched;
         if batch.is_empty() {
             if let Err(e) = term.renew().await {
                 return Ok(e);
