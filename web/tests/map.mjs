@@ -67,6 +67,9 @@ const api = async (token) => {
 };
 
 const result = {};
+// Where the first draw spent its time (ms from the start of navigation):
+// the map's script running, its answers there, MapLibre loaded.
+const parts = (d) => ({ start: Number(d.startMs), data: Number(d.dataMs), load: Number(d.loadMs) });
 // Anonymous: the generalized badge, the generalized positions only.
 {
   const v = await visit("sites-anonymous", sites, null);
@@ -83,7 +86,7 @@ const result = {};
   const sel = await v.page.$eval("#kfm-map", (el) => el.dataset.selected);
   check(sel === fid, `anonymous: clicking row ${fid} selected ${sel} on the map`);
   check(await v.page.isVisible("tr.sel"), "anonymous: the clicked row is not marked");
-  result.anonymous = { ms: Number(v.d.ms), rendered: Number(v.d.rendered), requests: v.requests };
+  result.anonymous = { ms: Number(v.d.ms), ...parts(v.d), rendered: Number(v.d.rendered), requests: v.requests };
   await v.context.close();
 }
 // The approved researcher: precise positions, no generalized badge.
@@ -94,14 +97,14 @@ const result = {};
   check(await v.page.isVisible('[data-testid="badge-precise"]'), "researcher: no precise badge");
   check(!(await v.page.isVisible('[data-testid="badge-generalized"]')), "researcher: a generalized badge");
   check(shown.length > 0 && shown.every((c) => precise.has(c)), "researcher: the map holds positions that are not the precise ones");
-  result.researcher = { ms: Number(v.d.ms), rendered: Number(v.d.rendered), requests: v.requests };
+  result.researcher = { ms: Number(v.d.ms), ...parts(v.d), rendered: Number(v.d.rendered), requests: v.requests };
   await v.context.close();
 }
 // A collection page: its vector tiles over the counties.
 {
   const v = await visit("places-tiles", "/collections/ks-places?f=html", null);
   check(await v.page.isVisible('[data-testid="badge-license"]'), "places: no license badge");
-  result.tiles = { ms: Number(v.d.ms), rendered: Number(v.d.rendered), requests: v.requests };
+  result.tiles = { ms: Number(v.d.ms), ...parts(v.d), rendered: Number(v.d.rendered), requests: v.requests };
   await v.context.close();
 }
 // The truth path: nothing for a researcher, every dataset's stage for a

@@ -23,19 +23,62 @@
     });
   };
 
-  var map = new maplibregl.Map({
+  // The tiled layers (the base beneath, the collection's own tiles) are in
+  // the style from the start, so MapLibre asks for their TileJSON and
+  // tiles while it starts; a caller who may not read the base gets a map
+  // without it (MapLibre reports the refusal below), not an error.
+  function vectorLayers(id, layer) {
+    var base = id === "base";
+    var out = [
+      { id: id + "-fill", type: "fill", source: id, "source-layer": layer,
+        filter: ["==", ["geometry-type"], "Polygon"],
+        paint: { "fill-color": base ? "#e7e1d3" : "#3b82f6", "fill-opacity": base ? 1 : 0.35 } },
+      { id: id + "-line", type: "line", source: id, "source-layer": layer,
+        paint: { "line-color": base ? "#b8ab8c" : "#1d4ed8", "line-width": base ? 0.6 : 1 } },
+    ];
+    if (!base) {
+      out.push({ id: id + "-point", type: "circle", source: id, "source-layer": layer,
+        filter: ["==", ["geometry-type"], "Point"],
+        paint: { "circle-radius": 4, "circle-color": "#dc2626", "circle-stroke-color": "#fff", "circle-stroke-width": 1 } });
+    }
+    return out;
+  }
+  var style = {
+    version: 8,
+    sources: {},
+    layers: [{ id: "background", type: "background", paint: { "background-color": "#f4f1ea" } }],
+  };
+  var tiled = [["base", el.dataset.baseTiles, el.dataset.baseLayer], ["data", el.dataset.tiles, el.dataset.layer]]
+    .filter(function (t) { return t[1] && t[2]; });
+  // A collection page draws only tiles: in the style from the start. An
+  // items page draws its features once they are there, and its base with
+  // them (measured: a base in the first style holds MapLibre's `load`
+  // back longer than it saves there).
+  var addTiled = function (t) {
+    map.addSource(t[0], { type: "vector", url: t[1] });
+    vectorLayers(t[0], t[2]).forEach(function (l) { map.addLayer(l); });
+  };
+  if (el.dataset.tiles) {
+    tiled.forEach(function (t) {
+      style.sources[t[0]] = { type: "vector", url: t[1] };
+      style.layers = style.layers.concat(vectorLayers(t[0], t[2]));
+    });
+  }
+  // Where to open: the extent of the caller's view of the collection, so
+  // the first tiles asked for are the ones drawn.
+  var bounds = (el.dataset.bounds || "").split(",").map(Number);
+  var opening = bounds.length === 4 && bounds.every(isFinite)
+    ? { bounds: [[bounds[0], bounds[1]], [bounds[2], bounds[3]]], fitBoundsOptions: { padding: 30, maxZoom: 12 } }
+    : { center: [-98.4, 38.5], zoom: 5 };
+  var options = {
     container: el,
-    style: {
-      version: 8,
-      sources: {},
-      layers: [{ id: "background", type: "background", paint: { "background-color": "#f4f1ea" } }],
-    },
-    center: [-98.4, 38.5],
-    zoom: 5,
+    style: style,
     attributionControl: { compact: false },
     // Nothing fades in: the first frame is the drawn map.
     fadeDuration: 0,
-  });
+  };
+  Object.keys(opening).forEach(function (k) { options[k] = opening[k]; });
+  var map = new maplibregl.Map(options);
   window.kfmMap = map;
 
   // The policy badges, from the governed answer's members.
@@ -62,32 +105,6 @@
       box.appendChild(p);
     }
     map.addControl({ onAdd: function () { return box; }, onRemove: function () { box.remove(); } }, "top-left");
-  }
-
-  function vectorLayers(id, tj, before) {
-    var name = tj.vector_layers[0].id;
-    map.addSource(id, { type: "vector", url: tj._url, attribution: tj.attribution });
-    var base = id === "base";
-    map.addLayer({
-      id: id + "-fill", type: "fill", source: id, "source-layer": name,
-      filter: ["==", ["geometry-type"], "Polygon"],
-      paint: { "fill-color": base ? "#e7e1d3" : "#3b82f6", "fill-opacity": base ? 1 : 0.35 },
-    }, before);
-    map.addLayer({
-      id: id + "-line", type: "line", source: id, "source-layer": name,
-      paint: { "line-color": base ? "#b8ab8c" : "#1d4ed8", "line-width": base ? 0.6 : 1 },
-    }, before);
-    if (!base) {
-      map.addLayer({
-        id: id + "-point", type: "circle", source: id, "source-layer": name,
-        filter: ["==", ["geometry-type"], "Point"],
-        paint: { "circle-radius": 4, "circle-color": "#dc2626", "circle-stroke-color": "#fff", "circle-stroke-width": 1 },
-      });
-    }
-  }
-
-  function tilejson(url) {
-    return getJson(url).then(function (tj) { tj._url = url; return tj; });
   }
 
   function fit(bounds) {
@@ -152,25 +169,26 @@
   }
 
   // Every answer is asked for at once, while MapLibre starts (its worker,
-  // WebGL); the layers are added when both are there. The base layer is a
-  // governed collection too: a caller who may not read it gets a map
-  // without it, not an error.
-  var base = el.dataset.baseTiles ? tilejson(el.dataset.baseTiles).catch(function () { return null; }) : Promise.resolve(null);
+  // WebGL); the items and badges are added when both are there.
   var data = el.dataset.tiles
-    ? tilejson(el.dataset.tiles).then(function (tj) { return { tiles: tj }; })
+    ? getJson(el.dataset.tiles).then(function (tj) { return { tiles: tj }; })
     : el.dataset.items
       ? getJson(el.dataset.items).then(function (doc) { return { items: doc }; })
       : Promise.resolve({});
-  var loaded = new Promise(function (resolve) { map.on("load", resolve); });
-  Promise.all([base, data, loaded]).then(function (r) {
-    if (r[0]) vectorLayers("base", r[0]);
-    if (r[1].tiles) {
-      vectorLayers("data", r[1].tiles);
-      badges(r[1].tiles);
-      fit(r[1].tiles.bounds);
-    } else if (r[1].items) {
-      items(r[1].items);
-      badges(r[1].items);
+  // When each part was there (milliseconds from the start of navigation),
+  // so that a slow first draw says what it waited for.
+  var at = function (what) { return function (v) { el.dataset[what] = String(Math.round(performance.now())); return v; }; };
+  data = data.then(at("dataMs"));
+  var loaded = new Promise(function (resolve) { map.on("load", resolve); }).then(at("loadMs"));
+  at("startMs")();
+  Promise.all([data, loaded]).then(function (r) {
+    if (r[0].tiles) {
+      badges(r[0].tiles);
+      if (!opening.bounds) fit(r[0].tiles.bounds);
+    } else if (r[0].items) {
+      tiled.forEach(addTiled);
+      items(r[0].items);
+      badges(r[0].items);
     }
     map.once("idle", function () {
       var layers = ["items-point", "items-fill", "data-point", "data-fill", "data-line"].filter(function (l) { return map.getLayer(l); });
@@ -179,6 +197,10 @@
       el.dataset.ms = String(Math.round(performance.now()));
       state("ready");
     });
+    // The tiled layers may already be drawn and the map idle (nothing
+    // added above changes the style): one more frame, so that `idle`
+    // comes again.
+    map.triggerRepaint();
   }).catch(function (e) {
     state("error", e.message);
   });

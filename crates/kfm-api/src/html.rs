@@ -35,6 +35,15 @@ pub struct MapSpec {
     pub tiles: Option<String>,
     /// The items answer whose features the page's table lists.
     pub items: Option<String>,
+    /// The layer names inside those tiles (a collection's tiles hold one
+    /// layer named after it): known here, the map can ask for its tiles as
+    /// soon as it starts, without waiting for the TileJSON first.
+    pub base_layer: Option<String>,
+    pub layer: Option<String>,
+    /// Where the map opens: the extent of the caller's view of the
+    /// collection (what its collection answer says), so that the first
+    /// tiles asked for are the ones drawn.
+    pub bounds: Option<[f64; 4]>,
 }
 
 fn page(title: &str, base: &str, body: Markup) -> Response {
@@ -62,6 +71,9 @@ fn page_with_map(title: &str, base: &str, body: Markup, map: Option<MapSpec>) ->
                 @if let Some(m) = &map {
                     div id="kfm-map" data-worker={(base) "/assets/maplibre-gl-csp-worker.js"}
                         data-base-tiles=[m.base_tiles.as_deref()] data-tiles=[m.tiles.as_deref()]
+                        data-base-layer=[m.base_tiles.as_ref().and(m.base_layer.as_deref())]
+                        data-layer=[m.tiles.as_ref().and(m.layer.as_deref())]
+                        data-bounds=[m.bounds.filter(|b| b.iter().all(|v| v.is_finite())).map(|b| format!("{},{},{},{}", b[0], b[1], b[2], b[3]))]
                         data-items=[m.items.as_deref()] data-state="loading" {}
                 }
                 (body)

@@ -280,6 +280,10 @@ pub(crate) async fn items(
                     &id,
                     Some(format!("{b}/collections/{id}/items?{page_query}")),
                     false,
+                    // The map fits the page's own features once it has
+                    // them; opening elsewhere first would cost a round of
+                    // tiles that are never drawn.
+                    None,
                 ),
             ),
             g.note,
@@ -441,6 +445,10 @@ pub(crate) async fn item(
                     &id,
                     Some(format!("{b}/collections/{id}/items/{fid}")),
                     false,
+                    // The map fits the page's own features once it has
+                    // them; opening elsewhere first would cost a round of
+                    // tiles that are never drawn.
+                    None,
                 ),
             ),
             g.note,

@@ -312,18 +312,24 @@ fn with_governance(mut doc: Value, rel: &Release, g: &Grant, view: &View) -> Val
 
 /// The URLs a page's map draws from: the configured basemap's TileJSON
 /// (unless the page is the basemap's own), and the page's own answer.
-fn map_spec(st: &AppState, id: &str, items: Option<String>, tiles: bool) -> html::MapSpec {
+fn map_spec(
+    st: &AppState,
+    id: &str,
+    items: Option<String>,
+    tiles: bool,
+    bounds: Option<[f64; 4]>,
+) -> html::MapSpec {
     let b = base(st);
     let tilejson = |c: &str| format!("{b}/collections/{c}/tiles/WebMercatorQuad/tilejson.json");
+    let basemap = st.config.basemap.as_deref().filter(|m| *m != id);
     html::MapSpec {
-        base_tiles: st
-            .config
-            .basemap
-            .as_deref()
-            .filter(|m| *m != id)
-            .map(tilejson),
+        base_tiles: basemap.map(tilejson),
         tiles: tiles.then(|| tilejson(id)),
         items,
+        // A collection's tiles hold one layer, named after it (`tile`).
+        base_layer: basemap.map(str::to_owned),
+        layer: Some(id.to_owned()),
+        bounds,
     }
 }
 
@@ -491,7 +497,7 @@ pub(crate) async fn collection(
                 &g,
                 &view,
                 view.extent,
-                map_spec(&st, &id, None, true),
+                map_spec(&st, &id, None, true, view.extent),
             ),
             g.note,
         );
