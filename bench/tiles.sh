@@ -13,8 +13,8 @@
 # Prints tiles/s and p99 for both and the ratios.
 # Goals: cached >= martin; uncached latency <= 1.5x martin's.
 #
-# Needs wrk, psql, python3, curl; installs martin with `cargo install` the
-# first time (several minutes on two cores).
+# Needs wrk, psql, python3, curl; installs martin 1.14.0 with `cargo install`
+# the first time (several minutes on two cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}
@@ -24,8 +24,9 @@ for tool in wrk psql python3 curl gzip; do
   command -v "$tool" >/dev/null || { echo "bench/tiles.sh needs $tool" >&2; exit 2; }
 done
 if ! command -v martin >/dev/null; then
-  echo "bench/tiles.sh: installing martin (cargo install --locked martin)..." >&2
-  cargo install --locked martin >&2
+  # Pinned: the newest martin that builds with this machine's Rust (1.95).
+  echo "bench/tiles.sh: installing martin 1.14.0 (cargo install --locked martin)..." >&2
+  cargo install --locked martin --version 1.14.0 >&2
 fi
 cargo build --release -p kfm -q
 KFM=$PWD/target/release/kfm

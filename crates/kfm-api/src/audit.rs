@@ -13,14 +13,17 @@
 //! leaf hash (hex): known before the append completes, and enough for
 //! `/audit/{ref}` or `kfm ledger prove` to find the entry and its proof.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 
 use kfm_ledger::{Hash, Ledger, leaf_hash};
 use kfm_policy::DecisionRecord;
 use serde::Serialize;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::metrics::Metrics;
 
@@ -166,7 +169,13 @@ const MAX_PENDING: usize = 65_536;
 /// The API's side of the ledger.
 pub struct AuditSink {
     ledger: Arc<Ledger>,
-    pending: Mutex<HashMap<Hash, watch::Receiver<bool>>>,
+    /// Batched records on their way to the ledger, and a signal each time
+    /// some of them settle (for [`AuditSink::settle`]).
+    pending: Mutex<HashSet<Hash>>,
+    settled_now: Notify,
+    /// The one task that hands batched records to the ledger and settles
+    /// them (started by the first batched record).
+    collector: OnceLock<mpsc::UnboundedSender<Batched>>,
     slots: Arc<Semaphore>,
     failed: AtomicBool,
     metrics: Arc<Metrics>,
@@ -213,7 +222,9 @@ impl AuditSink {
     pub fn new(ledger: Arc<Ledger>, metrics: Arc<Metrics>) -> Self {
         Self {
             ledger,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashSet::new()),
+            settled_now: Notify::new(),
+            collector: OnceLock::new(),
             slots: Arc::new(Semaphore::new(MAX_PENDING)),
             failed: AtomicBool::new(false),
             metrics,
@@ -320,41 +331,65 @@ impl AuditSink {
                 return;
             }
         };
-        let (tx, rx) = watch::channel(false);
         if let Ok(mut p) = self.pending.lock() {
-            p.insert(leaf, rx);
+            p.insert(leaf);
         }
         self.metrics.audit_pending.inc();
         self.started.fetch_add(1, Ordering::SeqCst);
-        let me = self.clone();
-        tokio::spawn(async move {
-            let ok = me.ledger.record(entry).await;
-            me.settled(ok.is_ok());
-            if ok.is_ok() {
-                me.awaits_sequencer(leaf);
-            }
-            if let Err(e) = &ok {
-                me.failed.store(true, Ordering::Relaxed);
+        let tx = self.collector.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(collect(Arc::downgrade(self), self.ledger.clone(), rx));
+            tx
+        });
+        if let Err(mpsc::error::SendError(b)) = tx.send(Batched {
+            entry,
+            leaf,
+            _permit: permit,
+        }) {
+            // The collector is gone (the runtime is shutting down): the
+            // record is refused, never silently dropped from the tally.
+            self.batched_settled(b.leaf, Err("the audit collector stopped".into()));
+        }
+    }
+
+    /// What became of one batched record.
+    fn batched_settled(&self, leaf: Hash, r: Result<(), String>) {
+        self.settled(r.is_ok());
+        match &r {
+            Ok(()) => self.awaits_sequencer(leaf),
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, "batched audit append failed");
             }
-            me.metrics.audit_append("batched", ok.is_ok());
-            let _ = tx.send(true);
-            if let Ok(mut p) = me.pending.lock() {
-                p.remove(&leaf);
-            }
-            me.metrics.audit_pending.dec();
-            drop(permit);
-        });
+        }
+        self.metrics.audit_append("batched", r.is_ok());
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&leaf);
+        }
+        self.metrics.audit_pending.dec();
     }
 
     /// Waits (bounded) for a batched record still on its way to the ledger.
     pub async fn settle(&self, leaf: &Hash) {
-        let rx = self.pending.lock().ok().and_then(|p| p.get(leaf).cloned());
-        if let Some(mut rx) = rx {
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|done| *done))
-                    .await;
-        }
+        let wait = async {
+            loop {
+                // Registered before the check, so a settlement between the
+                // two is not missed.
+                let n = self.settled_now.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                if !self
+                    .pending
+                    .lock()
+                    .map(|p| p.contains(leaf))
+                    .unwrap_or(false)
+                {
+                    return;
+                }
+                n.await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wait).await;
     }
 
     /// Waits (at most `within`) until every batched record has been
@@ -362,6 +397,58 @@ impl AuditSink {
     pub async fn drain(&self, within: std::time::Duration) -> AuditTally {
         let _ = tokio::time::timeout(within, self.slots.acquire_many(MAX_PENDING as u32)).await;
         self.tally()
+    }
+}
+
+/// One batched record on its way; its permit counts it in flight until
+/// it settles.
+struct Batched {
+    entry: Vec<u8>,
+    leaf: Hash,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Hands batched records to the ledger, all of them at once (the ledger
+/// groups them into its commits), and settles each as its append answers.
+///
+/// Why one task: a task and a channel per record cost every public read a
+/// spawn, a wake-up on another thread and a notification; here a busy
+/// server wakes this task about once per ledger commit.
+async fn collect(
+    sink: Weak<AuditSink>,
+    ledger: Arc<Ledger>,
+    mut rx: mpsc::UnboundedReceiver<Batched>,
+) {
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => {
+                    let ledger = ledger.clone();
+                    inflight.push(async move {
+                        let r = ledger.record(b.entry).await.map(|_| ()).map_err(|e| e.to_string());
+                        (b.leaf, r, b._permit)
+                    });
+                }
+                // The sink is gone: finish what is on its way, then stop.
+                None => break,
+            },
+            Some((leaf, r, permit)) = inflight.next(), if !inflight.is_empty() => {
+                let Some(sink) = sink.upgrade() else { continue };
+                sink.batched_settled(leaf, r);
+                // Invariant: a record's slot is given back only once it is
+                // settled (drain waits for every slot).
+                drop(permit);
+                sink.settled_now.notify_waiters();
+            }
+        }
+    }
+    while let Some((leaf, r, permit)) = inflight.next().await {
+        if let Some(sink) = sink.upgrade() {
+            sink.batched_settled(leaf, r);
+            drop(permit);
+            sink.settled_now.notify_waiters();
+        }
     }
 }
 
