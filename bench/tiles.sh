@@ -24,9 +24,11 @@ for tool in wrk psql python3 curl gzip; do
   command -v "$tool" >/dev/null || { echo "bench/tiles.sh needs $tool" >&2; exit 2; }
 done
 if ! command -v martin >/dev/null; then
-  # Pinned: the newest martin that builds with this machine's Rust (1.95).
+  # Pinned: the newest martin that builds with this machine's Rust (1.95);
+  # PostgreSQL tiles only (its default "rendering" clones maplibre-native
+  # from GitHub at build time, which this machine cannot reach).
   echo "bench/tiles.sh: installing martin 1.14.0 (cargo install --locked martin)..." >&2
-  cargo install --locked martin --version 1.14.0 >&2
+  cargo install --locked martin --version 1.14.0 --no-default-features --features postgres >&2
 fi
 cargo build --release -p kfm -q
 KFM=$PWD/target/release/kfm
