@@ -434,21 +434,28 @@ async fn collect(
                 None => break,
             },
             Some((leaf, r, permit)) = inflight.next(), if !inflight.is_empty() => {
-                let Some(sink) = sink.upgrade() else { continue };
-                sink.batched_settled(leaf, r);
-                // Invariant: a record's slot is given back only once it is
-                // settled (drain waits for every slot).
-                drop(permit);
-                sink.settled_now.notify_waiters();
+                settle_one(&sink, leaf, r, permit);
             }
         }
     }
     while let Some((leaf, r, permit)) = inflight.next().await {
-        if let Some(sink) = sink.upgrade() {
-            sink.batched_settled(leaf, r);
-            drop(permit);
-            sink.settled_now.notify_waiters();
-        }
+        settle_one(&sink, leaf, r, permit);
+    }
+}
+
+/// Records what became of one batched record and wakes whoever waits.
+fn settle_one(
+    sink: &Weak<AuditSink>,
+    leaf: Hash,
+    r: Result<(), String>,
+    permit: OwnedSemaphorePermit,
+) {
+    if let Some(sink) = sink.upgrade() {
+        sink.batched_settled(leaf, r);
+        // Invariant: a record's slot is given back only once it is
+        // settled (drain waits for every slot).
+        drop(permit);
+        sink.settled_now.notify_waiters();
     }
 }
 
