@@ -315,6 +315,20 @@ async fn journal_damage_that_loses_acknowledged_entries_is_refused_naming_it() {
         assert!(ws.open().await.is_err());
     }
 
+    // The same bytes while a writer's write is in flight: a reader that
+    // finds them reads again, and sees the write completed, not damage.
+    let mut bad = journal.clone();
+    bad[at(7) + 40] ^= 1;
+    std::fs::write(ws.journal(), &bad).unwrap();
+    let (path, good) = (ws.journal(), journal.clone());
+    let repair = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::fs::write(path, good).unwrap();
+    });
+    let report = ws.verify().await;
+    repair.join().unwrap();
+    assert_eq!(report.unwrap().size, 50, "a write completed while read");
+
     // Zeroed, truncated, deleted: refused, naming what is missing.
     std::fs::write(ws.journal(), vec![0u8; journal.len()]).unwrap();
     let m = refused(ws.verify().await, "covers 50");

@@ -253,6 +253,10 @@ pub(super) async fn fits(
     })
 }
 
+/// How many times a reader reads the journal again when what it read
+/// looked damaged (see [`load_all`]).
+const JOURNAL_REREADS: u32 = 6;
+
 /// Loads the store and applies the journal read-only (readers), then
 /// checks the result against the guards. A live writer may write tiles,
 /// swap the checkpoint and cut the journal between these reads; if the
@@ -269,6 +273,7 @@ pub(super) async fn load_all(
     // of a live, intact ledger.
     let witnessed = guard::witnessed(guards, verifier_key, origin)?;
     let mut attempt = 0;
+    let mut rereads = 0u32;
     loop {
         let mut loaded = load(audit, verifier_key, origin).await?;
         // Tiles before the journal: a round writes tiles only for entries
@@ -286,7 +291,21 @@ pub(super) async fn load_all(
             }
             continue;
         }
-        let journal = journal?;
+        let journal = match journal {
+            // Invariant: a live writer's write is not damage. A reader's
+            // `pread` copies page by page while the writer appends (direct
+            // writes land in any order within a write), so a read that
+            // overlaps one can find a record half old, half new, and an
+            // intact later record after it. Real damage stays; a write in
+            // flight completes within milliseconds: read again before
+            // saying the journal is damaged.
+            Err(LedgerError::Corrupt { .. }) if rereads < JOURNAL_REREADS => {
+                rereads += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(25 * u64::from(rereads))).await;
+                continue;
+            }
+            other => other?,
+        };
         let uncovered = uncovered?;
         apply_journal(&mut loaded, &journal.records, verifier_key, origin)?;
         let checked = guard::check(&loaded, &journal, &uncovered, guards, witnessed.as_ref(), 0)?;
