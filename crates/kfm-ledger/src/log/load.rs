@@ -254,8 +254,30 @@ pub(super) async fn fits(
 }
 
 /// How many times a reader reads the journal again when what it read
-/// looked damaged (see [`load_all`]).
+/// looked damaged (see [`read_journal_settled`]).
 const JOURNAL_REREADS: u32 = 6;
+
+/// [`read_journal`] for a reader, which may run beside a live writer.
+///
+/// Invariant: a live writer's write is not damage. A reader's `pread`
+/// copies page by page while the writer appends (direct writes land in any
+/// order within a write), so a read that overlaps one can find a record
+/// half old, half new, and an intact later record after it. Real damage
+/// stays; a write in flight completes within milliseconds: the journal
+/// (only the journal: the tiles read before it are not read again) is read
+/// again before it is called damaged.
+async fn read_journal_settled(audit: &Audit, floor: u64) -> Result<JournalRead, LedgerError> {
+    let mut rereads = 0u32;
+    loop {
+        match read_journal(audit, floor) {
+            Err(LedgerError::Corrupt { .. }) if rereads < JOURNAL_REREADS => {
+                rereads += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(25 * u64::from(rereads))).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Loads the store and applies the journal read-only (readers), then
 /// checks the result against the guards. A live writer may write tiles,
@@ -273,14 +295,13 @@ pub(super) async fn load_all(
     // of a live, intact ledger.
     let witnessed = guard::witnessed(guards, verifier_key, origin)?;
     let mut attempt = 0;
-    let mut rereads = 0u32;
     loop {
         let mut loaded = load(audit, verifier_key, origin).await?;
         // Tiles before the journal: a round writes tiles only for entries
         // the journal already holds, so none listed here lies beyond what
         // the journal read next covers.
         let uncovered = guard::uncovered(audit, loaded.stored_size).await;
-        let journal = read_journal(audit, loaded.stored_size);
+        let journal = read_journal_settled(audit, loaded.stored_size).await;
         let now = audit.read_checkpoint(CHECKPOINT).await?.map(|p| p.version);
         if now != loaded.version {
             attempt += 1;
@@ -291,21 +312,7 @@ pub(super) async fn load_all(
             }
             continue;
         }
-        let journal = match journal {
-            // Invariant: a live writer's write is not damage. A reader's
-            // `pread` copies page by page while the writer appends (direct
-            // writes land in any order within a write), so a read that
-            // overlaps one can find a record half old, half new, and an
-            // intact later record after it. Real damage stays; a write in
-            // flight completes within milliseconds: read again before
-            // saying the journal is damaged.
-            Err(LedgerError::Corrupt { .. }) if rereads < JOURNAL_REREADS => {
-                rereads += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(25 * u64::from(rereads))).await;
-                continue;
-            }
-            other => other?,
-        };
+        let journal = journal?;
         let uncovered = uncovered?;
         apply_journal(&mut loaded, &journal.records, verifier_key, origin)?;
         let checked = guard::check(&loaded, &journal, &uncovered, guards, witnessed.as_ref(), 0)?;
